@@ -1,0 +1,14 @@
+# genlab on a CPU: the shipped checkpoints, the dataset and the package, ready to run.
+#   docker build -t genlab . && docker run --rm genlab                 (evaluates the shipped classifiers)
+#   docker run --rm genlab python -m pytest                            (the test suite)
+FROM python:3.11-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY requirements.txt requirements-dev.txt ./
+# The CPU build of torch from PyTorch's own index (PyPI's default wheel carries CUDA, several GB).
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install --no-cache-dir -r requirements-dev.txt
+COPY . .
+RUN pip install --no-cache-dir --no-deps -e .
+CMD ["python", "-m", "core.evaluate", "checkpoints/classifier-adv", "--limit", "2000"]

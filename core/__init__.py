@@ -1,0 +1,1 @@
+"""genlab: generative models built and trained from scratch."""

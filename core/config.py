@@ -1,0 +1,84 @@
+"""Configuration: frozen dataclasses, saved as JSON beside every run and checkpoint, and turned into CLI options.
+
+Each field's help text lives in its metadata, so `python -m core.train <family> --help` documents every option
+from the same place the defaults are set.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def option(default, help: str, **kwargs):
+    """A dataclass field with its CLI help text."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of the one training loop (core.train), shared by every family."""
+    dataset: str = option("fashion-mnist", "fashion-mnist, mnist or digits (sklearn's 8x8, for quick tries)")
+    data_dir: str | None = option(None, "folder with the IDX files (default: search, see core.data)")
+    classes: str | None = option(None, "train on these classes only, comma separated names or indices")
+    pad_to: int | None = option(None, "pad images to this size (e.g. 32 for U-Nets)")
+    epochs: int = option(10, "passes over the training set (ignored when --max-steps is set)")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: use --epochs)")
+    batch_size: int = option(128, "global batch size, split evenly across processes")
+    lr: float = option(1e-3, "peak learning rate")
+    lr_schedule: str = option("constant", "constant or cosine (decay to 0 over the run)", choices=("constant", "cosine"))
+    warmup_steps: int = option(0, "linear warm-up steps")
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW)")
+    seed: int = option(0, "seed for weights, data order and noise")
+    log_every: int = option(50, "write a metrics.jsonl line every N steps")
+    eval_every: int = option(0, "evaluate and save an image grid every N steps (0: at the end only)")
+    eval_size: int = option(10_000, "test images used by each evaluation")
+    checkpoint_every: int = option(1000, "save a resumable checkpoint every N steps (0: at the end only)")
+    keep_checkpoints: int = option(2, "resumable checkpoints kept in the run directory")
+    runs_dir: str = option("runs", "parent folder of run directories")
+    run_name: str = option("", "run directory name (default: <family>-<time>)")
+    cpu: bool = option(False, "train on the CPU even when a GPU is present")
+    threads: int = option(0, "torch intra-op threads per process (0: torch's default)")
+
+
+def to_json(config) -> dict:
+    return {"_class_name": type(config).__name__, **dataclasses.asdict(config)}
+
+
+def from_json(cls, data: dict):
+    """Build `cls` from a dict, ignoring keys it does not know (such as _class_name)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def save_json(data: dict, path: Path) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    """One --option per dataclass field, typed from its annotation, documented from its metadata."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        meta = f.metadata
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{meta.get('help', '')} (default: {f.default})")
+            continue
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        group.add_argument(flag, type=base, default=None, choices=meta.get("choices"), metavar=base.__name__.upper(),
+                           help=f"{meta.get('help', '')} (default: {f.default})")
+
+
+def pick_options(args: argparse.Namespace, cls, base=None):
+    """The dataclass `cls` from parsed args: given options override `base` (or the defaults)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base, **given) if base is not None else cls(**given)

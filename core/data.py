@@ -1,0 +1,248 @@
+"""Datasets held whole in memory as uint8 tensors; batches are drawn by index.
+
+The IDX format (LeCun's MNIST files, also used by Fashion-MNIST) is a big-endian header followed by raw values:
+    bytes 0-1: 0x00 0x00 | byte 2: dtype code (0x08 = uint8) | byte 3: number of dims D | D x int32 sizes | data.
+Files may be gzipped. A dataset is found, in order, in the folder the user names, in $GENLAB_DATA/<name>,
+in /usr/share/datasets/<name> (Debian's dataset-fashion-mnist package), or in ~/.cache/genlab/<name>, where it is
+downloaded when the machine is online. Offline with no files, the error says how to get them.
+
+Images go from uint8 [0, 255] to float [-1, 1] only when a batch is drawn (x / 127.5 - 1), so the 60k Fashion-MNIST
+training images cost 47 MB, and a batch is one index into one tensor: no per-item Python, no PIL.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat",
+                   "sandal", "shirt", "sneaker", "bag", "ankle boot")
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MIRRORS = {"fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+           "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/"}
+DATASETS = ("fashion-mnist", "mnist", "digits")
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+class DatasetNotFound(FileNotFoundError):
+    """No files for a dataset and no way to download them."""
+
+
+# ---------------------------------------------------------------------------------------------------- IDX format
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally .gz) into a numpy array of its declared shape."""
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}i", raw[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    data = raw[4 + 4 * ndim:]
+    if len(data) != expected:
+        raise ValueError(f"{path}: header declares shape {shape} ({expected} bytes) but {len(data)} bytes follow")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write an array as IDX (gzipped when the name ends in .gz). The inverse of read_idx."""
+    code = {np.dtype(v).newbyteorder(">"): k for k, v in _IDX_DTYPES.items()}
+    big = array.astype(np.dtype(array.dtype).newbyteorder(">"))
+    header = bytes([0, 0, code[big.dtype], array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    payload = header + big.tobytes()
+    Path(path).write_bytes(gzip.compress(payload) if str(path).endswith(".gz") else payload)
+
+
+# ---------------------------------------------------------------------------------------------------- the dataset
+@dataclass
+class Batch:
+    images: Tensor   # (B, C, H, W) float in [-1, 1]
+    labels: Tensor   # (B,) int64
+
+
+@dataclass
+class ImageData:
+    """A whole dataset in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+    name: str = ""
+    pad_to: int | None = None      # pad each side with black (-1) up to this size when batches are drawn
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.images.shape[1:]
+        size = self.pad_to or 0
+        return channels, max(height, size), max(width, size)
+
+    def batch(self, index: Tensor | slice) -> Batch:
+        """Rows `index` as a Batch, scaled to [-1, 1] (and padded when pad_to is set)."""
+        images = self.images[index].float().div_(127.5).sub_(1.0)
+        if self.pad_to:
+            images = pad_images(images, self.pad_to)
+        return Batch(images, self.labels[index])
+
+    def select(self, index: Tensor) -> "ImageData":
+        return ImageData(self.images[index], self.labels[index], self.classes, self.name, self.pad_to)
+
+    def subset(self, classes: list[int | str] | tuple[int | str, ...]) -> "ImageData":
+        """Only the rows of the given classes (by index or name), e.g. subset(["sneaker"])."""
+        wanted = torch.tensor([self.class_index(c) for c in classes])
+        return self.select(torch.isin(self.labels, wanted).nonzero().squeeze(1))
+
+    def class_index(self, cls: int | str) -> int:
+        if isinstance(cls, str) and cls in self.classes:
+            return self.classes.index(cls)
+        if isinstance(cls, int) and 0 <= cls < len(self.classes):
+            return cls
+        raise ValueError(f"unknown class {cls!r}; {self.name or 'this dataset'} has {list(self.classes)}")
+
+    def batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                start: int = 0, drop_last: bool = True) -> Iterator[Batch]:
+        """One epoch in an order fixed by (seed, epoch); process `rank` takes every world_size-th image.
+
+        `start` skips that many batches, so a resumed run continues the same epoch where it stopped.
+        """
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        order = order[rank::world_size]
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        for begin in range(start * batch_size, stop, batch_size):
+            yield self.batch(order[begin:begin + batch_size])
+
+
+@dataclass
+class UnpairedDomains:
+    """Two unpaired image sets A and B (CycleGAN); a batch draws independently from each."""
+    domain_a: ImageData
+    domain_b: ImageData
+
+    def batches(self, batch_size: int, seed: int, epoch: int, **kwargs) -> Iterator[tuple[Batch, Batch]]:
+        return zip(self.domain_a.batches(batch_size, seed, epoch, **kwargs),
+                   self.domain_b.batches(batch_size, seed + 1, epoch, **kwargs))
+
+
+def pad_images(images: Tensor, size: int) -> Tensor:
+    """Pad (B, C, H, W) images in [-1, 1] with -1 (black) to size x size, centred."""
+    dh, dw = max(size - images.shape[-2], 0), max(size - images.shape[-1], 0)
+    return F.pad(images, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=-1.0)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] floats -> uint8 [0, 255]."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------- finding files
+def search_dirs(name: str, root: str | Path | None = None) -> list[Path]:
+    dirs = [Path(root)] if root else []
+    if os.environ.get("GENLAB_DATA"):
+        dirs.append(Path(os.environ["GENLAB_DATA"]) / name)
+    return dirs + [Path("/usr/share/datasets") / name, cache_dir(name)]
+
+
+def cache_dir(name: str) -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genlab" / name
+
+
+def find_idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz", folder / stem.replace("-idx", ".idx")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def download(name: str, timeout: float = 20.0) -> Path:
+    """Fetch the four IDX files of `name` into the cache (write to .part, then rename). Raises OSError offline."""
+    folder = cache_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in (f for pair in IDX_FILES.values() for f in pair):
+        target = folder / f"{stem}.gz"
+        if target.exists():
+            continue
+        with urllib.request.urlopen(MIRRORS[name] + target.name, timeout=timeout) as response:
+            payload = response.read()
+        if gzip.decompress(payload)[:2] != b"\0\0":
+            raise OSError(f"downloaded {target.name} is not an IDX file")
+        part = target.with_suffix(".part")
+        part.write_bytes(payload)
+        part.replace(target)
+    return folder
+
+
+def load_idx_dataset(name: str, split: str = "train", root: str | Path | None = None,
+                     allow_download: bool | None = None) -> ImageData:
+    """MNIST or Fashion-MNIST from IDX files; see the module docstring for where they are looked for."""
+    if split not in IDX_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    image_stem, label_stem = IDX_FILES[split]
+    tried = search_dirs(name, root)
+    for folder in tried:
+        images, labels = find_idx_file(folder, image_stem), find_idx_file(folder, label_stem)
+        if images and labels:
+            break
+    else:
+        if allow_download is None:
+            allow_download = os.environ.get("GENLAB_OFFLINE", "0") != "1" and not root
+        error = "downloads are off (GENLAB_OFFLINE=1 or an explicit --data-dir)"
+        if allow_download:
+            try:
+                folder = download(name)
+                images, labels = find_idx_file(folder, image_stem), find_idx_file(folder, label_stem)
+            except OSError as exc:
+                error = f"download from {MIRRORS[name]} failed: {exc}"
+        if not allow_download or images is None:
+            hint = ("sudo apt-get install dataset-fashion-mnist" if name == "fashion-mnist"
+                    else f"put the four IDX files ({image_stem}.gz, ...) in one folder and pass --data-dir")
+            raise DatasetNotFound(
+                f"{name} {split} files not found in {', '.join(map(str, tried))}; {error}. To get them: {hint}.")
+    array = read_idx(images)
+    classes = FASHION_CLASSES if name == "fashion-mnist" else DIGIT_CLASSES
+    return ImageData(torch.from_numpy(array.copy()).unsqueeze(1), torch.from_numpy(read_idx(labels).astype(np.int64)),
+                     classes, name)
+
+
+def load_digits(split: str = "train", test_fraction: float = 0.2) -> ImageData:
+    """scikit-learn's bundled 8x8 digits (1797 images, values 0-16) as a tiny dataset; a fixed split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    bunch = sklearn_digits()
+    images = torch.from_numpy((bunch.images * (255 / 16)).round().astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    n_test = int(len(images) * test_fraction)
+    index = order[n_test:] if split == "train" else order[:n_test]
+    return ImageData(images[index], labels[index], DIGIT_CLASSES, "digits")
+
+
+def load_dataset(name: str, split: str = "train", root: str | Path | None = None, pad_to: int | None = None,
+                 classes: list[int | str] | None = None) -> ImageData:
+    """The one entry point: 'fashion-mnist', 'mnist' or 'digits', optionally padded and restricted to classes."""
+    if name == "digits":
+        data = load_digits(split)
+    elif name in MIRRORS:
+        data = load_idx_dataset(name, split, root)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    data.pad_to = pad_to
+    return data.subset(classes) if classes else data

@@ -1,0 +1,108 @@
+"""Evaluate a checkpoint: `python -m core.evaluate CHECKPOINT [options]`.
+
+For a classifier: test accuracy and the accuracy-vs-ε table under FGSM and PGD; with --reference, the metrics'
+reference statistics of the test set (stored beside the classifier) and the real-vs-real FID floor (10k training
+images against the test set). --write saves the figures to the checkpoint's eval.json and rewrites its model card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from core import metrics
+from core.attacks import ATTACKS, robustness_curve
+from core.config import save_json
+from core.data import DATASETS, load_dataset
+from core.hub import CheckpointError, load_model, write_model_card
+
+EPSILONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
+
+
+def markdown_table(curves: dict[str, dict[float, float]]) -> str:
+    """| eps | fgsm | pgd | rows of accuracies in percent."""
+    names = list(curves)
+    rows = ["| ε | " + " | ".join(f"{n.upper()} accuracy" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for eps in next(iter(curves.values())):
+        rows.append(f"| {eps:g} | " + " | ".join(f"{100 * curves[n][eps]:.2f}%" for n in names) + " |")
+    return "\n".join(rows)
+
+
+def evaluate_classifier(model, data, epsilons, attacks, pgd_steps: int) -> dict:
+    curves = {attack: robustness_curve(model, data, list(epsilons), attack, pgd_steps=pgd_steps) for attack in attacks}
+    first = next(iter(curves.values()))
+    result = {"accuracy": first[0.0] if 0.0 in first else None, "test_images": len(data),
+              **{f"{a}_accuracy_eps{e:g}": acc for a, curve in curves.items() for e, acc in curve.items() if e > 0},
+              "tables": {f"Test accuracy vs attack budget ε ({', '.join(attacks).upper()}"
+                         f"{f', PGD {pgd_steps} steps' if 'pgd' in attacks else ''})": markdown_table(curves)}}
+    return {k: v for k, v in result.items() if v is not None}
+
+
+def reference_and_floor(model, folder: Path, dataset: str, data_dir: str | None) -> dict:
+    """Store the test set's feature statistics beside the classifier; FID/KID of 10k train images against them."""
+    test = load_dataset(dataset, "test", data_dir)
+    reference = metrics.compute_reference(model, test.batch(slice(None)).images)
+    metrics.save_reference(reference, folder)
+    train = load_dataset(dataset, "train", data_dir)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:10_000]
+    floor = metrics.sample_quality(model, reference, train.batch(pick).images)
+    return {f"real_train10k_vs_test_{k}": v for k, v in floor.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="checkpoint folder or Hub repo id")
+    parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    parser.add_argument("--data-dir", help="folder with the IDX files")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    parser.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS),
+                        help="comma-separated attack budgets, fractions of the pixel range")
+    parser.add_argument("--attacks", default="fgsm,pgd", help=f"comma-separated, from {ATTACKS}")
+    parser.add_argument("--pgd-steps", type=int, default=10)
+    parser.add_argument("--reference", action="store_true",
+                        help="also compute the metrics' reference statistics and the real-vs-real FID floor")
+    parser.add_argument("--write", action="store_true", help="save to the checkpoint's eval.json and model card")
+    args = parser.parse_args(argv)
+    try:
+        epsilons = [float(e) for e in args.epsilons.split(",")]
+    except ValueError:
+        parser.error(f"--epsilons must be numbers, got {args.epsilons!r}")
+    if any(not 0 <= e <= 1 for e in epsilons):
+        parser.error("--epsilons are fractions of the pixel range, each in [0, 1]")
+    attacks = args.attacks.split(",")
+    if any(a not in ATTACKS for a in attacks):
+        parser.error(f"--attacks must come from {ATTACKS}")
+    if args.limit < 0:
+        parser.error("--limit must be >= 0")
+    if (args.reference or args.write) and not Path(args.checkpoint).is_dir():
+        parser.error("--reference and --write need a local checkpoint folder")
+    try:
+        model = load_model(args.checkpoint)
+    except (CheckpointError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    if model.pipeline_tag != "image-classification":
+        sys.exit(f"error: core.evaluate does not know {type(model).__name__} yet")
+    data = load_dataset(args.dataset, "test", args.data_dir)
+    if args.limit:
+        data = data.select(torch.arange(min(args.limit, len(data))))
+    result = evaluate_classifier(model, data, epsilons, attacks, args.pgd_steps)
+    folder = Path(args.checkpoint)
+    if args.reference:
+        result.update(reference_and_floor(model, folder, args.dataset, args.data_dir))
+    for title, table in result["tables"].items():
+        print(f"{title}, {len(data)} {args.dataset} test images\n{table}\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "tables"}, indent=2))
+    if args.write:
+        previous = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
+        save_json({**previous, **result, "tables": {**previous.get("tables", {}), **result["tables"]}},
+                  folder / "eval.json")
+        write_model_card(folder)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""The one training loop. Every family trains here through `TrainableModel`; the loop knows no paper.
+
+A model brings `configure_optimizers`, `training_step(batch, step) -> {name: loss}` (it does its own forward passes
+and optimizer steps, since a GAN has two), and optionally `evaluate(data)` and `eval_images(data)`. The loop brings
+everything else: devices and processes (Hugging Face Accelerate), data order, learning-rate schedule, logging to
+metrics.jsonl, image grids, atomic resumable checkpoints, and the final Hub-layout model folder.
+
+Several processes (`accelerate launch --num_processes 2 -m core.train ...`) are plain data parallelism: each process
+draws its own 1/P of every batch, and `update` averages the gradients over processes before each optimizer step, so
+all copies stay equal. The averaging is explicit rather than a DistributedDataParallel wrapper because a family may
+own several networks and several optimizers per step (G and D); only process 0 writes files.
+
+Run directory:  config.json  metrics.jsonl  status.json  samples/step-*.png
+                checkpoints/step-*/ (+ latest.json)      model/  (the final Hub folder with its model card)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from core.config import TrainConfig, add_options, from_json, pick_options, save_json, to_json
+from core.data import Batch, ImageData, load_dataset
+from core.hub import HubModel, write_model_card
+from core.images import save_grid
+
+FAMILIES = {"classifier": "core.models.classifier:Classifier"}
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or inf: the run stops before any checkpoint of poisoned weights is written."""
+
+
+class TrainableModel(HubModel):
+    """What the loop asks of a family. `self.accelerator` is set by the loop before training starts."""
+    accelerator: Accelerator | None = None
+
+    def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        """One step: forward passes, `update` calls; return detached scalar losses to log (no .item())."""
+        raise NotImplementedError
+
+    def evaluate(self, data: ImageData) -> dict[str, float]:
+        return {}
+
+    def eval_images(self, data: ImageData) -> Tensor | None:
+        """Images in [-1, 1] for the grid logged at each evaluation (fixed inputs, so grids compare over time)."""
+        return None
+
+    def update(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
+        """zero_grad, backward, average gradients over processes, step. Returns the detached loss."""
+        optimizer.zero_grad(set_to_none=True)
+        accelerator = self.accelerator
+        if accelerator is None:
+            loss.backward()
+        else:
+            accelerator.backward(loss)
+            if accelerator.num_processes > 1:
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+                for grad, averaged in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                    grad.copy_(averaged)
+        optimizer.step()
+        return loss.detach()
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up, then constant or cosine decay to 0 (Loshchilov & Hutter 2017, without restarts)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+# ------------------------------------------------------------------------------------------- resumable checkpoints
+def pack(obj, tensors: dict[str, Tensor], key: str):
+    """Split a nested state (optimizer state_dict, RNG) into JSON and a flat dict of tensors for safetensors."""
+    if isinstance(obj, Tensor):
+        tensors[key] = obj.detach().cpu().clone().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, pack(v, tensors, f"{key}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [pack(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def unpack(obj, tensors: dict[str, Tensor]):
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {k: unpack(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [unpack(v, tensors) for v in obj]
+    return obj
+
+
+def rng_states(accelerator: Accelerator) -> Tensor:
+    """Every process's torch CPU generator state, (P, L) uint8: all randomness in genlab comes from torch."""
+    state = torch.get_rng_state().unsqueeze(0).to(accelerator.device)
+    return accelerator.gather(state).cpu() if accelerator.num_processes > 1 else state.cpu()
+
+
+def save_checkpoint(run_dir: Path, model: TrainableModel, optimizers: dict, step: int, elapsed: float,
+                    accelerator: Accelerator, keep: int) -> None:
+    """Write checkpoints/step-N atomically: into a hidden temporary folder, then one rename, then latest.json."""
+    rng = rng_states(accelerator)        # a collective: every process must call it
+    if not accelerator.is_main_process:
+        return
+    root = run_dir / "checkpoints"
+    tmp, final = root / f".tmp-step-{step:07d}", root / f"step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tensors: dict[str, Tensor] = {}
+    state = pack({"optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng}, tensors, "s")
+    safetensors.torch.save_file(tensors, str(tmp / "training_state.safetensors"))
+    save_json({"step": step, "elapsed": elapsed, "num_processes": accelerator.num_processes, "state": state},
+              tmp / "training_state.json")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    save_json({"step": step, "folder": final.name}, root / "latest.json")
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The folder latest.json names; failing that, the newest complete step-* folder."""
+    root = run_dir / "checkpoints"
+    try:
+        folder = root / json.loads((root / "latest.json").read_text())["folder"]
+        if (folder / "training_state.json").is_file():
+            return folder
+    except (OSError, ValueError, KeyError):
+        pass
+    complete = sorted(p for p in root.glob("step-*") if (p / "training_state.json").is_file())
+    if not complete:
+        raise FileNotFoundError(f"no checkpoint to resume from in {root}")
+    return complete[-1]
+
+
+def load_checkpoint(folder: Path, model: TrainableModel, optimizers: dict, accelerator: Accelerator) -> tuple[int, float]:
+    safetensors.torch.load_model(model, str(folder / "model.safetensors"), device=str(accelerator.device))
+    meta = json.loads((folder / "training_state.json").read_text())
+    if meta["num_processes"] != accelerator.num_processes:
+        raise ValueError(f"{folder} was written by {meta['num_processes']} processes; resume with as many "
+                         f"(now {accelerator.num_processes}) to continue the same data order and RNG streams")
+    state = unpack(meta["state"], safetensors.torch.load_file(str(folder / "training_state.safetensors")))
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+    torch.set_rng_state(state["rng"][accelerator.process_index])
+    return meta["step"], meta["elapsed"]
+
+
+# ------------------------------------------------------------------------------------------------------ the loop
+def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | None = None,
+          data: ImageData | None = None, eval_data: ImageData | None = None, command: str | None = None) -> Path:
+    """Train `model` with `cfg`; returns the run directory. `resume` continues a run from its last checkpoint."""
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())   # cpu=True: gloo across processes
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed + accelerator.process_index)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
+    classes = [int(c) if c.isdigit() else c for c in cfg.classes.split(",")] if cfg.classes else None
+    data = data or load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.pad_to, classes)
+    eval_data = eval_data or load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.pad_to, classes)
+    eval_data = eval_data.select(torch.arange(min(cfg.eval_size, len(eval_data))))
+    per_process = cfg.batch_size // world
+    steps_per_epoch = len(data) // world // per_process
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(data)} training images are fewer than one batch of {cfg.batch_size}")
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    run_dir = Path(resume) if resume else Path(cfg.runs_dir) / (cfg.run_name or f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
+    model.to(accelerator.device)
+    model.accelerator = accelerator
+    optimizers = model.configure_optimizers(cfg)
+    step, elapsed_before = load_checkpoint(latest_checkpoint(run_dir), model, optimizers, accelerator) if resume else (0, 0.0)
+    if main:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        save_json({"family": family, "model": model._hub_mixin_config_dict(), "train": to_json(cfg),
+                   "num_processes": world, "command": command, "hardware": hardware(accelerator)},
+                  run_dir / "config.json")
+        save_json({"status": "running", "step": step, "total_steps": total, "time": time.time()}, run_dir / "status.json")
+    log = (run_dir / "metrics.jsonl").open("a") if main else None
+    start = time.perf_counter() - elapsed_before
+    window = {"sums": {}, "count": 0, "time": time.perf_counter(), "data": 0.0, "images": 0}
+    bar = tqdm(total=total, initial=step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
+    try:
+        while step < total:
+            epoch, skip = divmod(step, steps_per_epoch)
+            batches = data.batches(per_process, cfg.seed, epoch, rank, world, start=skip)
+            while step < total:
+                fetch = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                batch = Batch(batch.images.to(accelerator.device), batch.labels.to(accelerator.device))
+                window["data"] += time.perf_counter() - fetch
+                for optimizer in optimizers.values():
+                    for group in optimizer.param_groups:
+                        group["lr"] = cfg.lr * lr_factor(cfg, step, total)
+                model.train()
+                losses = model.training_step(batch, step)
+                step += 1
+                for name, value in losses.items():
+                    window["sums"][name] = window["sums"].get(name, 0.0) + value
+                window["count"] += 1
+                window["images"] += len(batch.images) * world
+                bar.update(1)
+                last = step == total
+                if step % cfg.log_every == 0 or last:
+                    write_log(log, window, bar, step, epoch, time.perf_counter() - start, cfg.lr * lr_factor(cfg, step - 1, total))
+                if (cfg.eval_every and step % cfg.eval_every == 0) or last:
+                    evaluate(model, eval_data, run_dir, step, log, accelerator)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
+                    check_finite(window, step)
+                    save_checkpoint(run_dir, model, optimizers, step, time.perf_counter() - start, accelerator,
+                                    cfg.keep_checkpoints)
+        if main:
+            export_model(model, run_dir, family, cfg, step, time.perf_counter() - start, accelerator, command)
+            save_json({"status": "finished", "step": step, "total_steps": total, "time": time.time()},
+                      run_dir / "status.json")
+    except BaseException as exc:
+        if main:
+            save_json({"status": "failed", "step": step, "error": f"{type(exc).__name__}: {exc}", "time": time.time()},
+                      run_dir / "status.json")
+        raise
+    finally:
+        bar.close()
+        if log:
+            log.close()
+        accelerator.wait_for_everyone()
+    return run_dir
+
+
+def check_finite(window: dict, step: int) -> None:
+    for name, total in window["sums"].items():
+        if not math.isfinite(float(total)):
+            raise NonFiniteLoss(f"{name} is {float(total)} at step {step}: stopping without writing a checkpoint. "
+                                "Try a lower --lr; resume from the last good checkpoint with --resume.")
+
+
+def write_log(log, window: dict, bar, step: int, epoch: int, elapsed: float, lr: float) -> None:
+    """Mean losses over the window since the last line, throughput and the share of time spent fetching data."""
+    check_finite(window, step)
+    seconds = time.perf_counter() - window["time"]
+    record = {"step": step, "epoch": epoch, "time": time.time(), "elapsed": round(elapsed, 3), "lr": lr,
+              "images_per_s": round(window["images"] / seconds, 1), "data_share": round(window["data"] / seconds, 4),
+              **{name: float(total) / window["count"] for name, total in window["sums"].items()}}
+    if log:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss")})
+    window.update(sums={}, count=0, time=time.perf_counter(), data=0.0, images=0)
+
+
+def evaluate(model: TrainableModel, data: ImageData, run_dir: Path, step: int, log, accelerator: Accelerator) -> dict:
+    """Process 0 evaluates and writes; the others wait for it."""
+    metrics = {}
+    if accelerator.is_main_process:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng():     # evaluation must not shift the training RNG stream
+            metrics = model.evaluate(data)
+            images = model.eval_images(data)
+        if images is not None:
+            save_grid(images, run_dir / "samples" / f"step-{step:07d}.png")
+        log.write(json.dumps({"step": step, "time": time.time(), **{f"eval/{k}": v for k, v in metrics.items()}}) + "\n")
+        log.flush()
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def hardware(accelerator: Accelerator) -> str:
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
+    return f"{accelerator.num_processes} x {name}, {torch.get_num_threads()} threads/process"
+
+
+def export_model(model: TrainableModel, run_dir: Path, family: str, cfg: TrainConfig, step: int, seconds: float,
+                 accelerator: Accelerator, command: str | None) -> Path:
+    """The final model as a Hub folder: weights, config, training facts, evaluation, sample grid, model card."""
+    folder = run_dir / "model"
+    model.save_pretrained(folder)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    throughput = [m["images_per_s"] for m in metrics if "images_per_s" in m]
+    save_json({"family": family, "dataset": cfg.dataset, "steps": step, "seconds": round(seconds, 1),
+               "hardware": hardware(accelerator), "images_per_s": throughput[-1] if throughput else None,
+               "command": command,
+               "train_config": to_json(cfg)}, folder / "training.json")
+    evals = [m for m in metrics if any(k.startswith("eval/") for k in m)]
+    if evals:
+        save_json({k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")}, folder / "eval.json")
+    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    if grids:
+        shutil.copy(grids[-1], folder / "samples.png")
+    write_model_card(folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------------ the CLI
+def model_class(family: str) -> type[TrainableModel]:
+    module, name = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m core.train", description="Train a genlab model family.")
+    sub = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for family in FAMILIES:
+        cls = model_class(family)
+        family_parser = sub.add_parser(family, help=(cls.__doc__ or "").strip().splitlines()[0],
+                                       description=cls.__module__ and importlib.import_module(cls.__module__).__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        family_parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                                   help="continue RUN_DIR from its last checkpoint; given options override its config")
+        add_options(family_parser, TrainConfig, "training options")
+        add_options(family_parser, cls.config_class, f"{family} options")
+    args = parser.parse_args(argv)
+    cls = model_class(args.family)
+    train_base = model_base = None
+    if args.resume:
+        saved = json.loads((args.resume / "config.json").read_text())
+        if saved["family"] != args.family:
+            parser.error(f"{args.resume} is a {saved['family']} run, not {args.family}")
+        train_base = from_json(TrainConfig, saved["train"])
+        model_base = from_json(cls.config_class, saved["model"])
+    cfg = pick_options(args, TrainConfig, train_base)
+    model_cfg = pick_options(args, cls.config_class, model_base)
+    torch.manual_seed(cfg.seed)
+    return train(cls(model_cfg), cfg, args.family, resume=args.resume,
+                 command="python -m core.train " + " ".join(argv))
+
+
+if __name__ == "__main__":
+    try:
+        print(main())
+    except (NonFiniteLoss, FileNotFoundError, ValueError) as exc:
+        sys.exit(f"error: {exc}")

@@ -1,0 +1,62 @@
+"""The shipped checkpoints: they load from safetensors and are as good as their model cards say."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from core import metrics
+from core.attacks import robustness_curve
+from core.data import load_dataset
+from core.hub import load_model
+from core.models.classifier import Classifier
+
+CHECKPOINTS = ROOT / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def fashion_test(fashion_dir):
+    return load_dataset("fashion-mnist", "test")
+
+
+@pytest.mark.parametrize("name", ["classifier", "classifier-adv"])
+def test_checkpoint_is_a_small_complete_hub_folder(name):
+    folder = CHECKPOINTS / name
+    assert {"config.json", "model.safetensors", "README.md", "samples.png"} <= {p.name for p in folder.iterdir()}
+    assert not [p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 10 * 2**20
+    header = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    assert header["pipeline_tag"] == "image-classification" and header["library_name"] == "genlab"
+
+
+def test_classifier_reaches_93_percent_on_the_test_set(fashion_test):
+    model = load_model(CHECKPOINTS / "classifier")
+    with torch.no_grad():
+        predictions = torch.cat([model(b.images).argmax(1) for b in fashion_test.batches(1000, 0, 0)])
+    labels = torch.cat([b.labels for b in fashion_test.batches(1000, 0, 0)])
+    accuracy = (predictions == labels).float().mean().item()
+    assert accuracy >= 0.93
+    card = json.loads((CHECKPOINTS / "classifier" / "eval.json").read_text())
+    assert card["accuracy"] == pytest.approx(accuracy, abs=1e-4)          # the card tells the truth
+
+
+def test_adversarial_training_buys_robustness(fashion_test):
+    subset = fashion_test.select(torch.arange(1000))
+    standard = robustness_curve(load_model(CHECKPOINTS / "classifier"), subset, [0.1])[0.1]
+    robust = robustness_curve(load_model(CHECKPOINTS / "classifier-adv"), subset, [0.1])[0.1]
+    assert robust > standard + 0.3
+
+
+def test_reference_statistics_match_the_test_set(fashion_test):
+    reference = metrics.load_reference(CHECKPOINTS / "classifier")
+    assert reference["mu"].shape == (128,) and reference["sigma"].shape == (128, 128)
+    assert reference["features"].shape == (10_000, 128)
+    model = load_model(CHECKPOINTS / "classifier")
+    feats, _ = metrics.features(model, fashion_test.batch(slice(0, 2000)).images)
+    torch.testing.assert_close(feats.half(), reference["features"][:2000], atol=2e-2, rtol=2e-3)
+    floor = json.loads((CHECKPOINTS / "classifier" / "eval.json").read_text())["real_train10k_vs_test_fid"]
+    shuffled = feats[torch.randperm(2000)]
+    noise = torch.randn_like(feats) * feats.std()
+    assert metrics.fid(reference["features"].float(), shuffled) < metrics.fid(reference["features"].float(), noise)
+    assert 0 < floor < 5

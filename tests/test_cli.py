@@ -1,0 +1,39 @@
+"""The command-line entry points, run as a user would (python -m ...), on the shipped checkpoints."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, require_fashion
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_evaluate_prints_the_accuracy_vs_epsilon_table():
+    require_fashion()
+    result = run("core.evaluate", "checkpoints/classifier", "--limit", "300", "--epsilons", "0,0.1,0.3")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0")]
+    assert [r.split("|")[1].strip() for r in rows] == ["0", "0.1", "0.3"]
+    clean, strong = (float(r.split("|")[2].strip(" %")) for r in (rows[0], rows[2]))
+    assert clean > 85 and strong < clean
+
+
+@pytest.mark.parametrize("args, message", [
+    (["checkpoints/classifier", "--epsilons", "0,2"], "fractions of the pixel range"),
+    (["checkpoints/classifier", "--epsilons", "a"], "must be numbers"),
+    (["checkpoints/classifier", "--attacks", "cw"], "--attacks must come from"),
+    (["checkpoints/nothing-here"], "not a checkpoint folder"),
+])
+def test_evaluate_rejects_bad_input_clearly(args, message):
+    result = run("core.evaluate", *args)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sample_explains_that_a_classifier_cannot_sample(tmp_path):
+    result = run("core.sample", "checkpoints/classifier", "--out", str(tmp_path / "x.png"))
+    assert result.returncode == 1 and "not a generative model" in result.stderr
+    result = run("core.sample", "checkpoints/classifier", "--n", "0")
+    assert result.returncode == 2 and "--n must be between 1 and" in result.stderr

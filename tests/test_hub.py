@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from core.hub import CheckpointError, load_model, write_model_card
+from core.models.classifier import Classifier, ClassifierConfig
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = Classifier(ClassifierConfig(width=8, hidden=16))
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["_class_name"] == "Classifier" and config["width"] == 8
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config == ClassifierConfig(width=8, hidden=16) and not loaded.training
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    direct = Classifier.from_pretrained(tmp_path / "m")                # the mixin's own entry point
+    assert direct.config.hidden == 16
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    model = Classifier(ClassifierConfig(width=8))
+    (folder / "config.json").write_text(json.dumps({"_class_name": "Classifier", "width": 8}))
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="refuses to unpickle"):
+        load_model(folder)
+    with pytest.raises(CheckpointError, match="not a weight file"):
+        load_model(folder / "pytorch_model.bin")
+
+
+def test_corrupt_missing_and_mismatched_checkpoints(tmp_path):
+    Classifier(ClassifierConfig(width=8)).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_model(tmp_path / "m")
+    weights.write_bytes(good)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "width": 16}))
+    with pytest.raises(CheckpointError, match="does not match Classifier"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a genlab config"):
+        load_model(tmp_path / "m")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        load_model(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        load_model(tmp_path / "nowhere" / "at" / "all")
+
+
+def test_model_card_has_hub_metadata_and_figures(tmp_path):
+    folder = tmp_path / "classifier"
+    Classifier(ClassifierConfig(width=8)).save_pretrained(folder)
+    (folder / "training.json").write_text(json.dumps({"family": "classifier", "dataset": "fashion-mnist",
+                                                      "steps": 10, "command": "python -m core.train classifier"}))
+    (folder / "eval.json").write_text(json.dumps({"accuracy": 0.9312, "tables": {"Robustness": "| a |\n|---|"}}))
+    text = write_model_card(folder, repo_id="someone/classifier").read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["library_name"] == "genlab" and header["pipeline_tag"] == "image-classification"
+    assert header["datasets"] == ["fashion-mnist"]
+    metric = header["model-index"][0]["results"][0]["metrics"][0]
+    assert metric["type"] == "accuracy" and metric["value"] == pytest.approx(0.9312)
+    assert "| accuracy | 0.9312 |" in text and "### Robustness" in text and "python -m core.train classifier" in text

@@ -1,0 +1,146 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import fields, replace
+
+import pytest
+import safetensors.torch
+import torch
+
+import core.train
+from conftest import ROOT
+from core.config import TrainConfig
+from core.hub import load_model
+from core.models.classifier import Classifier, ClassifierConfig
+from core.train import NonFiniteLoss, latest_checkpoint, lr_factor, main, train
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loop_trains_and_writes_a_run_directory(tiny_config):
+    cfg = replace(tiny_config, max_steps=80, log_every=20, eval_every=40, checkpoint_every=40, eval_size=359)
+    run_dir = train(Classifier(), cfg, "classifier")
+    metrics = read_metrics(run_dir)
+    logs = [m for m in metrics if "loss/train" in m]
+    evals = [m for m in metrics if "eval/accuracy" in m]
+    assert [m["step"] for m in logs] == [20, 40, 60, 80] and [m["step"] for m in evals] == [40, 80]
+    for key in ("epoch", "time", "elapsed", "lr", "images_per_s", "data_share", "accuracy/train"):
+        assert key in logs[0]
+    assert logs[-1]["loss/train"] < logs[0]["loss/train"] - 0.5        # it learns: ~2.2 -> well under 1.7
+    assert evals[-1]["eval/accuracy"] > 0.5                             # 10 classes: chance is 0.1
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step-0000040.png", "step-0000080.png"]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["family"] == "classifier" and saved["train"]["max_steps"] == 80
+    model = load_model(run_dir / "model")
+    assert isinstance(model, Classifier) and (run_dir / "model" / "README.md").read_text().startswith("---")
+    assert json.loads((run_dir / "model" / "eval.json").read_text())["accuracy"] == evals[-1]["eval/accuracy"]
+
+
+class CrashAt(Classifier):
+    """A classifier whose run dies (like a kill) just before the given step."""
+    crash_step = 9
+
+    def training_step(self, batch, step):
+        if step == self.crash_step:
+            raise KeyboardInterrupt("simulated kill")
+        return super().training_step(batch, step)
+
+
+def test_resumed_run_reaches_the_same_weights(tiny_config, tmp_path):
+    straight = Classifier()
+    train(straight, replace(tiny_config, run_name="straight"), "classifier")
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(CrashAt(), replace(tiny_config, run_name="crashed"), "classifier")
+    run_dir = tmp_path / "crashed"
+    assert latest_checkpoint(run_dir).name == "step-0000006"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    torch.manual_seed(123)                        # the resumed model's fresh init must not matter
+    resumed = Classifier()
+    train(resumed, replace(tiny_config, run_name="crashed"), "classifier", resume=run_dir)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    steps = [m["step"] for m in read_metrics(run_dir) if "loss/train" in m]
+    assert steps == [4, 8, 8, 12]                 # 8 logged before the kill, then again after resuming from 6
+
+
+def test_a_crash_during_a_checkpoint_write_keeps_the_previous_one(tiny_config, tmp_path, monkeypatch):
+    real_save = safetensors.torch.save_file
+    calls = []
+
+    def dying_save(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:            # calls: step 6 weights, step 6 state, step 12 weights: dies mid-write
+            real_save(tensors, path, *args, **kwargs)
+            with open(path, "r+b") as f:
+                f.truncate(100)
+            raise KeyboardInterrupt("killed while writing")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(core.train.safetensors.torch, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(Classifier(), tiny_config, "classifier")
+    monkeypatch.undo()
+    run_dir = tmp_path / "run"
+    assert latest_checkpoint(run_dir).name == "step-0000006"
+    assert (run_dir / "checkpoints" / ".tmp-step-0000012").exists()        # the half-written one, never renamed
+    assert isinstance(load_model(latest_checkpoint(run_dir)), Classifier)
+    train(Classifier(), tiny_config, "classifier", resume=run_dir)         # and the run can go on from it
+    assert latest_checkpoint(run_dir).name == "step-0000012"
+
+
+def test_non_finite_loss_stops_before_a_checkpoint(tiny_config, tmp_path):
+    cfg = replace(tiny_config, lr=1e30)          # Adam moves every weight by ~1e30: the logits overflow
+    with pytest.raises(NonFiniteLoss, match=r"loss/train is (nan|inf) at step 4"):
+        train(Classifier(), cfg, "classifier")
+    assert not list((tmp_path / "run").glob("checkpoints/step-*"))
+    assert "NonFiniteLoss" in json.loads((tmp_path / "run" / "status.json").read_text())["error"]
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(lr_schedule="cosine", warmup_steps=10)
+    assert lr_factor(cfg, 0, 110) == pytest.approx(0.1) and lr_factor(cfg, 9, 110) == 1.0
+    assert lr_factor(cfg, 60, 110) == pytest.approx(0.5) and lr_factor(cfg, 110, 110) == pytest.approx(0.0)
+    assert lr_factor(TrainConfig(), 500, 1000) == 1.0
+
+
+def test_cli_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["classifier", "--help"])
+    text = capsys.readouterr().out
+    for cls in (TrainConfig, ClassifierConfig):
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            assert re.search(rf"{flag}\b.*\n?.*\S", text), flag
+            assert f.metadata["help"].split("(")[0].strip()[:30] in " ".join(text.split())
+
+
+def test_cli_trains_and_resumes_with_overrides(tmp_path):
+    base = ["classifier", "--dataset", "digits", "--batch-size", "32", "--runs-dir", str(tmp_path), "--run-name", "cli",
+            "--log-every", "2", "--eval-size", "32", "--width", "8", "--cpu"]
+    run_dir = main(base + ["--max-steps", "4"])
+    assert json.loads((run_dir / "config.json").read_text())["model"]["width"] == 8
+    main(["classifier", "--resume", str(run_dir), "--max-steps", "6"])
+    assert [m["step"] for m in read_metrics(run_dir) if "loss/train" in m] == [2, 4, 6]
+    with pytest.raises(SystemExit):
+        main(["classifier", "--dataset", "imagenet", "--max-steps", "1", "--runs-dir", str(tmp_path)])
+
+
+def test_two_processes_with_accelerate_keep_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             str(ROOT / "tests" / "dist_worker.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(re.findall(r"rank (\d) of (\d) checksum (\S+)", result.stdout))
+    assert [(r, n) for r, n, _ in lines] == [("0", "2"), ("1", "2")], result.stdout
+    assert lines[0][2] == lines[1][2]                  # gradients were averaged: both copies stayed equal
+    run_dir = tmp_path / "dist"
+    assert json.loads((run_dir / "config.json").read_text())["num_processes"] == 2
+    assert [m["step"] for m in read_metrics(run_dir) if "loss/train" in m] == [4, 8]     # rank 0 alone wrote
