@@ -81,6 +81,7 @@ class ImageData:
     classes: tuple[str, ...]
     name: str = ""
     pad_to: int | None = None      # pad each side with black (-1) up to this size when batches are drawn
+    split: str = ""
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -105,7 +106,7 @@ class ImageData:
         return Batch(images, self.labels[index])
 
     def select(self, index: Tensor) -> "ImageData":
-        return ImageData(self.images[index], self.labels[index], self.classes, self.name, self.pad_to)
+        return ImageData(self.images[index], self.labels[index], self.classes, self.name, self.pad_to, self.split)
 
     def subset(self, classes: list[int | str] | tuple[int | str, ...]) -> "ImageData":
         """Only the rows of the given classes (by index or name), e.g. subset(["sneaker"])."""
@@ -220,7 +221,7 @@ def load_idx_dataset(name: str, split: str = "train", root: str | Path | None = 
     array = read_idx(images)
     classes = FASHION_CLASSES if name == "fashion-mnist" else DIGIT_CLASSES
     return ImageData(torch.from_numpy(array.copy()).unsqueeze(1), torch.from_numpy(read_idx(labels).astype(np.int64)),
-                     classes, name)
+                     classes, name, split=split)
 
 
 def load_digits(split: str = "train", test_fraction: float = 0.2) -> ImageData:
@@ -232,7 +233,7 @@ def load_digits(split: str = "train", test_fraction: float = 0.2) -> ImageData:
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     n_test = int(len(images) * test_fraction)
     index = order[n_test:] if split == "train" else order[:n_test]
-    return ImageData(images[index], labels[index], DIGIT_CLASSES, "digits")
+    return ImageData(images[index], labels[index], DIGIT_CLASSES, "digits", split=split)
 
 
 def load_dataset(name: str, split: str = "train", root: str | Path | None = None, pad_to: int | None = None,

@@ -2,7 +2,8 @@
 
 For a classifier: test accuracy and the accuracy-vs-ε table under FGSM and PGD; with --reference, the metrics'
 reference statistics of the test set (stored beside the classifier) and the real-vs-real FID floor (10k training
-images against the test set). --write saves the figures to the checkpoint's eval.json and rewrites its model card.
+images against the test set). For a generator: FID/KID, precision/recall and class coverage (conditional accuracy
+for a conditional model) of as many samples as test images (10k by default), on the classifier's features. --write saves the figures to the checkpoint's eval.json and rewrites its model card.
 """
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ def markdown_table(curves: dict[str, dict[float, float]]) -> str:
 
 def evaluate_classifier(model, data, epsilons, attacks, pgd_steps: int) -> dict:
     curves = {attack: robustness_curve(model, data, list(epsilons), attack, pgd_steps=pgd_steps) for attack in attacks}
-    first = next(iter(curves.values()))
-    result = {"accuracy": first[0.0] if 0.0 in first else None, "test_images": len(data),
-              **{f"{a}_accuracy_eps{e:g}": acc for a, curve in curves.items() for e, acc in curve.items() if e > 0},
-              "tables": {f"Test accuracy vs attack budget ε ({', '.join(attacks).upper()}"
-                         f"{f', PGD {pgd_steps} steps' if 'pgd' in attacks else ''})": markdown_table(curves)}}
-    return {k: v for k, v in result.items() if v is not None}
+    title = (f"Test accuracy vs attack budget ε ({', '.join(attacks).upper()}"
+             f"{f' with {pgd_steps} steps' if 'pgd' in attacks else ''}, {len(data)} test images)")
+    result = {"tables": {title: markdown_table(curves)}}
+    if len(data) == 10_000:          # scalar figures (model-index on the Hub) only for the whole test set
+        result.update({f"{a}_accuracy_eps{e:g}" if e > 0 else "accuracy": acc
+                       for a, curve in curves.items() for e, acc in curve.items()})
+    return result
 
 
 def reference_and_floor(model, folder: Path, dataset: str, data_dir: str | None) -> dict:
@@ -84,21 +86,22 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(args.checkpoint)
     except (CheckpointError, OSError) as exc:
         sys.exit(f"error: {exc}")
-    if model.pipeline_tag != "image-classification":
-        sys.exit(f"error: core.evaluate does not know {type(model).__name__} yet")
     data = load_dataset(args.dataset, "test", args.data_dir)
     if args.limit:
         data = data.select(torch.arange(min(args.limit, len(data))))
-    result = evaluate_classifier(model, data, epsilons, attacks, args.pgd_steps)
     folder = Path(args.checkpoint)
-    if args.reference:
-        result.update(reference_and_floor(model, folder, args.dataset, args.data_dir))
-    for title, table in result["tables"].items():
-        print(f"{title}, {len(data)} {args.dataset} test images\n{table}\n")
+    if model.pipeline_tag == "image-classification":
+        result = evaluate_classifier(model, data, epsilons, attacks, args.pgd_steps)
+        if args.reference:
+            result.update(reference_and_floor(model, folder, args.dataset, args.data_dir))
+    else:      # a generator: as many samples as test images, scored on the metric classifier's features
+        result = {**model.evaluate(data), "samples": len(data)}
+    for title, table in result.get("tables", {}).items():
+        print(f"{title}, {args.dataset}\n{table}\n")
     print(json.dumps({k: v for k, v in result.items() if k != "tables"}, indent=2))
     if args.write:
         previous = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
-        save_json({**previous, **result, "tables": {**previous.get("tables", {}), **result["tables"]}},
+        save_json({**previous, **result, "tables": {**previous.get("tables", {}), **result.get("tables", {})}},
                   folder / "eval.json")
         write_model_card(folder)
     return result

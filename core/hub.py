@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 
 WEIGHTS = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-MODEL_CLASSES = {"Classifier": "core.models.classifier"}   # _class_name in config.json -> module that defines it
+MODEL_CLASSES = {"Classifier": "core.models.classifier", "GAN": "core.models.gan"}   # _class_name in config.json -> module that defines it
 
 
 class CheckpointError(ValueError):
@@ -62,6 +62,9 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="genlab", tags=["ge
             missing, unexpected = safetensors.torch.load_model(model, weights, strict=False, device=map_location)
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{weights} is not a readable safetensors file ({exc})") from exc
+        except RuntimeError as exc:                              # shapes differ from what config.json builds
+            raise CheckpointError(f"{weights} does not match {cls.__name__} built from its config.json: "
+                                  f"{str(exc).splitlines()[1].strip()}") from exc
         if strict and (missing or unexpected):
             raise CheckpointError(f"{weights} does not match {cls.__name__}: missing {sorted(missing)[:5]}, "
                                   f"unexpected {sorted(unexpected)[:5]}")
@@ -130,13 +133,15 @@ def write_model_card(folder: Path, repo_id: str | None = None) -> Path:
             lines.append(f"| {key.replace('_', ' ')} | {training[key]} |")
     if training.get("command"):
         lines += ["", "```bash", training["command"], "```"]
+    if training.get("notes"):
+        lines += ["", training["notes"]]
     if scores:
         lines += ["", f"## Evaluation ({dataset} test set)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" for k, v in scores.items()]
     for title, table in evaluation.get("tables", {}).items():
         lines += ["", f"### {title}", "", table]
     if (folder / "samples.png").is_file():
-        lines += ["", "## Samples", "", "![samples](samples.png)"]
+        lines += ["", "## Samples", "", getattr(cls, "card_samples_caption", ""), "", "![samples](samples.png)"]
     lines += ["", "## Use", "", "```python", "from core.hub import load_model", "",
               f'model = load_model("{name}")  # or a local folder such as checkpoints/{folder.name}', "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -38,7 +38,7 @@ from core.data import Batch, ImageData, load_dataset
 from core.hub import HubModel, write_model_card
 from core.images import save_grid
 
-FAMILIES = {"classifier": "core.models.classifier:Classifier"}
+FAMILIES = {"classifier": "core.models.classifier:Classifier", "gan": "core.models.gan:GAN"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -204,7 +204,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
         save_json({"status": "running", "step": step, "total_steps": total, "time": time.time()}, run_dir / "status.json")
     log = (run_dir / "metrics.jsonl").open("a") if main else None
     start = time.perf_counter() - elapsed_before
-    window = {"sums": {}, "count": 0, "time": time.perf_counter(), "data": 0.0, "images": 0}
+    window = {"sums": {}, "counts": {}, "time": time.perf_counter(), "data": 0.0, "images": 0}
     bar = tqdm(total=total, initial=step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
     try:
         while step < total:
@@ -223,20 +223,22 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
                 model.train()
                 losses = model.training_step(batch, step)
                 step += 1
-                for name, value in losses.items():
+                for name, value in losses.items():          # a GAN's generator may skip steps: count per name
                     window["sums"][name] = window["sums"].get(name, 0.0) + value
-                window["count"] += 1
+                    window["counts"][name] = window["counts"].get(name, 0) + 1
                 window["images"] += len(batch.images) * world
                 bar.update(1)
                 last = step == total
                 if step % cfg.log_every == 0 or last:
                     write_log(log, window, bar, step, epoch, time.perf_counter() - start, cfg.lr * lr_factor(cfg, step - 1, total))
+                pause = time.perf_counter()          # evaluation and checkpoints do not count against images/s
                 if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                     evaluate(model, eval_data, run_dir, step, log, accelerator)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
                     check_finite(window, step)
                     save_checkpoint(run_dir, model, optimizers, step, time.perf_counter() - start, accelerator,
                                     cfg.keep_checkpoints)
+                window["time"] += time.perf_counter() - pause
         if main:
             export_model(model, run_dir, family, cfg, step, time.perf_counter() - start, accelerator, command)
             save_json({"status": "finished", "step": step, "total_steps": total, "time": time.time()},
@@ -267,12 +269,12 @@ def write_log(log, window: dict, bar, step: int, epoch: int, elapsed: float, lr:
     seconds = time.perf_counter() - window["time"]
     record = {"step": step, "epoch": epoch, "time": time.time(), "elapsed": round(elapsed, 3), "lr": lr,
               "images_per_s": round(window["images"] / seconds, 1), "data_share": round(window["data"] / seconds, 4),
-              **{name: float(total) / window["count"] for name, total in window["sums"].items()}}
+              **{name: float(total) / window["counts"][name] for name, total in window["sums"].items()}}
     if log:
         log.write(json.dumps(record) + "\n")
         log.flush()
         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss")})
-    window.update(sums={}, count=0, time=time.perf_counter(), data=0.0, images=0)
+    window.update(sums={}, counts={}, time=time.perf_counter(), data=0.0, images=0)
 
 
 def evaluate(model: TrainableModel, data: ImageData, run_dir: Path, step: int, log, accelerator: Accelerator) -> dict:
@@ -303,9 +305,9 @@ def export_model(model: TrainableModel, run_dir: Path, family: str, cfg: TrainCo
     folder = run_dir / "model"
     model.save_pretrained(folder)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    throughput = [m["images_per_s"] for m in metrics if "images_per_s" in m]
+    throughput = sorted(m["images_per_s"] for m in metrics if "images_per_s" in m)
     save_json({"family": family, "dataset": cfg.dataset, "steps": step, "seconds": round(seconds, 1),
-               "hardware": hardware(accelerator), "images_per_s": throughput[-1] if throughput else None,
+               "hardware": hardware(accelerator), "images_per_s": throughput[len(throughput) // 2] if throughput else None,   # median
                "command": command,
                "train_config": to_json(cfg)}, folder / "training.json")
     evals = [m for m in metrics if any(k.startswith("eval/") for k in m)]

@@ -3,21 +3,11 @@ import torch
 import torch.nn.functional as F
 
 from core.attacks import fgsm, pgd, robustness_curve
-from core.models.classifier import Classifier, ClassifierConfig
 
 
-@pytest.fixture(scope="module")
-def trained(digits):
-    """A small classifier fitted to the 8x8 digits in a second, so attacks have something to break."""
-    torch.manual_seed(0)
-    model = Classifier(ClassifierConfig(width=8, hidden=32, dropout=0.0, augment=False))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for batch in list(digits.batches(128, seed=0, epoch=0)) * 4:
-        loss = F.cross_entropy(model(batch.images), batch.labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+@pytest.fixture
+def trained(digits_classifier):
+    return digits_classifier
 
 
 @pytest.mark.parametrize("attack", ["fgsm", "pgd"])

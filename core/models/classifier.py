@@ -63,6 +63,8 @@ the weights in `reference_stats.safetensors`. Attack budgets ε are fractions of
 pixel by at most 25.5 grey levels of 255).
 """
 
+    card_samples_caption = "Top two rows: test images. Bottom two rows: the same images after FGSM at ε = 0.1."
+
     def __init__(self, config: ClassifierConfig = ClassifierConfig()):
         super().__init__()
         self.config = config
