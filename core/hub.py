@@ -93,10 +93,14 @@ def load_model(spec: str | Path, revision: str | None = None, **kwargs) -> HubMo
         config_file = folder / "config.json"
         if not config_file.is_file():
             raise CheckpointError(f"{folder} has no config.json, so it is not a genlab checkpoint folder")
-    elif folder.exists() or str(spec).startswith((".", "/")) or str(spec).count("/") > 1:
-        raise CheckpointError(f"{spec} is not a checkpoint folder")
+    elif folder.exists() or str(spec).startswith((".", "/")) or str(spec).count("/") != 1 or folder.parent.is_dir():
+        raise CheckpointError(f"{spec} is not a checkpoint folder (nor a Hub repo id such as user/model)")
     else:
-        config_file = Path(hf_hub_download(str(spec), "config.json", revision=revision))
+        try:
+            config_file = Path(hf_hub_download(str(spec), "config.json", revision=revision))
+        except Exception as exc:          # offline, unknown repo or revision, server error: say which, briefly
+            raise CheckpointError(f"could not fetch {spec}{'@' + revision if revision else ''} from the Hugging Face "
+                                  f"Hub: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
     try:
         class_name = json.loads(config_file.read_text())["_class_name"]
     except (json.JSONDecodeError, KeyError) as exc:

@@ -8,7 +8,7 @@ from torch import nn
 
 
 class EMA(nn.Module):
-    """An exponential moving average of a network's weights: θ_ema ← β θ_ema + (1 − β) θ.
+    """An exponential moving average of a network's weights: θ_ema ← β θ_ema + (1 − β) θ, β = `decay` after warm-up.
 
     Sampling from the average is smoother than from the last iterate (Karras et al. 2018; Yazıcı et al. 2019).
     Buffers (batch-norm statistics) are copied, not averaged. The copy is a submodule, so it is saved with the
@@ -19,11 +19,15 @@ class EMA(nn.Module):
         super().__init__()
         self.decay = decay
         self.average = copy.deepcopy(network).requires_grad_(False).eval()
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def update(self, network: nn.Module) -> None:
+        """One step; β warms up as min(decay, (1 + n) / (10 + n)) so early averages do not keep the random init."""
+        beta = min(self.decay, (1 + self.updates.item()) / (10 + self.updates.item()))
+        self.updates += 1
         for averaged, current in zip(self.average.parameters(), network.parameters()):
-            averaged.lerp_(current, 1.0 - self.decay)
+            averaged.lerp_(current, 1.0 - beta)
         for averaged, current in zip(self.average.buffers(), network.buffers()):
             averaged.copy_(current)
 

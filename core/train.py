@@ -217,9 +217,9 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
                     break
                 batch = Batch(batch.images.to(accelerator.device), batch.labels.to(accelerator.device))
                 window["data"] += time.perf_counter() - fetch
-                for optimizer in optimizers.values():
+                for optimizer in optimizers.values():      # each group keeps its own peak (e.g. a GAN's D lr ratio)
                     for group in optimizer.param_groups:
-                        group["lr"] = cfg.lr * lr_factor(cfg, step, total)
+                        group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_factor(cfg, step, total)
                 model.train()
                 losses = model.training_step(batch, step)
                 step += 1

@@ -68,3 +68,11 @@ def test_model_card_has_hub_metadata_and_figures(tmp_path):
     metric = header["model-index"][0]["results"][0]["metrics"][0]
     assert metric["type"] == "accuracy" and metric["value"] == pytest.approx(0.9312)
     assert "| accuracy | 0.9312 |" in text and "### Robustness" in text and "python -m core.train classifier" in text
+
+
+def test_an_unreachable_hub_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="could not fetch someone/no-such-model from the Hugging Face Hub"):
+        load_model("someone/no-such-model")

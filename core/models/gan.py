@@ -92,7 +92,10 @@ class Discriminator(nn.Module):
                 nn.Conv2d(2 * f, 4 * f, 3, 1, 1), norm(4 * f), nn.LeakyReLU(0.2), nn.Flatten())   # (B, 4f·S²/16)
             width = 4 * f * s * s
         self.score = nn.Linear(width, 1)
-        self.embed = nn.Embedding(c.num_classes, width) if c.num_classes else None
+        self.embed = None
+        if c.num_classes:
+            self.embed = nn.Embedding(c.num_classes, width)
+            nn.init.normal_(self.embed.weight, std=width ** -0.5)   # embed(y)ᵀφ(x) starts O(1), like ψ(φ(x))
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Scores (B,): logits for BCE, critic values for WGAN-GP."""

@@ -79,8 +79,14 @@ def test_ema_moves_toward_the_network():
     before = ema.average.weight.clone()
     with torch.no_grad():
         network.weight.add_(1.0)
-    ema.update(network)
-    torch.testing.assert_close(ema.average.weight, before + 0.1)
+    ema.update(network)                             # warm-up: β = min(0.9, 1/10) = 0.1 on the first update
+    torch.testing.assert_close(ema.average.weight, before + 0.9)
+    for _ in range(100):
+        ema.update(network)
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    ema.update(network)                             # warmed up: β = 0.9
+    torch.testing.assert_close(ema.average.weight, network.weight - 0.9, atol=1e-4, rtol=0)
     assert not ema.average.weight.requires_grad and not ema.train().average.training
 
 
@@ -98,3 +104,23 @@ def test_conditional_gan_draws_the_class_it_is_asked_for(digits, digits_classifi
     with torch.no_grad():
         predicted = digits_classifier(grid).argmax(1)
     assert (predicted == torch.arange(10).repeat_interleave(20)).float().mean() > 0.8
+
+
+def test_the_loop_keeps_the_discriminator_learning_rate_ratio(tiny_config):
+    from dataclasses import replace
+    from core.train import train
+    model = GAN(GANConfig(architecture="mlp", image_size=8, d_lr_ratio=0.25))
+    model.evaluate = lambda data: {}
+    train(model, replace(tiny_config, max_steps=2, lr=4e-4, lr_schedule="cosine"), "gan")
+    generator_lr = model.generator_optimizer.param_groups[0]["lr"]
+    assert generator_lr > 0
+    assert model.discriminator_optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * generator_lr)
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_evaluate_reports_every_metric(digits_test, num_classes):
+    model = GAN(GANConfig(architecture="mlp", image_size=8, num_classes=num_classes)).eval()
+    scores = model.evaluate(digits_test.select(torch.arange(200)))
+    expected = {"fid", "kid", "kid_std", "precision", "recall", "classes_covered", "kl_to_uniform"}
+    assert set(scores) == expected | ({"conditional_accuracy"} if num_classes else set())
+    assert scores["fid"] > 0 and 0 <= scores["precision"] <= 1 and 1 <= scores["classes_covered"] <= 10
