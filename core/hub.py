@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -30,8 +31,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded safely: missing, corrupt, pickled, or not matching its class."""
 
 
-class HubModel(nn.Module, PyTorchModelHubMixin, library_name="genlab", tags=["genlab", "from-scratch"],
-               repo_url="https://github.com/genlab/genlab"):
+class HubModel(nn.Module, PyTorchModelHubMixin, library_name="genlab", tags=["genlab", "from-scratch"]):
     """A torch module saved and loaded as a Hub repo folder. Subclasses take one dataclass argument, `config`."""
 
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -40,7 +40,6 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="genlab", tags=["ge
         (save_directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     def _hub_mixin_config_dict(self) -> dict:
-        from dataclasses import asdict, is_dataclass
         config = self._hub_mixin_config
         return asdict(config) if is_dataclass(config) else dict(config or {})
 
@@ -64,7 +63,7 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="genlab", tags=["ge
             raise CheckpointError(f"{weights} is not a readable safetensors file ({exc})") from exc
         except RuntimeError as exc:                              # shapes differ from what config.json builds
             raise CheckpointError(f"{weights} does not match {cls.__name__} built from its config.json: "
-                                  f"{str(exc).splitlines()[1].strip()}") from exc
+                                  f"{' '.join(str(exc).split())[:300]}") from exc
         if strict and (missing or unexpected):
             raise CheckpointError(f"{weights} does not match {cls.__name__}: missing {sorted(missing)[:5]}, "
                                   f"unexpected {sorted(unexpected)[:5]}")
