@@ -21,7 +21,8 @@ def option(default, help: str, **kwargs):
 @dataclass(frozen=True)
 class TrainConfig:
     """Options of the one training loop (core.train), shared by every family."""
-    dataset: str = option("fashion-mnist", "fashion-mnist, mnist or digits (sklearn's 8x8, for quick tries)")
+    dataset: str = option("fashion-mnist", "fashion-mnist, mnist or digits (sklearn's 8x8, for quick tries)",
+                          choices=("fashion-mnist", "mnist", "digits"))
     data_dir: str | None = option(None, "folder with the IDX files (default: search, see core.data)")
     classes: str | None = option(None, "train on these classes only, comma separated names or indices")
     pad_to: int | None = option(None, "pad images to this size (e.g. 32 for U-Nets)")
