@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = {**model.evaluate(data), "samples": len(data)}
     for title, table in result.get("tables", {}).items():
         print(f"{title}, {args.dataset}\n{table}\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "tables"}, indent=2))
+    scalars = {k: v for k, v in result.items() if k != "tables"}
+    if scalars:
+        print(json.dumps(scalars, indent=2))
     if args.write:
         previous = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
         save_json({**previous, **result, "tables": {**previous.get("tables", {}), **result.get("tables", {})}},

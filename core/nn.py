@@ -24,7 +24,7 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, network: nn.Module) -> None:
         """One step; β warms up as min(decay, (1 + n) / (10 + n)) so early averages do not keep the random init."""
-        beta = min(self.decay, (1 + self.updates.item()) / (10 + self.updates.item()))
+        beta = ((1 + self.updates) / (10 + self.updates)).clamp(max=self.decay)   # a tensor: no host sync per step
         self.updates += 1
         for averaged, current in zip(self.average.parameters(), network.parameters()):
             averaged.lerp_(current, 1.0 - beta)

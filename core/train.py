@@ -16,7 +16,6 @@ Run directory:  config.json  metrics.jsonl  status.json  samples/step-*.png
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import math

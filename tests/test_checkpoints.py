@@ -10,7 +10,6 @@ from core import metrics
 from core.attacks import robustness_curve
 from core.data import load_dataset
 from core.hub import load_model
-from core.models.classifier import Classifier
 
 CHECKPOINTS = ROOT / "checkpoints"
 
