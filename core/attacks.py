@@ -56,11 +56,6 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, alp
     return x_adv.detach()
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    return (model(x).argmax(1) == y).float().mean().item()
-
-
 def robustness_curve(model: nn.Module, data: ImageData, epsilons: list[float], attack: str = "fgsm",
                      batch_size: int = 500, pgd_steps: int = 10) -> dict[float, float]:
     """Test accuracy under an untargeted attack for each ε (ε = 0 is clean accuracy)."""

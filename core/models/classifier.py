@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.attacks import fgsm, pgd
+from core.attacks import fgsm, pgd, robustness_curve
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
 from core.train import TrainableModel
@@ -103,20 +103,13 @@ pixel by at most 25.5 grey levels of 255).
                 "accuracy/train": (logits.detach().argmax(1) == y).float().mean()}
 
     def evaluate(self, data: ImageData, batch_size: int = 1000) -> dict[str, float]:
-        """Test loss, accuracy, and accuracy under FGSM at ε = 0.1."""
+        """Test loss, accuracy, and accuracy under FGSM at ε = 0.1 (core.attacks.robustness_curve)."""
         device = next(self.parameters()).device
-        loss = correct = robust = 0.0
-        for start in range(0, len(data), batch_size):
-            batch = data.batch(slice(start, start + batch_size))
-            x, y = batch.images.to(device), batch.labels.to(device)
-            logits = self(x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            with torch.enable_grad():
-                x_adv = fgsm(self, x, y, 0.1)
-            robust += (self(x_adv).argmax(1) == y).sum().item()
-        n = len(data)
-        return {"loss": loss / n, "accuracy": correct / n, "fgsm_accuracy_eps0.1": robust / n}
+        loss = sum(F.cross_entropy(self(b.images.to(device)), b.labels.to(device), reduction="sum").item()
+                   for b in (data.batch(slice(i, i + batch_size)) for i in range(0, len(data), batch_size)))
+        with torch.enable_grad():        # the loop evaluates under no_grad; the attack needs input gradients
+            curve = robustness_curve(self, data, [0.0, 0.1], batch_size=batch_size)
+        return {"loss": loss / len(data), "accuracy": curve[0.0], "fgsm_accuracy_eps0.1": curve[0.1]}
 
     def eval_images(self, data: ImageData) -> Tensor:
         """Two rows of fixed test images over two rows of their FGSM (ε = 0.1) versions."""
