@@ -16,6 +16,7 @@ Run directory:  config.json  metrics.jsonl  status.json  samples/step-*.png
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -37,7 +38,8 @@ from core.data import Batch, ImageData, load_dataset
 from core.hub import HubModel, write_model_card
 from core.images import save_grid
 
-FAMILIES = {"classifier": "core.models.classifier:Classifier", "gan": "core.models.gan:GAN"}
+FAMILIES = {"classifier": "core.models.classifier:Classifier", "gan": "core.models.gan:GAN",
+            "ddpm": "core.models.ddpm:DDPM"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -61,6 +63,14 @@ class TrainableModel(HubModel):
     def eval_images(self, data: ImageData) -> Tensor | None:
         """Images in [-1, 1] for the grid logged at each evaluation (fixed inputs, so grids compare over time)."""
         return None
+
+    def autocast(self):
+        """The forward-pass precision context of the run (--mixed-precision); a no-op outside training."""
+        return self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
+
+    def exported(self) -> "TrainableModel":
+        """The model written to the run's final Hub folder; a family may drop what sampling does not need."""
+        return self
 
     def update(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
         """zero_grad, backward, average gradients over processes, step. Returns the detached loss."""
@@ -173,7 +183,8 @@ def load_checkpoint(folder: Path, model: TrainableModel, optimizers: dict, accel
 def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | None = None,
           data: ImageData | None = None, eval_data: ImageData | None = None, command: str | None = None) -> Path:
     """Train `model` with `cfg`; returns the run directory. `resume` continues a run from its last checkpoint."""
-    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())   # cpu=True: gloo across processes
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(),    # cpu=True: gloo across processes
+                              mixed_precision=cfg.mixed_precision)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed + accelerator.process_index)
@@ -302,7 +313,7 @@ def export_model(model: TrainableModel, run_dir: Path, family: str, cfg: TrainCo
                  accelerator: Accelerator, command: str | None) -> Path:
     """The final model as a Hub folder: weights, config, training facts, evaluation, sample grid, model card."""
     folder = run_dir / "model"
-    model.save_pretrained(folder)
+    model.exported().save_pretrained(folder)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     throughput = sorted(m["images_per_s"] for m in metrics if "images_per_s" in m)
     save_json({"family": family, "dataset": cfg.dataset, "steps": step, "seconds": round(seconds, 1),

@@ -1,0 +1,240 @@
+"""DDPM, Ho et al. 2020, "Denoising Diffusion Probabilistic Models", with classifier-free guidance (Ho & Salimans
+2022). The network is core/models/unet.py; the samplers are core/schedulers/ (DDPM, DDIM, DPM-Solver++).
+
+Forward process (Eq. 4):  x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε,   ε ~ N(0, I),  t ~ U{0, …, T−1}.
+Training (Algorithm 1):   minimise ‖target − f_θ(x_t, t)‖² (Eq. 14 with the "simple" weighting), where the
+                          prediction type sets the target: ε ("epsilon", the paper), x_0 ("sample"), or
+                          v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 ("v_prediction", Salimans & Ho 2022).
+Sampling (Algorithm 2):   x_T ~ N(0, I), then x_{t−1} from x_t by a scheduler's `step`, down to x_0.
+Guidance:                 with labels dropped to a null label with probability p during training, one network is
+                          both conditional and unconditional, and sampling uses
+                          ε̃ = ε_θ(x_t, ∅) + w (ε_θ(x_t, y) − ε_θ(x_t, ∅))      (Ho & Salimans, Eq. 6; w = 1 + their w)
+                          (applied to whatever the network predicts: ε, x_0 and v are all affine in ε at fixed x_t).
+
+This is not the often-copied "diffusion" blog snippet (an autoencoder without a timestep input whose reverse step
+returns its x_0 guess): here every step samples from q(x_{t−1} | x_t, x̂_0), and the network knows t.
+Weights are an exponential moving average of the trained ones (core.nn.EMA); the exported folder holds the EMA only.
+"""
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core import metrics
+from core.config import TrainConfig, option
+from core.data import Batch, ImageData
+from core.models.unet import UNet
+from core.nn import EMA
+from core.schedulers import SCHEDULERS, DDPMScheduler
+from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES
+from core.train import TrainableModel
+
+MAX_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    channels: int = option(1, "image channels")
+    image_size: int = option(28, "image side (28; 32 with --pad-to 32; 8 for the digits)")
+    widths: str = option("32,64,128", "U-Net width of each resolution level, comma separated")
+    layers_per_block: int = option(1, "residual blocks per level on the way down (one more on the way up)")
+    dropout: float = option(0.0, "dropout in the residual blocks (Ho et al.: 0.1 on CIFAR-10)")
+    num_classes: int = option(0, "0: unconditional; K > 0: class-conditional with classifier-free guidance")
+    label_dropout: float = option(0.1, "probability of training a label as the null label (Ho & Salimans: 0.1-0.2)")
+    prediction_type: str = option("epsilon", "what the network predicts", choices=PREDICTION_TYPES)
+    num_train_timesteps: int = option(1000, "T")
+    beta_schedule: str = option("linear", "β schedule", choices=BETA_SCHEDULES)
+    beta_start: float = option(0.0001, "β_1 of the linear schedules")
+    beta_end: float = option(0.02, "β_T of the linear schedules")
+    ema_decay: float = option(0.9995, "decay of the weights' moving average used for sampling (0: no EMA)")
+    eval_steps: int = option(20, "DPM-Solver++ steps for the samples and metrics logged during training")
+    eval_guidance: float = option(2.0, "guidance scale of the conditional samples logged during training")
+
+    def scheduler_config(self) -> dict:
+        return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
+                    beta_end=self.beta_end, beta_schedule=self.beta_schedule, prediction_type=self.prediction_type)
+
+
+class DDPM(TrainableModel):
+    """DDPM: a U-Net denoiser, unconditional or class-conditional with classifier-free guidance."""
+    config_class = DDPMConfig
+    pipeline_tag = "unconditional-image-generation"
+    card_description = """
+A denoising diffusion probabilistic model (Ho et al. 2020) trained from scratch with genlab (`core/models/ddpm.py`,
+U-Net in `core/models/unet.py`). The weights are the exponential moving average kept during training. Any of
+genlab's schedulers, or diffusers' `DDPMScheduler`, `DDIMScheduler` and `DPMSolverMultistepScheduler`, samples it;
+`scheduler_config.json` holds the training noise schedule. FID, KID, precision and recall use the features of
+genlab's Fashion-MNIST classifier (`checkpoints/classifier`): they compare genlab models with each other and are not
+comparable with Inception-FIDs from papers.
+"""
+    card_samples_caption = "Samples at the run's fixed noise (for a conditional model, row k is class k)."
+
+    def __init__(self, config: DDPMConfig = DDPMConfig()):
+        super().__init__()
+        widths = tuple(int(w) for w in str(config.widths).split(","))
+        if config.prediction_type not in PREDICTION_TYPES or config.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, beta_schedule one of {BETA_SCHEDULES}")
+        self.config = config
+        self.unet = UNet(config.channels, widths, config.layers_per_block, config.num_classes, dropout=config.dropout)
+        self.ema = EMA(self.unet, config.ema_decay) if config.ema_decay > 0 else None
+        self.noise_scheduler = DDPMScheduler(**config.scheduler_config())
+        side = 10 if config.num_classes else 8
+        self.register_buffer("fixed_noise", self.noise(side * side, seed=1234))
+
+    # ------------------------------------------------------------------------------------------------- training
+    @property
+    def conditional(self) -> bool:
+        return self.config.num_classes > 0
+
+    def noise(self, n: int, seed: int) -> Tensor:
+        c = self.config
+        return torch.randn(n, c.channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(seed))
+
+    def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return {"unet": self.optimizer}
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        """Algorithm 1: t ~ U, ε ~ N(0, I), x_t by Eq. 4, one gradient step on ‖target − f_θ(x_t, t, y)‖²."""
+        x0 = batch.images
+        t = torch.randint(0, self.config.num_train_timesteps, (len(x0),), device=x0.device)
+        eps = torch.randn_like(x0)
+        x_t = self.noise_scheduler.add_noise(x0, eps, t)
+        target = {"epsilon": eps, "sample": x0,
+                  "v_prediction": self.noise_scheduler.get_velocity(x0, eps, t)}[self.config.prediction_type]
+        labels = None
+        if self.conditional:         # classifier-free guidance: train the null label K on a fraction of the batch
+            drop = torch.rand(len(x0), device=x0.device) < self.config.label_dropout
+            labels = torch.where(drop, torch.full_like(batch.labels, self.config.num_classes), batch.labels)
+        with self.autocast():
+            prediction = self.unet(x_t, t, labels)
+        loss = F.mse_loss(prediction.float(), target)
+        loss = self.update(self.optimizer, loss)
+        if self.ema is not None:
+            self.ema.update(self.unet)
+        return {"loss/denoise": loss}
+
+    def exported(self) -> "DDPM":
+        """The shipped folder: the EMA weights as the model's only weights (half the file, the same samples)."""
+        if self.ema is None:
+            return self
+        export = DDPM(dataclasses.replace(self.config, ema_decay=0.0))
+        export.unet.load_state_dict(self.ema.average.state_dict())
+        return export.to(self.fixed_noise.device)
+
+    def _save_pretrained(self, save_directory) -> None:
+        """Hub folder = config.json + model.safetensors + scheduler_config.json (readable by diffusers)."""
+        super()._save_pretrained(save_directory)
+        self.noise_scheduler.save_pretrained(save_directory)
+
+    # ------------------------------------------------------------------------------------------------- sampling
+    @property
+    def denoiser(self) -> UNet:
+        return self.ema.average if self.ema is not None else self.unet
+
+    def scheduler(self, name: str = "dpm_solver", **options):
+        """A genlab scheduler ("ddpm", "ddim", "dpm_solver") on this model's training noise schedule."""
+        if name not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}")
+        return SCHEDULERS[name].from_config(self.config.scheduler_config(), **options)
+
+    def predict(self, x_t: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float,
+                bf16: bool = False) -> Tensor:
+        """f_θ(x_t, t, y) with classifier-free guidance; one batched forward pass for both halves when w ≠ 1."""
+        net = self.denoiser
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if labels is None or guidance_scale == 1.0:
+                return net(x_t, t, labels).float()
+            null = torch.full_like(labels, self.config.num_classes)
+            conditional, unconditional = net(torch.cat([x_t, x_t]), t, torch.cat([labels, null])).float().chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def labels_for(self, n: int, label: int | Tensor | None) -> Tensor | None:
+        """None (unconditional), one class for all n, or per-image labels; conditional models cycle 0..K−1 by default."""
+        if not self.conditional:
+            if label is not None:
+                raise ValueError("this DDPM is unconditional: it takes no label")
+            return None
+        labels = torch.arange(n) % self.config.num_classes if label is None else torch.as_tensor(label).long()
+        labels = labels.expand(n) if labels.ndim == 0 else labels
+        if len(labels) != n or int(labels.min()) < 0 or int(labels.max()) >= self.config.num_classes:
+            raise ValueError(f"labels must be {n} integers in [0, {self.config.num_classes - 1}]")
+        return labels
+
+    @torch.no_grad()
+    def denoise(self, n: int = 16, steps: int = 20, scheduler="dpm_solver", seed: int = 0, guidance_scale: float = 1.0,
+                label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None,
+                bf16: bool = False) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """Yield (step index, x_t, x̂_0 or None) after every reverse step; `scheduler` is a name or any object with
+        the diffusers scheduler API (ours or diffusers' own). x_T comes from `seed` unless `noise` is given."""
+        if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+        if not math.isfinite(guidance_scale) or not 0.0 <= guidance_scale <= 20.0:
+            raise ValueError(f"guidance_scale must lie in [0, 20], got {guidance_scale}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {eta}")
+        scheduler = self.scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        device = self.fixed_noise.device
+        labels = self.labels_for(n, label)
+        labels = labels.to(device) if labels is not None else None
+        generator = torch.Generator().manual_seed(seed)
+        x = (noise if noise is not None else self.noise(n, seed)).to(device) * scheduler.init_noise_sigma
+        scheduler.set_timesteps(steps)
+        extra = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
+        for i, t in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(x, t)
+            output = self.predict(model_input, t.to(device), labels, guidance_scale, bf16)
+            result = scheduler.step(output, t, x, generator=generator, **extra)
+            x = result.prev_sample
+            yield i, x, getattr(result, "pred_original_sample", None)
+
+    def sample(self, n: int = 16, steps: int = 20, scheduler="dpm_solver", seed: int = 0, guidance_scale: float = 1.0,
+               label: int | Tensor | None = None, eta: float = 0.0, return_intermediates: bool = False,
+               batch_size: int = 256, bf16: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """n images in [-1, 1]. With return_intermediates, also x_t after every step, (steps, n, C, H, W), for an
+        animation of the denoising. Large n runs in chunks of batch_size with one seed per chunk."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        labels = self.labels_for(n, label)
+        images, frames = [], []
+        for c, start in enumerate(range(0, n, batch_size)):
+            size = min(batch_size, n - start)
+            part = labels[start:start + size] if labels is not None else None
+            trajectory = list(self.denoise(size, steps, scheduler, seed + c, guidance_scale, part, eta, bf16=bf16)) \
+                if return_intermediates else None
+            if trajectory is None:
+                for _, x, _ in self.denoise(size, steps, scheduler, seed + c, guidance_scale, part, eta, bf16=bf16):
+                    pass
+            else:
+                x = trajectory[-1][1]
+                frames.append(torch.stack([frame.cpu() for _, frame, _ in trajectory]))
+            images.append(x.clamp(-1, 1).cpu())
+        images = torch.cat(images)
+        return (images, torch.cat(frames, dim=1).clamp(-1, 1)) if return_intermediates else images
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    def eval_images(self, data: ImageData) -> Tensor:
+        """The fixed noise through DPM-Solver++; conditional models: row k is class k at the eval guidance scale."""
+        side = int(math.isqrt(len(self.fixed_noise)))
+        labels = torch.arange(side).repeat_interleave(side) if self.conditional else None
+        guidance = self.config.eval_guidance if self.conditional else 1.0
+        for _, x, _ in self.denoise(len(self.fixed_noise), self.config.eval_steps, "dpm_solver", 0, guidance, labels,
+                                    noise=self.fixed_noise, bf16=self._bf16()):
+            pass
+        return x.clamp(-1, 1).cpu()
+
+    def evaluate(self, data: ImageData) -> dict[str, float]:
+        """FID/KID, precision/recall, coverage (conditional accuracy) of len(data) DPM-Solver++ samples vs data."""
+        classifier = metrics.metric_classifier()
+        reference = metrics.reference_for(classifier, data)
+        guidance = self.config.eval_guidance if self.conditional else 1.0
+        images = self.sample(len(data), self.config.eval_steps, "dpm_solver", 0, guidance, bf16=self._bf16())
+        return metrics.sample_quality(classifier, reference, images, self.labels_for(len(data), None))
+
+    def _bf16(self) -> bool:
+        return self.accelerator is not None and self.accelerator.mixed_precision == "bf16"

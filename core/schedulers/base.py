@@ -1,0 +1,191 @@
+"""What every noise scheduler shares: the β schedules, the forward process q(x_t | x_0), x̂_0 clipping and
+thresholding, and the diffusers-compatible configuration (`from_config`, `from_pretrained`, `save_pretrained`).
+
+The forward process (Ho et al. 2020, Eq. 4), with α_t = 1 − β_t and ᾱ_t = ∏_{s≤t} α_s:
+    q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I),   so   x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε,  ε ~ N(0, I).
+The network may predict ε, x_0 ("sample") or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022, Sec. 4); each of
+them, with x_t, gives the other two.
+
+Every scheduler follows the diffusers API (`set_timesteps`, `timesteps`, `step(...).prev_sample`, `add_noise`,
+`scale_model_input`, `init_noise_sigma`, `order`) with diffusers' option names, and reads and writes the same
+`scheduler_config.json`, so genlab's and diffusers' classes of one name load each other's files. The arithmetic
+keeps diffusers' float32 order of operations, so the two agree to float32 rounding (tests/test_schedulers.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CONFIG_NAME = "scheduler_config.json"
+DIFFUSERS_VERSION = "0.42.1"          # the diffusers release the parity tests run against
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SPACINGS = ("leading", "trailing", "linspace")
+# diffusers options genlab does not implement, accepted only at their neutral value, so a diffusers file loads
+NEUTRAL = {"trained_betas": None, "rescale_betas_zero_snr": False, "use_karras_sigmas": False,
+           "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
+           "flow_shift": 1.0, "lambda_min_clipped": -math.inf, "variance_type": None, "use_dynamic_shifting": False,
+           "time_shift_type": "exponential"}
+
+
+@dataclass
+class SchedulerOutput:
+    """`prev_sample` is x_{t−1}; `pred_original_sample` the x̂_0 it was computed from (None where diffusers has none)."""
+    prev_sample: Tensor
+    pred_original_sample: Tensor | None = None
+
+
+class SchedulerConfig(dict):
+    """The options as a read-only dict that also reads as attributes, like diffusers' FrozenDict."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setitem__(self, key, value):
+        raise TypeError("a scheduler's config is read-only; build a new one with from_config(config, **changes)")
+
+
+def betas_for(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str) -> Tensor:
+    """β_1..β_T in float32. linear: Ho et al. 2020, Sec. 4 (1e-4 to 0.02 over 1000 steps); scaled_linear: linear in
+    √β (latent diffusion); squaredcos_cap_v2: Nichol & Dhariwal 2021, Eq. 17, ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2),
+    s = 0.008, β_t = min(1 − ᾱ(t)/ᾱ(t − 1), 0.999)."""
+    n = num_train_timesteps
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        return torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
+                            dtype=torch.float32)
+    raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+
+
+def spaced_timesteps(num_train_timesteps: int, n: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
+    """The n timesteps a sampler visits, descending (Lin et al. 2024, Table 2, names the three spacings)."""
+    if spacing == "linspace":
+        return np.linspace(0, num_train_timesteps - 1, n).round()[::-1].copy().astype(np.int64)
+    if spacing == "leading":
+        return (np.arange(0, n) * (num_train_timesteps // n)).round()[::-1].copy().astype(np.int64) + steps_offset
+    if spacing == "trailing":
+        return np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / n)).astype(np.int64) - 1
+    raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
+
+
+def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, Sec. 2.3): s = the `ratio` quantile of |x̂_0| per image, clamped to
+    [1, max_value]; x̂_0 ← clip(x̂_0, −s, s) / s."""
+    dtype, shape = x0.dtype, x0.shape
+    flat = x0.float().reshape(shape[0], -1) if dtype not in (torch.float32, torch.float64) else x0.reshape(shape[0], -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(shape).to(dtype)
+
+
+def step_noise(sample: Tensor, generator: torch.Generator | None) -> Tensor:
+    """ε ~ N(0, I) shaped like `sample`, drawn on the generator's device (as diffusers' randn_tensor draws)."""
+    device = generator.device if generator is not None else sample.device
+    return torch.randn(sample.shape, generator=generator, device=device, dtype=sample.dtype).to(sample.device)
+
+
+def expand(values: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, ...) to broadcast over an image batch."""
+    return values.flatten().reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class Scheduler:
+    """Shared configuration handling and the forward process. Subclasses set `defaults` and implement `step`."""
+    defaults: dict = {}
+    order = 1
+    init_noise_sigma = 1.0
+    config_name = CONFIG_NAME
+
+    def __init__(self, **options):
+        unknown = {k: v for k, v in options.items() if k not in self.defaults and not k.startswith("_")}
+        for key, value in unknown.items():
+            if key not in NEUTRAL or value != NEUTRAL[key]:
+                raise ValueError(f"{type(self).__name__}: option {key}={value!r} is not implemented in genlab "
+                                 f"(supported: {', '.join(self.defaults)})")
+        self.config = SchedulerConfig({**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}})
+        c = self.config
+        if c.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {c.prediction_type!r}")
+        if c.timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {c.timestep_spacing!r}")
+        self.betas = betas_for(c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.from_numpy(np.arange(0, c.num_train_timesteps)[::-1].copy())
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ------------------------------------------------------------------------------- diffusers-compatible config
+    @classmethod
+    def from_config(cls, config: dict | object, **changes) -> Scheduler:
+        """Build from a config dict (ours or diffusers' `scheduler.config`) or from any object with a `.config`.
+
+        As in diffusers, options of another scheduler class are dropped, so a DDPM config can seed a DPM-Solver
+        (`DPMSolverMultistepScheduler.from_config(ddpm.config)` keeps the β schedule and prediction type)."""
+        config = {**dict(getattr(config, "config", config)), **changes}
+        siblings = {k for sub in Scheduler.__subclasses__() for k in sub.defaults} - set(cls.defaults)
+        return cls(**{k: v for k, v in config.items() if not k.startswith("_") and k not in siblings})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, subfolder: str | None = None, **changes) -> Scheduler:
+        path = Path(folder) / (subfolder or "") / CONFIG_NAME
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read a scheduler config at {path}: {exc}") from exc
+        return cls.from_config(config, **changes)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_VERSION, **self.config}
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        return path
+
+    # ----------------------------------------------------------------------------------------- forward process
+    def _sqrt_alphas(self, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        alphas_cumprod = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
+        abar = alphas_cumprod[torch.as_tensor(timesteps, device=like.device)]
+        return expand(abar ** 0.5, like), expand((1 - abar) ** 0.5, like)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """Eq. 4: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, one t per image."""
+        sqrt_abar, sqrt_one_minus = self._sqrt_alphas(timesteps, original_samples)
+        return sqrt_abar * original_samples + sqrt_one_minus * noise
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """The v-prediction target v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022)."""
+        sqrt_abar, sqrt_one_minus = self._sqrt_alphas(timesteps, sample)
+        return sqrt_abar * noise - sqrt_one_minus * sample
+
+    def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
+        """Identity: these schedulers feed x_t to the network unscaled (Karras-style schedulers do not)."""
+        return sample
+
+    def _limit_x0(self, x0: Tensor) -> Tensor:
+        """Dynamic thresholding if enabled, else clipping to ±clip_sample_range if enabled."""
+        c = self.config
+        if c.get("thresholding"):
+            return threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
+        if c.get("clip_sample"):
+            return x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+        return x0
+
+    def _check_steps(self, n: int) -> None:
+        if not isinstance(n, (int, np.integer)) or not 1 <= n <= self.config.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be an integer from 1 to {self.config.num_train_timesteps} "
+                             f"(num_train_timesteps), got {n!r}")

@@ -1,0 +1,70 @@
+"""DDIM, Song et al. 2021, "Denoising Diffusion Implicit Models".
+
+Same trained network as DDPM, a non-Markovian reverse process that may skip timesteps. One step t → t' (Eq. 12):
+    x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t                                   "predicted x_0"
+    σ_t = η √((1 − ᾱ_{t'}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t'})            Eq. 16
+    x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ + σ_t z             "direction pointing to x_t" + noise
+η = 0 is deterministic (an ODE sampler: the same x_T always gives the same x_0); η = 1 is DDPM-like.
+t' = t − T/n as in diffusers, and past the first step ᾱ_{t'} = 1 (set_alpha_to_one) or ᾱ_0.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from core.schedulers.base import Scheduler, SchedulerOutput, spaced_timesteps, step_noise
+
+
+class DDIMScheduler(Scheduler):
+    defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                    clip_sample=True, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
+                    thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0, sample_max_value=1.0,
+                    timestep_spacing="leading")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.final_alpha_cumprod = torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        self._check_steps(num_inference_steps)
+        c = self.config
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = torch.from_numpy(spaced_timesteps(c.num_train_timesteps, num_inference_steps,
+                                                           c.timestep_spacing, c.steps_offset)).to(device)
+
+    def _alpha_prod(self, t: int) -> Tensor:
+        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
+
+    def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             variance_noise: Tensor | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step")
+        t = int(timestep)
+        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
+        alpha_prod_t, alpha_prod_t_prev = self._alpha_prod(t), self._alpha_prod(prev_t)
+        beta_prod_t = 1 - alpha_prod_t
+        # x̂_0 and ε̂ from the model output, whichever of ε, x_0, v it predicts
+        p = self.config.prediction_type
+        if p == "epsilon":
+            x0, eps = (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5, model_output
+        elif p == "sample":
+            x0 = model_output
+            eps = (sample - alpha_prod_t ** 0.5 * x0) / beta_prod_t ** 0.5
+        else:
+            x0 = alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output
+            eps = alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * sample
+        x0 = self._limit_x0(x0)
+        # σ_t, Eq. 16
+        variance = (1 - alpha_prod_t_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_t_prev)
+        std_dev_t = eta * variance ** 0.5
+        if use_clipped_model_output:          # re-derive ε̂ from the clipped x̂_0 (as in Song et al.'s code)
+            eps = (sample - alpha_prod_t ** 0.5 * x0) / beta_prod_t ** 0.5
+        # Eq. 12
+        prev_sample = alpha_prod_t_prev ** 0.5 * x0 + (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5 * eps
+        if eta > 0:
+            noise = variance_noise if variance_noise is not None else step_noise(model_output, generator)
+            prev_sample = prev_sample + std_dev_t * noise
+        if not return_dict:
+            return (prev_sample, x0)
+        return SchedulerOutput(prev_sample, x0)

@@ -1,0 +1,83 @@
+"""DDPM ancestral sampling, Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
+
+The reverse step samples the posterior q(x_{t'} | x_t, x̂_0), Eqs. 6-7, with t' the previous visited timestep
+(t − 1 when all T steps run):
+    x̂_0 from the model output (ε: x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t), clipped or thresholded
+    μ̃ = √ᾱ_{t'} β̃ / (1 − ᾱ_t) · x̂_0 + √α̃ (1 − ᾱ_{t'}) / (1 − ᾱ_t) · x_t,    α̃ = ᾱ_t / ᾱ_{t'},  β̃ = 1 − α̃
+    x_{t'} = μ̃ + σ z,  z ~ N(0, I),  σ² = (1 − ᾱ_{t'}) / (1 − ᾱ_t) · β̃  ("fixed_small", Eq. 7)  or  β̃  ("fixed_large")
+and no noise is added at t = 0 (Algorithm 2, line 3).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core.schedulers.base import Scheduler, SchedulerOutput, spaced_timesteps, step_noise
+
+VARIANCE_TYPES = ("fixed_small", "fixed_large")
+
+
+class DDPMScheduler(Scheduler):
+    defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                    variance_type="fixed_small", clip_sample=True, prediction_type="epsilon", thresholding=False,
+                    dynamic_thresholding_ratio=0.995, clip_sample_range=1.0, sample_max_value=1.0,
+                    timestep_spacing="leading", steps_offset=0)
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if self.config.variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {self.config.variance_type!r}")
+        self.one = torch.tensor(1.0)
+        self._previous: dict[int, int] = {}
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Visit `num_inference_steps` of the T training timesteps (T: the paper's sampler; fewer: a strided one)."""
+        self._check_steps(num_inference_steps)
+        c = self.config
+        timesteps = spaced_timesteps(c.num_train_timesteps, num_inference_steps, c.timestep_spacing, c.steps_offset)
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = torch.from_numpy(timesteps).to(device)
+        self._previous = dict(zip(timesteps.tolist(), np.append(timesteps[1:], -1).tolist()))
+
+    def previous_timestep(self, timestep: int) -> int:
+        if self.num_inference_steps is None:
+            return timestep - 1
+        if timestep not in self._previous:
+            raise ValueError(f"timestep {timestep} is not in this scheduler's timesteps; call set_timesteps first")
+        return self._previous[timestep]
+
+    def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        t = int(timestep)
+        prev_t = self.previous_timestep(t)
+        c = self.config
+        # 1. ᾱ_t, ᾱ_{t'} and the step's own α̃, β̃
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = 1 - current_alpha_t
+        # 2. x̂_0 from the model output (Eq. 15 for ε), then 3. clip or threshold it
+        if c.prediction_type == "epsilon":
+            x0 = (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5
+        elif c.prediction_type == "sample":
+            x0 = model_output
+        else:
+            x0 = alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output
+        x0 = self._limit_x0(x0)
+        # 4-5. the posterior mean μ̃(x_t, x̂_0), Eq. 7
+        x0_coeff = alpha_prod_t_prev ** 0.5 * current_beta_t / beta_prod_t
+        xt_coeff = current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t
+        prev_sample = x0_coeff * x0 + xt_coeff * sample
+        # 6. add σ z, except at t = 0
+        if t > 0:
+            noise = step_noise(model_output, generator)
+            if c.variance_type == "fixed_small":
+                variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)
+            else:
+                variance = current_beta_t
+            prev_sample = prev_sample + variance ** 0.5 * noise
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample, x0)

@@ -1,0 +1,152 @@
+"""DPM-Solver++ (2M), Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
+Models": good samples in 10-20 network evaluations.
+
+The sampler solves the diffusion ODE in x_0-prediction form, with α_t = √ᾱ_t, σ_t = √(1−ᾱ_t) and the half
+log-SNR λ_t = log(α_t/σ_t). Writing h = λ_t − λ_s for a step s → t and D = x̂_0:
+    first order (Eq. 5 with k = 1, = DDIM):   x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D_s
+    2M multistep (Algorithm 2):   r = h_prev / h,  D = D_s + (1/(2r)) (D_s − D_prev)     ("midpoint")
+                                  x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D
+The first step (no previous D yet) and, for short schedules (< 15 steps) or a final σ of 0, the last step are first
+order (lower_order_final, as in diffusers). Internally the schedule is kept as σ̃_t = σ_t/α_t = √((1−ᾱ_t)/ᾱ_t),
+with α_t = 1/√(σ̃² + 1), σ_t = σ̃ α_t. Only `algorithm_type="dpmsolver++"` with solver_order 1 or 2 is implemented.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core.schedulers.base import Scheduler, SchedulerOutput, expand
+
+
+class DPMSolverMultistepScheduler(Scheduler):
+    defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                    solver_order=2, prediction_type="epsilon", thresholding=False, dynamic_thresholding_ratio=0.995,
+                    sample_max_value=1.0, algorithm_type="dpmsolver++", solver_type="midpoint",
+                    lower_order_final=True, euler_at_final=False, final_sigmas_type="zero",
+                    timestep_spacing="linspace", steps_offset=0)
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        c = self.config
+        if c.algorithm_type != "dpmsolver++" or c.solver_order not in (1, 2) or c.solver_type not in ("midpoint", "heun"):
+            raise ValueError("genlab implements DPM-Solver++ (algorithm_type='dpmsolver++') of solver_order 1 or 2 "
+                             "with solver_type 'midpoint' or 'heun'")
+        if c.final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {c.final_sigmas_type!r}")
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        self.timesteps = torch.from_numpy(np.linspace(0, c.num_train_timesteps - 1, c.num_train_timesteps,
+                                                      dtype=np.float32)[::-1].copy())
+        self._reset()
+
+    def _reset(self) -> None:
+        self.model_outputs: list[Tensor | None] = [None] * self.config.solver_order
+        self.lower_order_nums = 0
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start part-way through the schedule (image-to-image)."""
+        self._begin_index = begin_index
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """n timesteps spaced over [0, T) (one more point than steps, the last dropped), and σ̃ at each plus a final
+        σ̃ = 0 ("zero": the last step lands on x̂_0) or σ̃_min."""
+        self._check_steps(num_inference_steps)
+        c, n, T = self.config, num_inference_steps, self.config.num_train_timesteps
+        if c.timestep_spacing == "linspace":
+            timesteps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
+        elif c.timestep_spacing == "leading":
+            timesteps = (np.arange(0, n + 1) * (T // (n + 1))).round()[::-1][:-1].copy().astype(np.int64) + c.steps_offset
+        else:
+            timesteps = np.arange(T, 0, -T / n).round().copy().astype(np.int64) - 1
+        if len(np.unique(timesteps)) < n:      # a zero-length step: h = 0, and the 2M update divides by it
+            raise ValueError(f"timestep_spacing={c.timestep_spacing!r} with {n} steps repeats timesteps, which makes "
+                             "DPM-Solver++ return NaN (diffusers' too); use fewer steps or 'trailing' spacing")
+        sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()[timesteps]
+        last = 0.0 if c.final_sigmas_type == "zero" else float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(timesteps)
+        self._reset()
+
+    @staticmethod
+    def _alpha_sigma(sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """σ̃ → (α_t, σ_t) = (1/√(σ̃² + 1), σ̃ α_t)."""
+        alpha_t = 1 / ((sigma ** 2 + 1) ** 0.5)
+        return alpha_t, sigma * alpha_t
+
+    def _lambda(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        alpha, sigma = self._alpha_sigma(self.sigmas[index])
+        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+
+    def index_for_timestep(self, timestep: int | Tensor) -> int:
+        """Where `timestep` lies in the schedule (the second match if it appears twice, as diffusers picks)."""
+        candidates = (self.timesteps == timestep).nonzero()
+        if len(candidates) == 0:
+            return len(self.timesteps) - 1
+        return int(candidates[1 if len(candidates) > 1 else 0])
+
+    def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
+        """The data prediction x̂_0 that DPM-Solver++ integrates, from an ε, x_0 or v prediction."""
+        p = self.config.prediction_type
+        if p == "sample":
+            x0 = model_output
+        else:
+            alpha_t, sigma_t = self._alpha_sigma(self.sigmas[self._step_index])
+            x0 = (sample - sigma_t * model_output) / alpha_t if p == "epsilon" else alpha_t * sample - sigma_t * model_output
+        return self._limit_x0(x0)
+
+    def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step")
+        if self._step_index is None:
+            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+        c, i, n = self.config, self._step_index, len(self.timesteps)
+        final_first_order = i == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15)
+                                            or c.final_sigmas_type == "zero")
+        x0 = self.convert_model_output(model_output, sample)
+        self.model_outputs = self.model_outputs[1:] + [x0]
+        sample = sample.to(torch.float32)
+        alpha_t, sigma_t, lambda_t = self._lambda(i + 1)
+        alpha_s, sigma_s, lambda_s = self._lambda(i)
+        h = lambda_t - lambda_s
+        if c.solver_order == 1 or self.lower_order_nums < 1 or final_first_order:
+            prev_sample = (sigma_t / sigma_s) * sample - (alpha_t * (torch.exp(-h) - 1.0)) * x0
+        else:   # 2M: a second-order correction from the previous step's x̂_0
+            *_, lambda_prev = self._lambda(i - 1)
+            r = (lambda_s - lambda_prev) / h
+            d0, d1 = x0, (1.0 / r) * (x0 - self.model_outputs[-2])
+            prev_sample = (sigma_t / sigma_s) * sample - (alpha_t * (torch.exp(-h) - 1.0)) * d0
+            if c.solver_type == "midpoint":
+                prev_sample = prev_sample - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1
+            else:
+                prev_sample = prev_sample + (alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)) * d1
+        if self.lower_order_nums < c.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        prev_sample = prev_sample.to(model_output.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """x_t = α_t x_0 + σ_t ε at the σ̃ of the schedule position of each t (after set_timesteps), as in diffusers."""
+        if self.num_inference_steps is None:
+            return super().add_noise(original_samples, noise, timesteps)
+        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
+        if self._begin_index is None:
+            indices = [self.index_for_timestep(t) for t in torch.as_tensor(timesteps).flatten().cpu()]
+        else:
+            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
+        alpha_t, sigma_t = self._alpha_sigma(expand(sigmas[indices], original_samples))
+        return alpha_t * original_samples + sigma_t * noise

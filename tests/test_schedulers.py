@@ -1,0 +1,196 @@
+"""Our schedulers against diffusers' classes of the same name: step by step over a matrix of configurations, whole
+trajectories, the forward process, and each other's scheduler_config.json. diffusers is a dependency: never skipped."""
+import itertools
+import json
+
+import diffusers
+import pytest
+import torch
+
+from core import schedulers as ours
+from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, SPACINGS
+
+NAMES = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
+MATRIX = list(itertools.product(BETA_SCHEDULES, PREDICTION_TYPES, (False, True), SPACINGS, (10, 50, 1000)))
+
+
+def pair(name: str, **options):
+    return getattr(ours, name)(**options), getattr(diffusers, name)(**options)
+
+
+def close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def compare_trajectory(name: str, options: dict, steps: int, step_kwargs: dict, every: int = 1) -> int:
+    """Step both with the same random model outputs and the same noise generator seed; every step starts from the
+    same x_t (diffusers' previous output), so each step is compared on its own. Stateless schedulers may compare a
+    subset of the timesteps (`every`); a multistep solver must run them all. Returns the number of steps compared."""
+    mine, ref = pair(name, **options)
+    mine.set_timesteps(steps)
+    ref.set_timesteps(steps)
+    assert torch.equal(mine.timesteps, ref.timesteps)
+    data = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 6, 6, generator=data) * 3
+    noise_mine, noise_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    compared = 0
+    for i, t in enumerate(ref.timesteps):
+        if i % every and i != len(ref.timesteps) - 1:
+            continue
+        model_output = torch.randn(x.shape, generator=data)
+        a = mine.step(model_output, t, x, generator=noise_mine, **step_kwargs)
+        b = ref.step(model_output, t, x, generator=noise_ref, **step_kwargs)
+        close(a.prev_sample, b.prev_sample)
+        if hasattr(b, "pred_original_sample"):
+            close(a.pred_original_sample, b.pred_original_sample)
+        x = b.prev_sample
+        compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("beta_schedule,prediction_type,clip,spacing,steps", MATRIX)
+def test_ddpm_step_matches_diffusers(beta_schedule, prediction_type, clip, spacing, steps):
+    options = dict(beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=clip,
+                   timestep_spacing=spacing, variance_type="fixed_large" if steps == 50 else "fixed_small")
+    assert compare_trajectory("DDPMScheduler", options, steps, {}, every=37 if steps == 1000 else 1) > 1
+
+
+@pytest.mark.parametrize("eta", (0.0, 1.0))
+@pytest.mark.parametrize("beta_schedule,prediction_type,clip,spacing,steps", MATRIX)
+def test_ddim_step_matches_diffusers(beta_schedule, prediction_type, clip, spacing, steps, eta):
+    options = dict(beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=clip,
+                   timestep_spacing=spacing)
+    assert compare_trajectory("DDIMScheduler", options, steps, {"eta": eta}, every=37 if steps == 1000 else 1) > 1
+
+
+@pytest.mark.parametrize("beta_schedule,prediction_type,thresholding,spacing,steps",
+                         [m for m in MATRIX if m[4] != 1000 or (m[0] == "linear" and not m[2] and m[3] == "trailing")])
+def test_dpm_solver_trajectory_matches_diffusers(beta_schedule, prediction_type, thresholding, spacing, steps):
+    """Multistep: the whole trajectory, every step (1000 steps only for the linear schedule, to stay fast)."""
+    options = dict(beta_schedule=beta_schedule, prediction_type=prediction_type, thresholding=thresholding,
+                   timestep_spacing=spacing)
+    assert compare_trajectory("DPMSolverMultistepScheduler", options, steps, {}) == steps
+
+
+@pytest.mark.parametrize("options", [dict(thresholding=True, clip_sample=False, dynamic_thresholding_ratio=0.9),
+                                     dict(steps_offset=1), dict(clip_sample_range=0.5)])
+@pytest.mark.parametrize("name", ("DDPMScheduler", "DDIMScheduler"))
+def test_other_options_match_diffusers(name, options):
+    assert compare_trajectory(name, options, 20, {}) == 20
+
+
+@pytest.mark.parametrize("options", [dict(solver_order=1), dict(solver_type="heun"), dict(final_sigmas_type="sigma_min"),
+                                     dict(euler_at_final=True), dict(lower_order_final=False)])
+def test_dpm_solver_options_match_diffusers(options):
+    assert compare_trajectory("DPMSolverMultistepScheduler", options, 20, {}) == 20
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
+def test_forward_process_matches_diffusers(name, beta_schedule):
+    mine, ref = pair(name, beta_schedule=beta_schedule)
+    torch.testing.assert_close(mine.alphas_cumprod, ref.alphas_cumprod, rtol=0, atol=0)
+    x0, eps, t = torch.randn(4, 1, 5, 5), torch.randn(4, 1, 5, 5), torch.tensor([0, 10, 500, 999])
+    if name == "DPMSolverMultistepScheduler":     # diffusers' DPM add_noise reads the inference schedule
+        mine.set_timesteps(10)
+        ref.set_timesteps(10)
+        t = ref.timesteps[[0, 3, 5, 9]]
+    close(mine.add_noise(x0, eps, t), ref.add_noise(x0, eps, t))
+    if name != "DPMSolverMultistepScheduler":
+        close(mine.get_velocity(x0, eps, t), ref.get_velocity(x0, eps, t))
+    assert mine.init_noise_sigma == ref.init_noise_sigma and mine.order == ref.order
+    assert torch.equal(mine.scale_model_input(x0, 5), ref.scale_model_input(x0, 5))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_library_loads_the_others_config(name, tmp_path):
+    options = dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", timestep_spacing="trailing")
+    mine, ref = pair(name, **options)
+    mine.save_pretrained(tmp_path / "ours")
+    ref.save_pretrained(tmp_path / "theirs")
+    assert json.loads((tmp_path / "ours" / "scheduler_config.json").read_text())["_class_name"] == name
+    loaded_ref = getattr(diffusers, name).from_pretrained(tmp_path / "ours")
+    loaded_mine = getattr(ours, name).from_pretrained(tmp_path / "theirs")
+    for key, value in mine.config.items():
+        assert loaded_ref.config[key] == value, key
+        assert loaded_mine.config[key] == value, key
+    # and the loaded pair still steps alike
+    loaded_mine.set_timesteps(10)
+    loaded_ref.set_timesteps(10)
+    x, out = torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    t = loaded_ref.timesteps[0]
+    a = loaded_mine.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    close(a, loaded_ref.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample)
+
+
+def test_from_config_across_classes_keeps_the_noise_schedule():
+    ddpm = ours.DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction", clip_sample=False)
+    solver = ours.DPMSolverMultistepScheduler.from_config(ddpm.config)
+    reference = diffusers.DPMSolverMultistepScheduler.from_config(diffusers.DDPMScheduler(**ddpm.config).config)
+    assert solver.config.beta_schedule == "scaled_linear" and solver.config.prediction_type == "v_prediction"
+    assert {k: reference.config[k] for k in solver.config} == dict(solver.config)
+
+
+def test_bad_options_and_steps_fail_clearly():
+    with pytest.raises(ValueError, match="use_karras_sigmas"):
+        ours.DPMSolverMultistepScheduler(use_karras_sigmas=True)
+    ours.DPMSolverMultistepScheduler(use_karras_sigmas=False)       # a neutral diffusers option loads
+    with pytest.raises(ValueError, match="beta_schedule"):
+        ours.DDIMScheduler(beta_schedule="cubic")
+    with pytest.raises(ValueError, match="prediction_type"):
+        ours.DDPMScheduler(prediction_type="noise")
+    with pytest.raises(ValueError, match="from 1 to 1000"):
+        ours.DDIMScheduler().set_timesteps(1001)
+    with pytest.raises(ValueError, match="from 1 to 1000"):
+        ours.DDPMScheduler().set_timesteps(0)
+    for spacing in ("leading", "linspace"):      # 1000 steps repeat timesteps there
+        with pytest.raises(ValueError, match="repeats timesteps"):
+            ours.DPMSolverMultistepScheduler(timestep_spacing=spacing).set_timesteps(1000)
+        ref = diffusers.DPMSolverMultistepScheduler(timestep_spacing=spacing)
+        ref.set_timesteps(1000)
+        x = torch.randn(1, 1, 2, 2)
+        try:                           # diffusers breaks here too: NaN samples or an IndexError past the end
+            for t in ref.timesteps:
+                x = ref.step(torch.randn(1, 1, 2, 2), t, x).prev_sample
+            assert torch.isnan(x).all()
+        except IndexError:
+            pass
+    with pytest.raises(ValueError, match="set_timesteps"):
+        ours.DDIMScheduler().step(torch.zeros(1), 10, torch.zeros(1))
+    with pytest.raises(ValueError, match="cannot read"):
+        ours.DDIMScheduler.from_pretrained("/nonexistent")
+    with pytest.raises(TypeError, match="read-only"):
+        ours.DDIMScheduler().config["beta_end"] = 0.5
+
+
+@pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
+def test_noise_schedule_properties(beta_schedule):
+    """Ho et al.: 0 < β_t < 1 and ᾱ_t decreases from ≈1 to ≈0, so x_T is (almost) pure noise."""
+    s = ours.DDPMScheduler(beta_schedule=beta_schedule)
+    assert bool(((s.betas > 0) & (s.betas < 1)).all())
+    assert bool((s.alphas_cumprod[1:] < s.alphas_cumprod[:-1]).all())
+    assert s.alphas_cumprod[0] > 0.99 and s.alphas_cumprod[-1] < 0.01
+
+
+def test_ddim_eta_zero_is_deterministic_and_eta_one_is_not():
+    s = ours.DDIMScheduler()
+    s.set_timesteps(10)
+    x, out, t = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), s.timesteps[2]
+    a = s.step(out, t, x, eta=0.0, generator=torch.Generator().manual_seed(1)).prev_sample
+    b = s.step(out, t, x, eta=0.0, generator=torch.Generator().manual_seed(2)).prev_sample
+    c = s.step(out, t, x, eta=1.0, generator=torch.Generator().manual_seed(1)).prev_sample
+    d = s.step(out, t, x, eta=1.0, generator=torch.Generator().manual_seed(2)).prev_sample
+    assert torch.equal(a, b) and not torch.allclose(c, d)
+
+
+def test_dpm_solver_recovers_x0_of_a_perfect_model():
+    """With the exact ε of a single data point, the ODE solution is that point: the sampler must land on it."""
+    s = ours.DPMSolverMultistepScheduler()
+    s.set_timesteps(10)
+    x0 = torch.rand(1, 1, 4, 4) * 2 - 1
+    x = torch.randn(1, 1, 4, 4)
+    for t in s.timesteps:
+        abar = s.alphas_cumprod[t]
+        eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()            # the ε that makes x̂_0 = x0 exactly
+        x = s.step(eps, t, x).prev_sample
+    torch.testing.assert_close(x, x0, rtol=1e-4, atol=1e-4)
