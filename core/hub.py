@@ -24,7 +24,8 @@ from safetensors import SafetensorError
 
 WEIGHTS = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-MODEL_CLASSES = {"Classifier": "core.models.classifier", "GAN": "core.models.gan", "DDPM": "core.models.ddpm"}   # _class_name in config.json -> module that defines it
+MODEL_CLASSES = {"Classifier": "core.models.classifier", "GAN": "core.models.gan", "DDPM": "core.models.ddpm",
+                 "VAE": "core.models.vae"}   # _class_name in config.json -> module that defines it
 
 
 class CheckpointError(ValueError):

@@ -39,7 +39,7 @@ from core.hub import HubModel, write_model_card
 from core.images import save_grid
 
 FAMILIES = {"classifier": "core.models.classifier:Classifier", "gan": "core.models.gan:GAN",
-            "ddpm": "core.models.ddpm:DDPM"}
+            "ddpm": "core.models.ddpm:DDPM", "vae": "core.models.vae:VAE"}
 
 
 class NonFiniteLoss(RuntimeError):

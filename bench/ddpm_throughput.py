@@ -1,0 +1,146 @@
+"""Our U-Net and schedulers against diffusers', side by side in one run (issue: DDPM benchmark).
+
+    python bench/ddpm_throughput.py [--repeats 3] [--threads 2]
+
+1. Training images/s at batch 128 (forward, MSE, backward, Adam step) of core.models.unet.UNet and a diffusers
+   UNet2DModel with the same block layout and the same parameter count, in float32 and in bf16 autocast.
+2. Seconds to sample 64 images with 50 DDIM steps, each network driven by its own library's DDIMScheduler.
+3. Microseconds per scheduler `step` on a 64x1x32x32 tensor, ours vs diffusers, for DDPM, DDIM and DPM-Solver++.
+4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
+   machine's measured matmul peak (a 2048^3 matmul in float32 and bf16).
+Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine.
+"""
+import argparse
+import time
+
+import diffusers
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from core import schedulers
+from core.models.unet import UNet
+
+CHANNELS, LAYERS, SIZE = (32, 64, 128), 1, 28
+
+
+def networks():
+    torch.manual_seed(0)
+    ours = UNet(channels=CHANNELS, layers_per_block=LAYERS)
+    theirs = diffusers.UNet2DModel(sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=CHANNELS,
+                                   layers_per_block=LAYERS, norm_num_groups=8, attention_head_dim=32,
+                                   down_block_types=("DownBlock2D",) * (len(CHANNELS) - 1) + ("AttnDownBlock2D",),
+                                   up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (len(CHANNELS) - 1))
+    return {"ours": (ours, lambda x, t: ours(x, t)), "diffusers": (theirs, lambda x, t: theirs(x, t).sample)}
+
+
+def best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def train_steps(net, forward, bf16: bool, steps: int = 3, batch: int = 128):
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x, t = torch.randn(batch, 1, SIZE, SIZE), torch.randint(0, 1000, (batch,))
+
+    def run():
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = forward(x, t)
+            loss = F.mse_loss(out.float(), x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    run()                                   # warm-up (allocator, oneDNN kernels)
+    return run
+
+
+def sample_64(forward, scheduler, bf16: bool):
+    def run():
+        x = torch.randn(64, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+        scheduler.set_timesteps(50)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for t in scheduler.timesteps:
+                x = scheduler.step(forward(x, t).float(), t, x).prev_sample
+    return run
+
+
+def step_time(scheduler, repeats: int, n: int = 50) -> float:
+    x, out = torch.randn(64, 1, 32, 32), torch.randn(64, 1, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+
+    def run():
+        scheduler.set_timesteps(n)
+        for t in scheduler.timesteps:
+            scheduler.step(out, t, x, generator=generator)
+    run()
+    return best(run, repeats) / n * 1e6
+
+
+def matmul_peak(dtype) -> float:
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    torch.mm(a, b)
+    seconds = best(lambda: [torch.mm(a, b) for _ in range(5)], 3) / 5
+    return 2 * 2048 ** 3 / seconds / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    nets = networks()
+    params = {k: sum(p.numel() for p in net.parameters()) for k, (net, _) in nets.items()}
+    print(f"{torch.get_num_threads()} threads; parameters: ours {params['ours']:,}, diffusers {params['diffusers']:,}")
+    results = {}
+    for bf16 in (False, True):
+        runs = {k: train_steps(net, fwd, bf16) for k, (net, fwd) in nets.items()}
+        timings = {k: [] for k in runs}
+        for _ in range(args.repeats):
+            for k, run in runs.items():
+                timings[k].append(best(run, 1))
+        for k, t in timings.items():
+            results[("train", bf16, k)] = 3 * 128 / min(t)
+        samplers = {"ours": sample_64(nets["ours"][1], schedulers.DDIMScheduler(), bf16),
+                    "diffusers": sample_64(nets["diffusers"][1], diffusers.DDIMScheduler(), bf16)}
+        for k, run in samplers.items():
+            run()
+        timings = {k: [] for k in samplers}
+        for _ in range(args.repeats):
+            for k, run in samplers.items():
+                timings[k].append(best(run, 1))
+        for k, t in timings.items():
+            results[("sample", bf16, k)] = min(t)
+    print("\n| | precision | ours | diffusers |\n|---|---|---|---|")
+    for bf16 in (False, True):
+        p = "bf16 autocast" if bf16 else "float32"
+        print(f"| training images/s, batch 128 | {p} | {results[('train', bf16, 'ours')]:.0f} | "
+              f"{results[('train', bf16, 'diffusers')]:.0f} |")
+    for bf16 in (False, True):
+        p = "bf16 autocast" if bf16 else "float32"
+        print(f"| seconds for 64 images, DDIM 50 steps | {p} | {results[('sample', bf16, 'ours')]:.2f} | "
+              f"{results[('sample', bf16, 'diffusers')]:.2f} |")
+    for name in ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"):
+        mine = step_time(getattr(schedulers, name)(), args.repeats)
+        theirs = step_time(getattr(diffusers, name)(), args.repeats)
+        print(f"| {name}.step µs, 64x1x32x32 | float32 | {mine:.0f} | {theirs:.0f} |")
+    net, forward = nets["ours"]
+    x, t = torch.randn(128, 1, SIZE, SIZE), torch.randint(0, 1000, (128,))
+    with FlopCounterMode(display=False) as counter:
+        F.mse_loss(forward(x, t), x).backward()
+    flops = counter.get_total_flops()
+    print(f"\nour U-Net: {flops / 128 / 1e9:.3f} GFLOP per training image (forward + backward)")
+    for bf16, peak in ((False, matmul_peak(torch.float32)), (True, matmul_peak(torch.bfloat16))):
+        achieved = flops / 128 * results[("train", bf16, "ours")] / 1e9
+        print(f"{'bf16' if bf16 else 'fp32'}: {achieved:.0f} GFLOP/s achieved in training vs a {peak:.0f} GFLOP/s "
+              f"matmul peak ({100 * achieved / peak:.0f}%)")
+
+
+if __name__ == "__main__":
+    main()

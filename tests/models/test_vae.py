@@ -1,0 +1,116 @@
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from core.config import TrainConfig
+from core.hub import load_model
+from core.models.vae import VAE, VAEConfig
+from core.train import train
+
+TINY = dict(image_size=8, width=8, hidden=32)
+
+
+def test_kl_closed_form_equals_a_monte_carlo_estimate():
+    """KL(q ‖ p) = E_q[log q(z) − log p(z)], estimated with 200k draws."""
+    mu, logvar = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[0.0, -1.5, 0.7]])
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    z = q.sample((200_000,))
+    monte_carlo = (q.log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)).sum(-1).mean()
+    assert abs(float(VAE.kl(mu, logvar)) - float(monte_carlo)) < 0.02 * float(VAE.kl(mu, logvar))
+
+
+def test_reparameterisation_passes_gradients_to_mu_and_sigma():
+    mu = torch.zeros(4, 3, requires_grad=True)
+    logvar = torch.zeros(4, 3, requires_grad=True)
+    VAE.reparameterize(mu, logvar).pow(2).sum().backward()
+    assert mu.grad.abs().sum() > 0 and logvar.grad.abs().sum() > 0
+
+
+def test_importance_weighted_bound_is_tighter_than_the_elbo(digits):
+    """L_k ≥ ELBO (Burda et al., Theorem 1): −L_100 ≤ −ELBO, the ELBO averaged over 100 draws of z as well."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(**TINY, latent_dim=4)).eval()
+    x = next(digits.batches(64, seed=0, epoch=0)).images
+    with torch.no_grad():
+        neg_elbo = torch.stack([model.losses(x)["neg_elbo"] for _ in range(100)]).mean()
+        neg_iwae = model.iwae_bound(x, 100).mean()
+        neg_iwae_1 = torch.stack([model.iwae_bound(x, 1).mean() for _ in range(100)]).mean()
+    assert neg_iwae < neg_elbo
+    assert abs(float(neg_iwae_1 - neg_elbo)) < 0.02 * float(neg_elbo)       # k = 1 is the ELBO itself
+
+
+@pytest.mark.parametrize("options", [dict(), dict(kind="ae"), dict(likelihood="gaussian"),
+                                     dict(likelihood="gaussian_learned"), dict(beta=4.0, kl_warmup_steps=10)])
+def test_reconstructions_improve_during_a_short_training(options, digits):
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(**TINY, latent_dim=8, **options))
+    model.configure_optimizers(TrainConfig(lr=3e-3))
+    test = next(digits.batches(128, seed=1, epoch=0)).images
+    error = lambda: float((model.eval().reconstruct(test) - test).pow(2).mean())
+    before = error()
+    model.train()
+    for step, batch in enumerate(list(digits.batches(64, seed=0, epoch=0)) * 6):
+        logs = model.training_step(batch, step)
+        assert all(math.isfinite(float(v)) for v in logs.values())
+    assert error() < 0.6 * before
+    if options.get("likelihood") == "gaussian_learned":
+        assert model.log_sigma.item() != pytest.approx(math.log(0.1))       # the variance was learned
+
+
+def test_kl_warmup_scales_the_kl_term(digits):
+    model = VAE(VAEConfig(**TINY, kl_warmup_steps=100, beta=2.0))
+    x = next(digits.batches(16, seed=0, epoch=0)).images
+    torch.manual_seed(0)
+    start = model.losses(x, step=0)
+    torch.manual_seed(0)
+    half = model.losses(x, step=50)
+    torch.testing.assert_close(start["loss"], start["reconstruction"])
+    torch.testing.assert_close(half["loss"], half["reconstruction"] + 2.0 * 0.5 * half["kl"])
+
+
+def test_latent_grid_is_a_plot_of_the_plane():
+    """Row-major, z₁ rising left to right, z₂ rising bottom to top, over N(0, 1) quantiles."""
+    model = VAE(VAEConfig(**TINY, latent_dim=2))
+    seen = []
+    decode = model.decode
+    model.decode = lambda z: seen.append(z) or decode(z)
+    grid = model.latent_grid(side=5)
+    assert grid.shape == (25, 1, 8, 8)
+    z, q = seen[0], VAE.grid_coordinates(5)
+    assert q[0] < 0 < q[-1] and abs(float(q[2])) < 1e-6
+    torch.testing.assert_close(z[0], torch.stack([q[0], q[-1]]))      # top left: lowest z₁, highest z₂
+    torch.testing.assert_close(z[4], torch.stack([q[-1], q[-1]]))     # top right
+    torch.testing.assert_close(z[24], torch.stack([q[-1], q[0]]))     # bottom right
+
+
+def test_latent_tools_shapes_and_errors(digits):
+    model = VAE(VAEConfig(**TINY, latent_dim=3)).eval()
+    images = next(digits.batches(4, seed=0, epoch=0)).images
+    assert model.sample(5, seed=1).shape == (5, 1, 8, 8)
+    assert torch.equal(model.sample(5, seed=1), model.sample(5, seed=1))
+    assert model.reconstruct(images).shape == images.shape
+    path = model.interpolate(images[0], images[1], steps=6)
+    assert path.shape == (6, 1, 8, 8)
+    torch.testing.assert_close(path[0], model.reconstruct(images[:1])[0])
+    torch.testing.assert_close(path[-1], model.reconstruct(images[1:2])[0])
+    assert model.traverse(images[0], dim=2, steps=7).shape == (7, 1, 8, 8)
+    assert model.encode_means(digits).shape == (len(digits), 3)
+    with pytest.raises(ValueError, match=r"dim must lie in \[0, 2\]"):
+        model.traverse(images[0], dim=3)
+    with pytest.raises(ValueError, match="2-D latent"):
+        model.latent_grid()
+    with pytest.raises(ValueError, match="positive integer"):
+        model.sample(0)
+
+
+def test_training_run_round_trips_through_the_hub_folder(tiny_config):
+    cfg = dataclasses.replace(tiny_config, eval_size=32)
+    model = VAE(VAEConfig(**TINY, latent_dim=2, iwae_samples=5))
+    run = train(model, cfg, "vae")
+    loaded = load_model(run / "model")
+    torch.testing.assert_close(loaded.sample(3, seed=2), model.eval().sample(3, seed=2))
+    evaluation = json.loads((run / "model" / "eval.json").read_text())
+    assert evaluation["neg_iwae"] <= evaluation["neg_elbo"] + 1.0 and "fid" in evaluation
