@@ -42,3 +42,28 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: 
     picture.save(tmp)
     tmp.replace(path)
     return path
+
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]      # matplotlib's tab10
+
+
+def scatter_plot(points: Tensor, labels: Tensor, names: list[str], size: int = 560, limit: float = 4.0) -> Image.Image:
+    """A 2-D scatter, one colour per class, with a legend: the picture of a 2-D latent space (no matplotlib)."""
+    from PIL import ImageDraw
+    picture = Image.new("RGB", (size + 150, size), "white")
+    draw = ImageDraw.Draw(picture)
+    to_pixel = lambda v: (float(v) + limit) / (2 * limit) * (size - 20) + 10
+    draw.rectangle([10, 10, size - 10, size - 10], outline="black")
+    zero = to_pixel(0.0)
+    draw.line([10, zero, size - 10, zero], fill=(200, 200, 200))
+    draw.line([zero, 10, zero, size - 10], fill=(200, 200, 200))
+    for (x, y), label in zip(points.clamp(-limit, limit).tolist(), labels.tolist()):
+        px, py = to_pixel(x), size - to_pixel(y)                 # y axis points up
+        draw.ellipse([px - 1.5, py - 1.5, px + 1.5, py + 1.5], fill=PALETTE[label % len(PALETTE)])
+    for k, name in enumerate(names):
+        draw.rectangle([size + 5, 20 + 18 * k, size + 15, 30 + 18 * k], fill=PALETTE[k % len(PALETTE)])
+        draw.text((size + 20, 18 + 18 * k), str(name), fill="black")
+    draw.text((size - 60, size - 25), f"z1, ±{limit:g}", fill="black")
+    draw.text((14, 12), "z2", fill="black")
+    return picture

@@ -1,4 +1,23 @@
 import os
+import socket
+import tempfile
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# huggingface_hub freezes these at its first import (core.hub imports it), so they are set before anything else:
+# the tests talk to a local Hub-compatible server (tests/test_hub_server.py) and never to huggingface.co.
+HUB_PORT = free_port()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="genlab-hf-home-")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.pop("HF_TOKEN", None)
+
 from pathlib import Path
 
 import pytest

@@ -74,5 +74,5 @@ def test_an_unreachable_hub_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(CheckpointError, match="could not fetch someone/no-such-model from the Hugging Face Hub"):
+    with pytest.raises(CheckpointError, match="could not fetch someone/no-such-model@main from the Hugging Face Hub; tried"):
         load_model("someone/no-such-model")
