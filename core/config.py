@@ -21,16 +21,20 @@ def option(default, help: str, **kwargs):
 @dataclass(frozen=True)
 class TrainConfig:
     """Options of the one training loop (core.train), shared by every family."""
-    dataset: str = option("fashion-mnist", "fashion-mnist, mnist or digits (sklearn's 8x8, for quick tries)",
-                          choices=("fashion-mnist", "mnist", "digits"))
-    data_dir: str | None = option(None, "folder with the IDX files (default: search, see core.data)")
+    dataset: str = option("fashion-mnist", "fashion-mnist, mnist, digits (sklearn's 8x8, for quick tries), or folder "
+                          "(a CycleGAN folder pair: --data-dir holding trainA/ trainB/ testA/ testB/)",
+                          choices=("fashion-mnist", "mnist", "digits", "folder"))
+    data_dir: str | None = option(None, "folder with the IDX files (default: search, see core.data) or the folder pair")
+    folder_image_size: int = option(28, "folder datasets: images are centred and resized to this side")
+    folder_channels: int = option(1, "folder datasets: 1 (grey) or 3 (RGB)", choices=(1, 3))
     classes: str | None = option(None, "train on these classes only, comma separated names or indices")
     pad_to: int | None = option(None, "pad images to this size (e.g. 32 for U-Nets)")
     epochs: int = option(10, "passes over the training set (ignored when --max-steps is set)")
     max_steps: int = option(0, "stop after this many optimizer steps (0: use --epochs)")
     batch_size: int = option(128, "global batch size, split evenly across processes")
     lr: float = option(1e-3, "peak learning rate")
-    lr_schedule: str = option("constant", "constant or cosine (decay to 0 over the run)", choices=("constant", "cosine"))
+    lr_schedule: str = option("constant", "constant, cosine (decay to 0 over the run), or linear (constant for the first "
+                              "half, then linearly to 0: CycleGAN's)", choices=("constant", "cosine", "linear"))
     warmup_steps: int = option(0, "linear warm-up steps")
     weight_decay: float = option(0.0, "decoupled weight decay (AdamW)")
     seed: int = option(0, "seed for weights, data order and noise")

@@ -31,7 +31,7 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 MIRRORS = {"fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
            "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/"}
-DATASETS = ("fashion-mnist", "mnist", "digits")
+DATASETS = ("fashion-mnist", "mnist", "digits", "folder")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -236,10 +236,58 @@ def load_digits(split: str = "train", test_fraction: float = 0.2) -> ImageData:
     return ImageData(images[index], labels[index], DIGIT_CLASSES, "digits", split=split)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_PIXELS = 40_000_000          # larger files are refused before decoding (a 10000x10000 image is 100M)
+
+
+def image_to_tensor(image, size: int, channels: int = 1) -> Tensor:
+    """Any PIL image -> (C, size, size) uint8: grey (or RGB), centred on a black square of its longer side, resized.
+    Fashion-MNIST items are light objects on black, centred; a photo keeps its own background."""
+    from PIL import Image
+    if image.width * image.height > MAX_PIXELS:
+        raise ValueError(f"image of {image.width}x{image.height} pixels is larger than {MAX_PIXELS:,} pixels")
+    image = image.convert("L" if channels == 1 else "RGB")
+    side = max(image.size)
+    square = Image.new(image.mode, (side, side))
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    array = np.asarray(square.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+    return torch.from_numpy(array.copy()).reshape(size, size, channels).permute(2, 0, 1).contiguous()
+
+
+def load_folder_pair(root: str | Path, split: str = "train", size: int = 28, channels: int = 1) -> ImageData:
+    """An unpaired image-to-image dataset laid out as CycleGAN's: <root>/trainA, trainB, testA, testB of image
+    files of any size. Returns one ImageData with classes ("A", "B") and labels 0 / 1, converted to size x size with
+    `channels` channels; an unreadable file is an error that names it."""
+    from PIL import Image, UnidentifiedImageError
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    images, labels = [], []
+    for label, domain in enumerate("AB"):
+        folder = Path(root) / f"{split}{domain}"
+        if not folder.is_dir():
+            raise DatasetNotFound(f"{folder} does not exist: a folder pair needs {split}A/ and {split}B/ under {root}")
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetNotFound(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    images.append(image_to_tensor(image, size, channels))
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise ValueError(f"cannot read {file} as an image: {exc}") from exc
+            labels.append(label)
+    return ImageData(torch.stack(images), torch.tensor(labels), ("A", "B"), f"folder:{root}", split=split)
+
+
 def load_dataset(name: str, split: str = "train", root: str | Path | None = None, pad_to: int | None = None,
-                 classes: list[int | str] | None = None) -> ImageData:
-    """The one entry point: 'fashion-mnist', 'mnist' or 'digits', optionally padded and restricted to classes."""
-    if name == "digits":
+                 classes: list[int | str] | None = None, size: int = 28, channels: int = 1) -> ImageData:
+    """The one entry point: 'fashion-mnist', 'mnist', 'digits', or 'folder' (a CycleGAN folder pair at `root`,
+    resized to `size` with `channels`), optionally padded and restricted to classes."""
+    if name == "folder":
+        if not root:
+            raise ValueError("the folder dataset needs --data-dir pointing at the folder holding trainA/ and trainB/")
+        data = load_folder_pair(root, split, size, channels)
+    elif name == "digits":
         data = load_digits(split)
     elif name in MIRRORS:
         data = load_idx_dataset(name, split, root)

@@ -32,7 +32,7 @@ HUB_FILES = ["config.json", "model.safetensors", "scheduler_config.json", "refer
              "README.md", "eval.json", "training.json", "*.png"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MODEL_CLASSES = {"Classifier": "core.models.classifier", "GAN": "core.models.gan", "DDPM": "core.models.ddpm",
-                 "VAE": "core.models.vae"}   # _class_name in config.json -> module that defines it
+                 "VAE": "core.models.vae", "CycleGAN": "core.models.cyclegan"}   # _class_name in config.json -> module that defines it
 
 
 class CheckpointError(ValueError):

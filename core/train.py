@@ -39,7 +39,7 @@ from core.hub import HubModel, write_model_card
 from core.images import save_grid
 
 FAMILIES = {"classifier": "core.models.classifier:Classifier", "gan": "core.models.gan:GAN",
-            "ddpm": "core.models.ddpm:DDPM", "vae": "core.models.vae:VAE"}
+            "ddpm": "core.models.ddpm:DDPM", "vae": "core.models.vae:VAE", "cyclegan": "core.models.cyclegan:CycleGAN"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -90,12 +90,14 @@ class TrainableModel(HubModel):
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
-    """Linear warm-up, then constant or cosine decay to 0 (Loshchilov & Hutter 2017, without restarts)."""
+    """Linear warm-up, then constant, cosine decay to 0 (Loshchilov & Hutter 2017, without restarts), or linear."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     if cfg.lr_schedule == "cosine":
-        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.lr_schedule == "linear":         # Zhu et al. 2017, Sec. 7: constant, then linear decay to 0
+        return min(1.0, 2.0 * (1.0 - progress))
     return 1.0
 
 
@@ -192,8 +194,9 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     classes = [int(c) if c.isdigit() else c for c in cfg.classes.split(",")] if cfg.classes else None
-    data = data or load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.pad_to, classes)
-    eval_data = eval_data or load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.pad_to, classes)
+    folder = {"size": cfg.folder_image_size, "channels": cfg.folder_channels}
+    data = data or load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.pad_to, classes, **folder)
+    eval_data = eval_data or load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.pad_to, classes, **folder)
     eval_data = eval_data.select(torch.arange(min(cfg.eval_size, len(eval_data))))
     per_process = cfg.batch_size // world
     steps_per_epoch = len(data) // world // per_process
