@@ -88,3 +88,73 @@ def test_shipped_gans_meet_their_targets_and_their_cards_tell_the_truth(name):
 def test_dcgan_beats_the_mlp_gan_on_fid():
     fids = {name: json.loads((CHECKPOINTS / name / "eval.json").read_text())["fid"] for name in ("dcgan", "mlp-gan")}
     assert fids["dcgan"] < fids["mlp-gan"]
+
+
+def test_all_checkpoints_are_small_and_listed_in_the_manifest():
+    folders = {p.name for p in CHECKPOINTS.iterdir() if (p / "config.json").is_file()}
+    manifest = json.loads((CHECKPOINTS / "index.json").read_text())["models"]
+    assert {m["folder"] for m in manifest} == folders
+    sizes = {f: sum(p.stat().st_size for p in (CHECKPOINTS / f).iterdir()) for f in folders}
+    assert max(sizes.values()) < 40 * 2**20 and sum(sizes.values()) < 150 * 2**20
+    for folder in folders:
+        header = yaml.safe_load((CHECKPOINTS / folder / "README.md").read_text().split("---")[1])
+        assert header["library_name"] == "genlab" and header["pipeline_tag"]
+
+
+def recognised(images):
+    """Mean top-1 softmax probability of the metric classifier, and its predictions."""
+    _, logits = metrics.features(metrics.metric_classifier(), images)
+    return float(logits.softmax(1).max(1).values.mean()), logits
+
+
+def test_shipped_ddpm_turns_pure_noise_into_recognisable_clothes():
+    """Ho et al.'s sampler, not the blog shortcut: the full reverse process yields images the classifier is sure
+    of, while the one-shot x̂_0 from pure noise (what an autoencoder 'denoiser' returns) is a blur it is not."""
+    model = load_model(CHECKPOINTS / "ddpm")
+    images = model.sample(300, steps=10, scheduler="dpm_solver", seed=5)
+    confidence, logits = recognised(images)
+    shortcut = next(model.denoise(300, 1, "ddim", seed=5))[2].clamp(-1, 1)      # x̂_0 at t = T, one step
+    assert confidence > 0.85 and recognised(shortcut)[0] < confidence - 0.2
+    assert metrics.class_coverage(logits.argmax(1), 10)["classes_covered"] >= 9
+    card = json.loads((CHECKPOINTS / "ddpm" / "eval.json").read_text())
+    dcgan = json.loads((CHECKPOINTS / "dcgan" / "eval.json").read_text())
+    assert card["samples"] == dcgan["samples"] == 10_000 and card["fid"] < dcgan["fid"]
+    assert (CHECKPOINTS / "ddpm" / "scheduler_config.json").is_file()
+
+
+def test_shipped_conditional_ddpm_follows_the_label():
+    model = load_model(CHECKPOINTS / "ddpm-cond")
+    labels = torch.arange(200) % 10
+    _, logits = recognised(model.sample(200, steps=10, seed=2, guidance_scale=2.0, label=labels))
+    assert metrics.conditional_accuracy(logits, labels) >= 0.85
+    card = json.loads((CHECKPOINTS / "ddpm-cond" / "eval.json").read_text())
+    assert card["conditional_accuracy"] >= 0.90
+
+
+def test_shipped_vae_covers_every_class_and_its_bounds_are_ordered(fashion_test):
+    model = load_model(CHECKPOINTS / "vae")
+    _, logits = recognised(model.sample(2000, seed=3))
+    assert metrics.class_coverage(logits.argmax(1), 10)["classes_covered"] == 10
+    card = json.loads((CHECKPOINTS / "vae" / "eval.json").read_text())
+    assert card["classes_covered"] == 10 and card["neg_iwae"] < card["neg_elbo"]
+    torch.manual_seed(0)
+    measured = model.likelihood_bounds(fashion_test, iwae=False)["neg_elbo"]
+    assert measured == pytest.approx(card["neg_elbo"], abs=1.0)                 # the card tells the truth (in nats)
+
+
+def test_the_autoencoder_reconstructs_better_but_samples_worse_than_the_vae():
+    """MSE training gives the sharpest reconstructions and no generative model: N(0, I) decodes to junk."""
+    ae = json.loads((CHECKPOINTS / "autoencoder" / "eval.json").read_text())
+    vae = json.loads((CHECKPOINTS / "vae" / "eval.json").read_text())
+    assert ae["mse"] < vae["mse"] and ae["fid"] > vae["fid"]
+    assert load_model(CHECKPOINTS / "vae-2d").config.latent_dim == 2
+    assert (CHECKPOINTS / "vae-2d" / "latent_grid.png").is_file()
+
+
+def test_shipped_cyclegan_translates_sneakers_and_ankle_boots(fashion_test):
+    model = load_model(CHECKPOINTS / "cyclegan")
+    card = json.loads((CHECKPOINTS / "cyclegan" / "eval.json").read_text())
+    measured = model.evaluate(fashion_test.subset([7, 9]))
+    for direction in ("a2b", "b2a"):
+        assert measured[f"{direction}_domain_accuracy"] >= 0.85
+        assert measured[f"{direction}_domain_accuracy"] == pytest.approx(card[f"{direction}_domain_accuracy"], abs=0.01)

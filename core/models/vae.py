@@ -164,14 +164,16 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
 
     @torch.no_grad()
     def likelihood_bounds(self, data: ImageData, batch_size: int = 100, iwae: bool = True) -> dict[str, float]:
-        """Test-set −ELBO and −L_k in nats per image (VAE), or the MSE (autoencoder), on `data`."""
+        """Test-set −ELBO and −L_k in nats per image (VAE), and the mean squared error of decode(μ(x)) per pixel in
+        [0, 1] units (both kinds), on `data`."""
         device = self.fixed_latents.device
         sums = {}
         for batch in data.batches(batch_size, seed=0, epoch=0, drop_last=False):
             x = batch.images.to(device)
             parts = self.losses(x)
-            values = {"mse": parts["mse"]} if self.config.kind == "ae" else {
-                "neg_elbo": parts["neg_elbo"], "reconstruction": parts["reconstruction"], "kl": parts["kl"]}
+            mse = ((self.decode(self.encode(x)[0]) - x) / 2).pow(2).mean()        # decode(μ(x)) in [0, 1] units
+            values = {"mse": mse} if self.config.kind == "ae" else {
+                "neg_elbo": parts["neg_elbo"], "reconstruction": parts["reconstruction"], "kl": parts["kl"], "mse": mse}
             if iwae and self.config.kind == "vae":
                 values["neg_iwae"] = self.iwae_bound(x, self.config.iwae_samples).mean()
             for name, value in values.items():
