@@ -285,3 +285,27 @@ def test_the_model_card_renders_with_hub_metadata(server, tmp_path):
     assert card.data.eval_results[0].metric_type == "fid" and card.data.eval_results[0].metric_value == 7.25
     assert "# test/card" in card.text and "| fid | 7.25 |" in card.text and "### By sampler" in card.text
     assert hf_hub_download("test/card", "scheduler_config.json")
+
+
+def test_push_all_pins_every_manifest_model_and_pull_fetches_them(intercepted_writes, server, tmp_path, capsys,
+                                                                   monkeypatch):
+    """push-all uploads each manifest model to NAMESPACE/<name>, tags it, and writes a manifest pinned to the new
+    commits; with GENLAB_MANIFEST pointing at it, names resolve through the Hub (no local folders in it)."""
+    root = tmp_path / "checkpoints"
+    entries = []
+    for name in ("gan", "vae"):
+        FAMILIES[name]().save_pretrained(root / name)
+        entries.append({"name": name, "family": name, "folder": name, "repo_id": f"genlab/{name}", "revision": "v1"})
+    (root / "index.json").write_text(json.dumps({"models": entries}))
+    monkeypatch.setenv("GENLAB_MANIFEST", str(root / "index.json"))
+    pinned = tmp_path / "pinned.json"
+    hub.main(["push-all", "alice", "--manifest-out", str(pinned)])
+    printed = capsys.readouterr().out
+    assert "gan: alice/gan@" in printed and "vae: alice/vae@" in printed
+    monkeypatch.setenv("GENLAB_MANIFEST", str(pinned))
+    for entry in json.loads(pinned.read_text())["models"]:
+        assert "folder" not in entry and git(server.repo(entry["repo_id"]), "rev-parse", "v1") == entry["revision"]
+        hub.main(["pull", entry["name"]])
+        folder = Path(capsys.readouterr().out.strip())
+        assert folder.name == entry["revision"] and (folder / "model.safetensors").is_file()
+        assert (folder / "model.safetensors").read_bytes() == (root / entry["name"] / "model.safetensors").read_bytes()
