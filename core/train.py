@@ -299,7 +299,7 @@ def evaluate(model: TrainableModel, data: ImageData, run_dir: Path, step: int, l
             metrics = model.evaluate(data)
             images = model.eval_images(data)
         if images is not None:
-            save_grid(images, run_dir / "samples" / f"step-{step:07d}.png")
+            save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", nrow=getattr(model, "grid_columns", None))
         log.write(json.dumps({"step": step, "time": time.time(), **{f"eval/{k}": v for k, v in metrics.items()}}) + "\n")
         log.flush()
     accelerator.wait_for_everyone()

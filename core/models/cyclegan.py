@@ -115,6 +115,7 @@ classifier (`checkpoints/classifier`) assigns to the target class; the cycle err
 between a test image and its reconstruction F(G(a)) (or G(F(b))) in [0, 1] pixel units; FID compares translated
 test images with real test images of the target domain on that classifier's features.
 """
+    grid_columns = 8
     card_samples_caption = ("Rows: test images of A, G(A), F(G(A)); then test images of B, F(B), G(F(B)). "
                             "The evaluation images are the first 8 of each domain in the test set.")
 

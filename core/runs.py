@@ -1,0 +1,250 @@
+"""Reading run directories while training writes them: what the Streamlit monitor (apps/monitor.py) shows.
+
+A run directory (see core.train) holds config.json, metrics.jsonl (one JSON object per line, appended), status.json
+(running / finished / failed, rewritten atomically) and samples/step-*.png. Everything here only reads those files:
+no model is imported. The metrics reader is incremental (it remembers its byte offset and keeps a half-written
+last line for the next read), so a refresh costs only what was appended since the previous one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+STALL_SECONDS = 300          # a "running" run with no write for this long (and 20 logging intervals) is stalled
+HIGHER_IS_BETTER = ("accuracy", "conditional_accuracy", "classes_covered", "precision", "recall",
+                    "a2b_domain_accuracy", "b2a_domain_accuracy")
+BEST_METRICS = ("fid", "neg_elbo", "accuracy", "a2b_domain_accuracy", "mse")
+
+
+@dataclass
+class MetricsReader:
+    """Incremental reader of one metrics.jsonl: `read()` returns all records so far, parsing only new bytes."""
+    path: Path
+    offset: int = 0
+    pending: bytes = b""
+    records: list[dict] = field(default_factory=list)
+    skipped: int = 0             # lines that were complete but not JSON objects (never raised)
+
+    def read(self) -> list[dict]:
+        try:
+            size = self.path.stat().st_size
+            if size < self.offset:                       # the file was replaced: start over
+                self.offset, self.pending, self.records = 0, b"", []
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except OSError:
+            return self.records
+        self.offset += len(chunk)
+        lines = (self.pending + chunk).split(b"\n")
+        self.pending = lines.pop()                      # no newline yet: possibly half-written, keep for later
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                self.skipped += 1
+                continue
+            if isinstance(record, dict) and "step" in record:
+                self.records.append(record)
+            else:
+                self.skipped += 1
+        return self.records
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    family: str = "?"
+    dataset: str = "?"
+    status: str = "empty"
+    step: int = 0
+    total_steps: int | None = None
+    elapsed: float | None = None
+    images_per_s: float | None = None
+    best: str = ""
+    last_write: float | None = None
+    error: str = ""
+    config: dict = field(default_factory=dict)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def discover(runs_dir: str | Path) -> list[Path]:
+    """Run directories under runs_dir (those with a config.json, metrics.jsonl or status.json), newest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs directory {root} does not exist")
+    found = [p for p in root.iterdir() if p.is_dir() and any((p / f).exists() for f in
+                                                               ("config.json", "metrics.jsonl", "status.json"))]
+    return sorted(found, key=lambda p: last_write(p) or 0, reverse=True)
+
+
+def last_write(run_dir: Path) -> float | None:
+    times = [f.stat().st_mtime for f in (run_dir / "metrics.jsonl", run_dir / "status.json") if f.exists()]
+    return max(times) if times else None
+
+
+def summarize(run_dir: Path, records: list[dict], now: float | None = None) -> Run:
+    """One row of the runs table: family, dataset, status, progress, time, throughput and best metric."""
+    now = time.time() if now is None else now
+    config, status = read_json(run_dir / "config.json"), read_json(run_dir / "status.json")
+    run = Run(run_dir.name, run_dir, config.get("family", "?"), config.get("train", {}).get("dataset", "?"),
+              config=config, last_write=last_write(run_dir))
+    logs = [r for r in records if "images_per_s" in r]
+    run.step = max([r["step"] for r in records] + [status.get("step", 0)])
+    run.total_steps = status.get("total_steps")
+    run.elapsed = logs[-1].get("elapsed") if logs else None
+    run.images_per_s = logs[-1].get("images_per_s") if logs else None
+    state = status.get("status")
+    if state == "finished":
+        run.status = "finished"
+    elif state == "failed":
+        run.status, run.error = "crashed", status.get("error", "")
+    elif state == "running" or records:
+        times = [r["time"] for r in logs if "time" in r]
+        interval = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0
+        quiet = now - (run.last_write or now)
+        run.status = "stalled" if quiet > max(STALL_SECONDS, 20 * interval) else "running"
+    best = best_metric(records)
+    run.best = f"{best[0]} {best[1]:.4g} @ {best[2]}" if best else ""
+    return run
+
+
+def best_metric(records: list[dict]) -> tuple[str, float, int] | None:
+    for name in BEST_METRICS:
+        values = [(r[f"eval/{name}"], r["step"]) for r in records if finite(r.get(f"eval/{name}"))]
+        if values:
+            pick = max if name in HIGHER_IS_BETTER else min
+            value, step = pick(values, key=lambda v: v[0])
+            return name, value, step
+    return None
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """All records as one table indexed by row: step, time, elapsed, losses, lr, images/s and eval/... columns."""
+    if not records:
+        return pd.DataFrame({"step": pd.Series(dtype="int64")})
+    df = pd.DataFrame.from_records(records)
+    if "time" in df:
+        df["wall_seconds"] = df["time"] - df["time"].min()
+    return df
+
+
+def series(df: pd.DataFrame, column: str, x: str = "step", smoothing: float = 0.0,
+           max_points: int = 2000) -> pd.DataFrame:
+    """(x, value) of one column without its missing rows, EMA-smoothed (weight `smoothing` on the past, as
+    TensorBoard's slider), then thinned to at most max_points for drawing (100k logged steps draw like 2k)."""
+    if column not in df or x not in df:
+        return pd.DataFrame({x: [], column: []})
+    part = df[[x, column]].dropna()
+    part = part[part[column].map(finite)]
+    if smoothing > 0 and len(part):
+        part = part.assign(**{column: part[column].ewm(alpha=1 - smoothing, adjust=True).mean()})
+    if len(part) > max_points:
+        stride = math.ceil(len(part) / max_points)
+        part = pd.concat([part.iloc[::stride], part.iloc[[-1]]]).drop_duplicates()
+    return part
+
+
+def metric_groups(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Columns to chart, grouped: losses (one line per network), learning rate, throughput, each eval metric."""
+    columns = [c for c in df.columns if c not in ("step", "epoch", "time", "elapsed", "wall_seconds", "data_share")]
+    groups = {"losses": [c for c in columns if c.startswith("loss/")]}
+    groups.update({c: [c] for c in ("lr", "images_per_s") if c in columns})
+    groups.update({c: [c] for c in columns if c.startswith("eval/") and not c.endswith("_std")})
+    return {k: v for k, v in groups.items() if v}
+
+
+def health(df: pd.DataFrame, run: Run) -> list[tuple[str, str]]:
+    """(level, message) warnings: mode collapse (class coverage dropping or low), a discriminator that wins
+    outright, non-finite values, a crash, a stalled run."""
+    notes = []
+    coverage = df["eval/classes_covered"].dropna() if "eval/classes_covered" in df else pd.Series(dtype=float)
+    if len(coverage):
+        peak, last = coverage.max(), coverage.iloc[-1]
+        if last < peak:
+            notes.append(("warning", f"mode collapse: class coverage fell from {peak:.0f} to {last:.0f} classes"))
+        elif last < expected_classes(run):
+            notes.append(("warning", f"mode collapse: the samples cover only {last:.0f} of "
+                                     f"{expected_classes(run)} classes"))
+        else:
+            notes.append(("success", f"class coverage: {last:.0f} classes at the last evaluation"))
+    d, g = (df[c].dropna() if c in df else pd.Series(dtype=float) for c in ("loss/discriminator", "loss/generator"))
+    if len(d) >= 5 and len(g) >= 5:
+        recent_d, recent_g = d.iloc[-max(5, len(d) // 10):].mean(), g.iloc[-max(5, len(g) // 10):].mean()
+        if abs(recent_d) < 0.05 and recent_g > 3:
+            notes.append(("warning", f"D vs G: the discriminator wins outright (D loss {recent_d:.3g}, "
+                                     f"G loss {recent_g:.3g}): the generator gets no useful gradient"))
+        else:
+            notes.append(("info", f"D vs G balance: recent D loss {recent_d:.3g}, G loss {recent_g:.3g}"))
+    numeric = df.select_dtypes("number")
+    bad = numeric.columns[~numeric.apply(lambda c: c.dropna().map(finite).all())].tolist()
+    if bad:
+        notes.append(("error", f"non-finite values logged in {', '.join(bad)}"))
+    if run.status == "crashed":
+        notes.append(("error", f"the run crashed: {run.error or 'see its log'}"))
+    if run.status == "stalled":
+        notes.append(("warning", f"stalled: nothing written for {time.time() - (run.last_write or 0):.0f} s"))
+    return notes
+
+
+def expected_classes(run: Run) -> int:
+    """Classes the run's data has: its --classes subset, else 10 (Fashion-MNIST, MNIST, digits)."""
+    chosen = run.config.get("train", {}).get("classes")
+    return len(str(chosen).split(",")) if chosen else 10
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_table(runs: list[Run]) -> pd.DataFrame:
+    """Configs side by side (one column per run), with a `differs` column for highlighting."""
+    flat = {run.name: flatten({k: run.config.get(k) for k in ("family", "model", "train")}) for run in runs}
+    keys = sorted({k for f in flat.values() for k in f if not k.endswith("_class_name")})
+    table = pd.DataFrame({name: [str(f.get(k, "")) for k in keys] for name, f in flat.items()}, index=keys)
+    table["differs"] = table.nunique(axis=1) > 1
+    return table
+
+
+def sample_grids(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the logged sample grids, in step order (files named step-NNNNNNN.png)."""
+    grids = []
+    for path in sorted((run_dir / "samples").glob("step-*.png")):
+        try:
+            grids.append((int(path.stem.split("-")[1]), path))
+        except (IndexError, ValueError):
+            continue
+    return grids
+
+
+def inside(root: str | Path, candidate: str | Path) -> Path:
+    """`candidate` resolved, if it lies inside `root`; a path from the UI must not leave the runs directory."""
+    root, path = Path(root).resolve(), (Path(root) / candidate).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"{candidate} is outside the runs directory {root}")
+    return path
