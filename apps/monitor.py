@@ -37,8 +37,10 @@ def reader(path: str) -> R.MetricsReader:
 
 
 def load(run_dir: Path) -> tuple[R.Run, pd.DataFrame]:
-    records = reader(str(run_dir / "metrics.jsonl")).read()
-    return R.summarize(run_dir, records), R.frame(records)
+    metrics = reader(str(run_dir / "metrics.jsonl"))
+    df = metrics.frame()
+    return R.summarize(run_dir, metrics.records), df
+
 
 
 def chart(data: pd.DataFrame, column: str, x: str, log: bool, title: str) -> alt.Chart:
@@ -80,7 +82,7 @@ def health_panel(selected: list[Path]) -> None:
     for run_dir in selected:
         run, df = load(run_dir)
         st.markdown(f"**{run.name}** · {run.status}")
-        for level, message in R.health(df, run):
+        for level, message in R.health(df, run, reader(str(run_dir / "metrics.jsonl")).nonfinite):
             getattr(st, level)(message)
         if "eval/classes_covered" in df:
             coverage = R.series(df, "eval/classes_covered", "step")
@@ -171,8 +173,9 @@ def main() -> None:
         st.fragment(run_every=refresh)(curves)(selected, x, smoothing, log)
         for run_dir in selected:
             _, df = load(run_dir)
-            st.download_button(f"metrics of {run_dir.name} as CSV", df.to_csv(index=False), f"{run_dir.name}.csv",
-                               "text/csv", key=f"csv-{run_dir.name}")
+            path = str(run_dir / "metrics.jsonl")          # built on click (deferred): 100k rows take a second
+            st.download_button(f"metrics of {run_dir.name} as CSV", lambda path=path: reader(path).frame().to_csv(
+                index=False), f"{run_dir.name}.csv", "text/csv", key=f"csv-{run_dir.name}")
         st.caption("Each chart's ⋯ menu saves it as PNG or SVG.")
     with tab_health:
         st.fragment(run_every=refresh)(health_panel)(selected)
