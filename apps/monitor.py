@@ -183,9 +183,10 @@ def main() -> None:
         for run_dir in selected:
             st.fragment(run_every=refresh)(sample_timeline)(run_dir)
     with tab_configs:
-        table_ = R.config_table([load(d)[0] for d in selected])
+        table_ = R.config_table([load(d)[0] for d in selected]).sort_values("differs", ascending=False, kind="stable")
+        st.caption(f"{int(table_['differs'].sum())} of {len(table_)} options differ (listed first, highlighted)")
         st.dataframe(table_.style.apply(lambda row: ["background-color: #fff3b0" if row["differs"] else ""] * len(row),
-                                        axis=1), width="stretch")
+                                        axis=1), width="stretch", height=min(36 * (len(table_) + 1), 900))
     with tab_launch:
         launcher(runs_dir)
 
