@@ -1,7 +1,7 @@
 """Sample quality of a DDPM checkpoint per sampler and guidance scale, for its model card.
 
     python bench/ddpm_quality.py checkpoints/ddpm [--n 10000] [--write]
-    python bench/ddpm_quality.py checkpoints/ddpm-cond [--n 2000] [--write]
+    python bench/ddpm_quality.py checkpoints/ddpm-cond [--n 5000] [--n-other 2000] [--write]
 
 Unconditional model: FID/KID, precision/recall and class coverage of n samples for DDIM 50 steps and DPM-Solver++
 10 and 20 steps, against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of
@@ -28,7 +28,8 @@ COLUMNS = ("fid", "kid", "precision", "recall", "classes_covered", "kl_to_unifor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--n", type=int, default=10_000, help="samples per row")
+    parser.add_argument("--n", type=int, default=10_000, help="samples for the headline row (DPM-Solver++ 20 steps)")
+    parser.add_argument("--n-other", type=int, default=0, help="samples for the other rows (default: --n)")
     parser.add_argument("--fp32", action="store_true", help="run the U-Net in float32")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
@@ -40,21 +41,24 @@ def main() -> None:
     rows = ([("DPM-Solver++", 20, w) for w in (1.0, 2.0, 4.0)] if conditional
             else [("DDIM", 50, 1.0), ("DPM-Solver++", 10, 1.0), ("DPM-Solver++", 20, 1.0)])
     columns = COLUMNS + (("conditional_accuracy",) if conditional else ())
-    lines = ["| sampler | steps | guidance | " + " | ".join(columns) + " | seconds |", "|---" * (len(columns) + 4) + "|"]
+    lines = ["| sampler | steps | guidance | samples | " + " | ".join(columns) + " | seconds |",
+             "|---" * (len(columns) + 5) + "|"]
     headline = {}
     for name, steps, guidance in rows:
+        is_headline = name == "DPM-Solver++" and steps == 20 and guidance == (2.0 if conditional else 1.0)
+        n = args.n if is_headline or not args.n_other else args.n_other
         start = time.perf_counter()
-        images = model.sample(args.n, steps, "ddim" if name == "DDIM" else "dpm_solver", seed=0,
+        images = model.sample(n, steps, "ddim" if name == "DDIM" else "dpm_solver", seed=0,
                               guidance_scale=guidance, bf16=not args.fp32)
         seconds = time.perf_counter() - start
-        scores = metrics.sample_quality(classifier, reference, images, model.labels_for(args.n, None))
+        scores = metrics.sample_quality(classifier, reference, images, model.labels_for(n, None))
         cells = [f"{100 * scores[c]:.2f}%" if c == "conditional_accuracy" else f"{scores[c]:.4g}" for c in columns]
-        lines.append(f"| {name} | {steps} | {guidance:g} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        lines.append(f"| {name} | {steps} | {guidance:g} | {n} | " + " | ".join(cells) + f" | {seconds:.0f} |")
         print(lines[-1], flush=True)
-        if name == "DPM-Solver++" and steps == 20 and guidance == (2.0 if conditional else 1.0):
-            headline = {**scores, "samples": args.n, "sampler": "DPM-Solver++ 20 steps", "guidance_scale": guidance}
-    title = (f"Sample quality by sampler ({args.n} samples each, U-Net in {'float32' if args.fp32 else 'bf16'}, "
-             f"{torch.get_num_threads()} CPU threads)")
+        if is_headline:
+            headline = {**scores, "samples": n, "sampler": "DPM-Solver++ 20 steps", "guidance_scale": guidance}
+    title = (f"Sample quality by sampler (U-Net in {'float32' if args.fp32 else 'bf16 autocast'}; seconds on "
+             f"{torch.get_num_threads()} CPU thread(s))")
     table = "\n".join(lines)
     print(f"\n{title}\n{table}")
     if args.write:

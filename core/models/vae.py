@@ -236,7 +236,7 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
 
     @torch.no_grad()
     def encode_means(self, data: ImageData, batch_size: int = 1000) -> Tensor:
-        """μ(x) for every image of `data` (the scatter of test encodings)."""
+        """μ(x) for every image of `data`, in the data's order (the scatter of test encodings)."""
         device = self.fixed_latents.device
-        return torch.cat([self.encode(b.images.to(device))[0].cpu()
-                          for b in data.batches(batch_size, seed=0, epoch=0, drop_last=False)])
+        return torch.cat([self.encode(data.batch(slice(i, i + batch_size)).images.to(device))[0].cpu()
+                          for i in range(0, len(data), batch_size)])

@@ -97,7 +97,9 @@ def test_latent_tools_shapes_and_errors(digits):
     torch.testing.assert_close(path[0], model.reconstruct(images[:1])[0])
     torch.testing.assert_close(path[-1], model.reconstruct(images[1:2])[0])
     assert model.traverse(images[0], dim=2, steps=7).shape == (7, 1, 8, 8)
-    assert model.encode_means(digits).shape == (len(digits), 3)
+    means = model.encode_means(digits)
+    assert means.shape == (len(digits), 3)                  # in the data's order, so labels line up with points
+    torch.testing.assert_close(means[5], model.encode(digits.batch(slice(5, 6)).images)[0][0])
     with pytest.raises(ValueError, match=r"dim must lie in \[0, 2\]"):
         model.traverse(images[0], dim=3)
     with pytest.raises(ValueError, match="2-D latent"):
