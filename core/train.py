@@ -49,6 +49,7 @@ class NonFiniteLoss(RuntimeError):
 class TrainableModel(HubModel):
     """What the loop asks of a family. `self.accelerator` is set by the loop before training starts."""
     accelerator: Accelerator | None = None
+    mixed_precision: str = "no"
 
     def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
@@ -65,8 +66,11 @@ class TrainableModel(HubModel):
         return None
 
     def autocast(self):
-        """The forward-pass precision context of the run (--mixed-precision); a no-op outside training."""
-        return self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
+        """The forward-pass precision of the run: bf16 autocast with --mixed-precision bf16, else a no-op."""
+        if self.mixed_precision != "bf16":
+            return contextlib.nullcontext()
+        device = self.accelerator.device.type if self.accelerator is not None else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16)
 
     def exported(self) -> "TrainableModel":
         """The model written to the run's final Hub folder; a family may drop what sampling does not need."""
@@ -185,8 +189,7 @@ def load_checkpoint(folder: Path, model: TrainableModel, optimizers: dict, accel
 def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | None = None,
           data: ImageData | None = None, eval_data: ImageData | None = None, command: str | None = None) -> Path:
     """Train `model` with `cfg`; returns the run directory. `resume` continues a run from its last checkpoint."""
-    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(),    # cpu=True: gloo across processes
-                              mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())   # cpu=True: gloo across processes
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed + accelerator.process_index)
@@ -207,6 +210,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     run_dir = Path(resume) if resume else Path(cfg.runs_dir) / (cfg.run_name or f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
     model.to(accelerator.device)
     model.accelerator = accelerator
+    model.mixed_precision = cfg.mixed_precision     # (not Accelerator's option: its state is process-global)
     optimizers = model.configure_optimizers(cfg)
     step, elapsed_before = load_checkpoint(latest_checkpoint(run_dir), model, optimizers, accelerator) if resume else (0, 0.0)
     if main:
