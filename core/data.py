@@ -133,17 +133,6 @@ class ImageData:
             yield self.batch(order[begin:begin + batch_size])
 
 
-@dataclass
-class UnpairedDomains:
-    """Two unpaired image sets A and B (CycleGAN); a batch draws independently from each."""
-    domain_a: ImageData
-    domain_b: ImageData
-
-    def batches(self, batch_size: int, seed: int, epoch: int, **kwargs) -> Iterator[tuple[Batch, Batch]]:
-        return zip(self.domain_a.batches(batch_size, seed, epoch, **kwargs),
-                   self.domain_b.batches(batch_size, seed + 1, epoch, **kwargs))
-
-
 def pad_images(images: Tensor, size: int) -> Tensor:
     """Pad (B, C, H, W) images in [-1, 1] with -1 (black) to size x size, centred."""
     dh, dw = max(size - images.shape[-2], 0), max(size - images.shape[-1], 0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core import data as data_module
-from core.data import (FASHION_CLASSES, DatasetNotFound, ImageData, UnpairedDomains, load_dataset, pad_images,
+from core.data import (FASHION_CLASSES, DatasetNotFound, ImageData, load_dataset, pad_images,
                        read_idx, write_idx)
 
 
@@ -93,15 +93,12 @@ def test_processes_draw_disjoint_shards(digits):
     assert not torch.equal(first[0], first[1])
 
 
-def test_class_subsets_and_unpaired_domains(fashion_dir):
+def test_class_subsets(fashion_dir):
     test = load_dataset("fashion-mnist", "test")
     sneakers = test.subset(["sneaker"])
     assert len(sneakers) == 1000 and torch.all(sneakers.labels == 7)
     both = load_dataset("fashion-mnist", "test", classes=["sneaker", 9], pad_to=32)
     assert set(both.labels.tolist()) == {7, 9} and both.image_shape == (1, 32, 32)
-    domains = UnpairedDomains(test.subset(["sneaker"]), test.subset(["ankle boot"]))
-    a, b = next(domains.batches(16, seed=0, epoch=0))
-    assert torch.all(a.labels == 7) and torch.all(b.labels == 9) and a.images.shape == (16, 1, 28, 28)
     with pytest.raises(ValueError, match="unknown class 'sandals'"):
         test.subset(["sandals"])
 

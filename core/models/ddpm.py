@@ -209,14 +209,12 @@ comparable with Inception-FIDs from papers.
         for c, start in enumerate(range(0, n, batch_size)):
             size = min(batch_size, n - start)
             part = labels[start:start + size] if labels is not None else None
-            trajectory = list(self.denoise(size, steps, scheduler, seed + c, guidance_scale, part, eta, bf16=bf16)) \
-                if return_intermediates else None
-            if trajectory is None:
-                for _, x, _ in self.denoise(size, steps, scheduler, seed + c, guidance_scale, part, eta, bf16=bf16):
-                    pass
-            else:
-                x = trajectory[-1][1]
-                frames.append(torch.stack([frame.cpu() for _, frame, _ in trajectory]))
+            trajectory = []
+            for _, x, _ in self.denoise(size, steps, scheduler, seed + c, guidance_scale, part, eta, bf16=bf16):
+                if return_intermediates:
+                    trajectory.append(x.cpu())
+            if return_intermediates:
+                frames.append(torch.stack(trajectory))
             images.append(x.clamp(-1, 1).cpu())
         images = torch.cat(images)
         return (images, torch.cat(frames, dim=1).clamp(-1, 1)) if return_intermediates else images
