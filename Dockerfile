@@ -1,15 +1,17 @@
-# genlab on a CPU: the shipped checkpoints, the dataset and the package, ready to run.
-#   docker build -t genlab . && docker run --rm genlab                 (evaluates the shipped classifiers)
-#   docker run --rm genlab python -m pytest                            (the test suite; the browser tests skip)
-#   docker run --rm -p 8501:8501 -v $PWD/runs:/app/runs genlab streamlit run apps/monitor.py --server.address 0.0.0.0
+# genlab on a CPU: the sampler app on the shipped checkpoints, as a Docker Space runs it (port 7860, user 1000).
+#   docker build -t genlab . && docker run --rm -p 7860:7860 genlab                  (the Gradio sampler)
+#   docker run --rm -p 8501:8501 -v $PWD/runs:/home/user/app/runs genlab \
+#       streamlit run apps/monitor.py --server.address 0.0.0.0                        (the training monitor instead)
 FROM python:3.11-slim-bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist git \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-COPY requirements.txt requirements-dev.txt ./
+RUN useradd --create-home --uid 1000 user
+WORKDIR /home/user/app
+COPY requirements.txt ./
 # The CPU build of torch from PyTorch's own index (PyPI's default wheel carries CUDA, several GB).
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && pip install --no-cache-dir -r requirements-dev.txt
-COPY . .
-RUN pip install --no-cache-dir --no-deps -e .
-CMD ["python", "-m", "core.evaluate", "checkpoints/classifier-adv", "--limit", "2000"]
+    && pip install --no-cache-dir -r requirements.txt
+COPY --chown=user . .
+USER user
+ENV HOME=/home/user PYTHONPATH=/home/user/app GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7860 \
+    GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1
+EXPOSE 7860
+CMD ["python", "apps/sampler.py"]

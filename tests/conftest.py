@@ -82,3 +82,37 @@ def tiny_config(tmp_path) -> TrainConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def sampler_url():
+    """apps/sampler.py served as a user starts it (`python apps/sampler.py`, as the Dockerfile and Spaces do), once
+    per session on a free 127.0.0.1 port; the start-up time is printed (pytest -s)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    log = open(Path(tempfile.mkdtemp(prefix="genlab-sampler-log-")) / "server.log", "w+")
+    start = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "apps/sampler.py"], cwd=ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/gradio_api/info", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if server.poll() is not None or time.perf_counter() - start > 120:
+            log.seek(0)
+            pytest.fail(f"the sampler did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.1)
+    print(f"\nsampler started in {time.perf_counter() - start:.2f} s")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+    log.seek(0)
+    print(log.read()[-2000:])

@@ -1,0 +1,350 @@
+"""genlab sampler: every model family in one Gradio app. `python apps/sampler.py` (or `gradio apps/sampler.py`, or a
+Hugging Face Space with app_file: apps/sampler.py).
+
+Widgets and wiring only: every model call and every input check is in core.pipeline. Models are the shipped
+checkpoints named in checkpoints/index.json (or the manifest GENLAB_MANIFEST names); a model box also takes a Hub
+repo id such as `owner/name@revision`. Each event has a stable api_name (see the README's API section). Events take
+their inputs unprocessed (preprocess=False) so that core.pipeline sees exactly what a browser or an API client sent
+and answers every bad value, upload included, with its own message.
+"""
+import functools
+import inspect
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:                # a Space runs this file without installing the package
+    sys.path.insert(0, str(ROOT))
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from core import pipeline as P
+from core.data import FASHION_CLASSES
+
+WORKERS = 2                                  # model calls at once: one diffusion run and one quick request
+torch.set_num_threads(max(1, (os.cpu_count() or WORKERS) // WORKERS))
+EXAMPLES = sorted(str(path) for path in (ROOT / "apps" / "examples").glob("*.png"))
+OUTPUTS = Path(tempfile.mkdtemp(prefix="genlab-sampler-"))
+_written: deque[Path] = deque()
+CLASSES = [("all classes, in turn", -1)] + [(name, k) for k, name in enumerate(FASHION_CLASSES)]
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+TARGETS = [(name, k) for k, name in enumerate(FASHION_CLASSES)]
+
+
+def png(picture) -> str:
+    """Each output goes to its own file (Gradio names PIL outputs by content, and two identical concurrent
+    results would share one half-written file); the oldest of the last 2000 are removed."""
+    path = OUTPUTS / f"{uuid.uuid4().hex}.png"
+    picture.save(path)
+    _written.append(path)
+    while len(_written) > 2000:
+        _written.popleft().unlink(missing_ok=True)
+    return str(path)
+
+
+def gif(frames, duration_ms: int = 120) -> str:
+    path = OUTPUTS / f"{uuid.uuid4().hex}.gif"
+    frames = frames + frames[-2:0:-1]                        # there and back, looping
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    _written.append(path)
+    return str(path)
+
+
+def guarded(function):
+    """RequestError -> gr.Error, so the caller sees our message (other errors stay generic, traceback in the log)."""
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                yield from function(*args, **kwargs)
+            except P.RequestError as exc:
+                raise gr.Error(str(exc)) from exc
+    else:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except P.RequestError as exc:
+                raise gr.Error(str(exc)) from exc
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------------------- endpoints
+@guarded
+def gan_sample(model, n, seed, label):
+    return png(P.gan_sample(model, n, seed, label))
+
+
+@guarded
+def gan_interpolate(model, seed_a, seed_b, steps, spherical, label):
+    frames = P.gan_interpolate(model, seed_a, seed_b, steps, spherical, label)
+    return png(P.strip(frames)), gif(frames)
+
+
+@guarded
+def gan_class_grid(model, per_class, seed):
+    return png(P.gan_class_grid(model, per_class, seed))
+
+
+@guarded
+def vae_sample(model, n, seed):
+    return png(P.vae_sample(model, n, seed))
+
+
+@guarded
+def vae_reconstruct(model, image):
+    return tuple(png(picture) for picture in P.vae_reconstruct(model, image))
+
+
+@guarded
+def vae_interpolate(model, image_a, image_b, steps):
+    return png(P.vae_interpolate(model, image_a, image_b, steps))
+
+
+@guarded
+def vae_compare(image, seed):
+    return tuple(png(picture) for picture in P.vae_compare(image, seed))
+
+
+@guarded
+def vae_latent_plane(image):
+    picture, (z1, z2) = P.vae_latent_plane(image)
+    return png(picture), f"μ(x) = ({z1:.2f}, {z2:.2f}), the red ring"
+
+
+@guarded
+def ddpm_sample(model, n, steps, scheduler, eta, seed, label, guidance_scale, progress=gr.Progress()):
+    """Streams the batch of x_t while the reverse process runs, then the final images and the strip."""
+    start = time.perf_counter()
+    for step, total, frame, strip in P.ddpm_denoise(model, n, steps, scheduler, eta, seed, label, guidance_scale):
+        progress(step / total, desc=f"step {step}/{total}")
+        status = f"step {step}/{total} · {time.perf_counter() - start:.1f} s"
+        yield png(frame), png(strip) if strip is not None else gr.skip(), status
+
+
+@guarded
+def cyclegan_translate(model, image, direction):
+    seen, translated, reconstructed, inverted = P.cyclegan_translate(model, image, direction)
+    note = "The upload had a light background and was inverted: the model knows light objects on black." if inverted \
+        else ""
+    return png(seen), png(translated), png(reconstructed), note
+
+
+@guarded
+def fgsm_attack(model, image, attack, eps, target):
+    original, perturbation, adversarial, before, after = P.fgsm_attack(model, image, attack, eps, target)
+    return png(original), png(perturbation), png(adversarial), before, after
+
+
+def class_picker(model):
+    """The class picker is live only for a conditional model (private: not an API endpoint)."""
+    try:
+        conditional = P.conditional(model)
+    except P.RequestError:
+        return gr.update(interactive=False, value=-1)
+    return gr.update(interactive=conditional, value=-1 if not conditional else gr.skip())
+
+
+# ------------------------------------------------------------------------------------------------------ layout
+def model_box(family: str, default: str, label: str = "model") -> gr.Dropdown:
+    names = P.model_names(family)
+    return gr.Dropdown(names, value=default if default in names else names[0], label=label, allow_custom_value=True,
+                       info="a shipped checkpoint, or type a Hub repo id (owner/name@revision)")
+
+
+def image_input(label: str, example: int) -> gr.Image:
+    image = gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], height=200,
+                     value=EXAMPLES[example] if EXAMPLES else None)
+    if EXAMPLES:
+        gr.Examples(EXAMPLES, inputs=image, label="Fashion-MNIST test images", examples_per_page=10)
+    return image
+
+
+def about(text: str, specs: list[str]) -> None:
+    with gr.Accordion("About", open=False):
+        gr.Markdown(text, latex_delimiters=LATEX)
+        table = P.figures_markdown(specs)
+        if table:
+            gr.Markdown("Figures from the model cards (10k samples vs the test set, on genlab's classifier "
+                        "features):\n\n" + table)
+
+
+def event(button, function, inputs, outputs, api_name: str, queue_group: str = "quick"):
+    button.click(function, inputs, outputs, api_name=api_name, preprocess=False,
+                 concurrency_limit=1, concurrency_id=queue_group)
+
+
+seed_box = lambda label="seed", value=0: gr.Number(value, label=label, precision=0, minimum=0, maximum=P.MAX_SEED)
+count = lambda value=16: gr.Slider(1, P.MAX_IMAGES, value=value, step=1, label="number of images")
+picture_out = lambda label, height=None: gr.Image(label=label, type="filepath", format="png", interactive=False,
+                                                  height=height)
+single_out = lambda label: picture_out(label, 130)          # one enlarged 28-pixel image (84 px) and its frame
+
+with gr.Blocks(title="genlab sampler", delete_cache=(600, 3600)) as demo:
+    gr.Markdown("# genlab sampler\nGenerative models trained from scratch on Fashion-MNIST (28x28), shipped in this "
+                "repository. Every button is also an API endpoint (`gradio_client`); see the README.")
+
+    with gr.Tab("GAN"):
+        with gr.Row():
+            gan_model = model_box("gan", "dcgan")
+            gan_label = gr.Dropdown(CLASSES, value=-1, label="class (conditional GAN only)")
+            gan_seed = seed_box()
+            gan_n = count(64)
+        gan_button = gr.Button("Sample", variant="primary")
+        gan_grid = picture_out("samples")
+        with gr.Row():
+            seed_a, seed_b = seed_box("seed A", 1), seed_box("seed B", 2)
+            path_steps = gr.Slider(2, P.MAX_PATH, value=10, step=1, label="images along the path")
+            spherical = gr.Checkbox(True, label="spherical (slerp)")
+        path_button = gr.Button("Interpolate")
+        with gr.Row():
+            path_strip, path_animation = picture_out("latent path"), picture_out("animation")
+        with gr.Row():
+            per_class = gr.Slider(1, 10, value=10, step=1, label="samples per class")
+            grid_button = gr.Button("Class x sample grid (cgan)")
+        class_grid = picture_out("row k: class k")
+        about(r"""**GAN** (Goodfellow et al. 2014): a generator $G(z)$, $z\sim\mathcal N(0, I)$, against a
+discriminator $D$. Non-saturating loss: $L_D = -\mathbb E[\log D(x)] - \mathbb E[\log(1 - D(G(z)))]$,
+$L_G = -\mathbb E[\log D(G(z))]$. The cgan sees the label in both networks (Mirza & Osindero 2014) and is trained
+with R3GAN's relativistic loss $f(D(G(z)) - D(x))$ plus R1 and R2 penalties. Interpolation follows the great circle
+(slerp): $z_t = \frac{\sin((1-t)\theta)}{\sin\theta} z_A + \frac{\sin(t\theta)}{\sin\theta} z_B$.""",
+              P.model_names("gan"))
+        event(gan_button, gan_sample, [gan_model, gan_n, gan_seed, gan_label], gan_grid, "gan_sample")
+        event(path_button, gan_interpolate, [gan_model, seed_a, seed_b, path_steps, spherical, gan_label],
+              [path_strip, path_animation], "gan_interpolate")
+        event(grid_button, gan_class_grid, [gan_model, per_class, gan_seed], class_grid, "gan_class_grid")
+
+    with gr.Tab("VAE"):
+        with gr.Row():
+            vae_model = model_box("vae", "vae")
+            vae_seed = seed_box()
+            vae_n = count(64)
+        vae_button = gr.Button("Sample from the prior", variant="primary")
+        vae_grid = picture_out("samples: decoder means of z ~ N(0, I)")
+        with gr.Row():
+            with gr.Column():
+                image_a = image_input("image A", 7)
+            with gr.Column():
+                image_b = image_input("image B", 9)
+        with gr.Row():
+            reconstruct_button = gr.Button("Reconstruct A")
+            plane_button = gr.Button("A on the 2-D latent plane (vae-2d)")
+            compare_button = gr.Button("Autoencoder vs VAE (MSE blur)")
+        with gr.Row():
+            vae_seen, vae_reconstruction = single_out("what the model saw"), single_out("reconstruction")
+        with gr.Row():
+            plane = picture_out("latent plane of vae-2d")
+            with gr.Column():
+                plane_note = gr.Markdown()
+                compare_reconstructions = picture_out("input | autoencoder | VAE")
+                compare_samples = picture_out("prior samples: autoencoder (top), VAE (bottom)")
+        with gr.Row():
+            vae_steps = gr.Slider(2, P.MAX_PATH, value=10, step=1, label="images along the path")
+            interpolate_button = gr.Button("Interpolate A -> B")
+        vae_path = picture_out("decoded path from μ(A) to μ(B)")
+        about(r"""**VAE** (Kingma & Welling 2013): encoder $q_\phi(z|x) = \mathcal N(\mu_\phi(x),
+\operatorname{diag}\sigma^2_\phi(x))$, decoder $p_\theta(x|z)$, prior $\mathcal N(0, I)$; it maximises
+$\mathrm{ELBO} = \mathbb E_q[\log p_\theta(x|z)] - \mathrm{KL}(q_\phi(z|x)\,\|\,p(z))$ with
+$z = \mu + \sigma\odot\varepsilon$. The **autoencoder** minimises $\|x - \hat x\|^2$ only: its reconstructions are
+the blurred mean of every image that shares a code, and its "samples" from $\mathcal N(0, I)$ land where no image
+was encoded. The 2-D VAE's plane shows decoded points at equally spaced quantiles of $\mathcal N(0,1)$.""",
+              P.model_names("vae"))
+        event(vae_button, vae_sample, [vae_model, vae_n, vae_seed], vae_grid, "vae_sample")
+        event(reconstruct_button, vae_reconstruct, [vae_model, image_a], [vae_seen, vae_reconstruction],
+              "vae_reconstruct")
+        event(plane_button, vae_latent_plane, [image_a], [plane, plane_note], "vae_latent_plane")
+        event(compare_button, vae_compare, [image_a, vae_seed], [compare_reconstructions, compare_samples],
+              "vae_compare")
+        event(interpolate_button, vae_interpolate, [vae_model, image_a, image_b, vae_steps], vae_path,
+              "vae_interpolate")
+
+    with gr.Tab("Diffusion"):
+        with gr.Row():
+            ddpm_model = model_box("ddpm", "ddpm")
+            scheduler = gr.Dropdown([("DPM-Solver++", "dpm_solver"), ("DDIM", "ddim"), ("DDPM", "ddpm")],
+                                    value="dpm_solver", label="scheduler")
+            steps = gr.Slider(1, P.MAX_DIFFUSION_STEPS, value=20, step=1, label="steps")
+            eta = gr.Slider(0, 1, value=0, step=0.05, label="η (DDIM only: 0 deterministic, 1 DDPM-like)")
+        with gr.Row():
+            ddpm_n = count(16)
+            ddpm_seed = seed_box()
+            ddpm_label = gr.Dropdown(CLASSES, value=-1, label="class (ddpm-cond only)")
+            guidance = gr.Slider(0, 20, value=1, step=0.5, label="guidance scale w (ddpm-cond only; 2 is good)")
+        ddpm_button = gr.Button("Denoise", variant="primary")
+        ddpm_status = gr.Markdown()
+        with gr.Row():
+            ddpm_frame = picture_out("x_t, streamed while it runs")
+            ddpm_strip = picture_out("the first images at 10 moments of the run")
+        about(r"""**DDPM** (Ho et al. 2020): $q(x_t|x_0) = \mathcal N(\sqrt{\bar\alpha_t}x_0, (1-\bar\alpha_t)I)$,
+trained with $\|\varepsilon - \varepsilon_\theta(x_t, t)\|^2$. Sampling runs the reverse process from pure noise:
+DDPM (ancestral, 1000 steps in the paper), DDIM (Song et al. 2020, $\eta = 0$ deterministic) or DPM-Solver++ (Lu
+et al. 2022, 10-20 steps suffice). The conditional model uses classifier-free guidance (Ho & Salimans 2022):
+$\hat\varepsilon = \varepsilon_\theta(x_t) + w(\varepsilon_\theta(x_t, y) - \varepsilon_\theta(x_t))$.""",
+              P.model_names("ddpm"))
+        event(ddpm_button, ddpm_sample, [ddpm_model, ddpm_n, steps, scheduler, eta, ddpm_seed, ddpm_label, guidance],
+              [ddpm_frame, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion")
+
+    with gr.Tab("CycleGAN"):
+        with gr.Row():
+            with gr.Column():
+                cycle_image = image_input("image (any size; converted to 28x28 grey)", 7)
+            with gr.Column():
+                cycle_model = model_box("cyclegan", "cyclegan")
+                direction = gr.Dropdown([("sneaker -> ankle boot (A -> B)", "a2b"),
+                                         ("ankle boot -> sneaker (B -> A)", "b2a")], value="a2b", label="direction")
+                cycle_button = gr.Button("Translate", variant="primary")
+                cycle_note = gr.Markdown()
+        with gr.Row():
+            cycle_seen = single_out("what the model saw")
+            cycle_out = single_out("translation")
+            cycle_back = single_out("cycle reconstruction")
+        about(r"""**CycleGAN** (Zhu et al. 2017): two generators $G: A\to B$, $F: B\to A$ trained without pairs by
+least-squares adversarial losses and the cycle loss
+$\mathbb E_a\|F(G(a)) - a\|_1 + \mathbb E_b\|G(F(b)) - b\|_1$ (weight 10), plus an identity loss.""",
+              P.model_names("cyclegan"))
+        event(cycle_button, cyclegan_translate, [cycle_model, cycle_image, direction],
+              [cycle_seen, cycle_out, cycle_back, cycle_note], "cyclegan_translate")
+
+    with gr.Tab("FGSM"):
+        with gr.Row():
+            with gr.Column():
+                attack_image = image_input("image", 0)
+            with gr.Column():
+                attack_model = model_box("classifier", "classifier", "classifier")
+                attack = gr.Dropdown([("FGSM", "fgsm"), ("targeted FGSM", "fgsm_targeted"), ("PGD, 10 steps", "pgd")],
+                                     value="fgsm", label="attack")
+                eps = gr.Slider(0, P.MAX_EPS, value=0.05, step=0.01, label="ε (fraction of the pixel range)")
+                target = gr.Dropdown(TARGETS, value=8, label="target class (targeted FGSM)")
+                attack_button = gr.Button("Attack", variant="primary")
+        with gr.Row():
+            attack_original = single_out("image")
+            attack_delta = single_out("perturbation (±ε shown as black/white)")
+            attack_result = single_out("adversarial image")
+        with gr.Row():
+            before, after = gr.Label(label="top-3 before"), gr.Label(label="top-3 after")
+        gr.LinePlot(pd.DataFrame(P.robustness_table(P.model_names("classifier"))), x="eps", y="accuracy",
+                    color="model", title="Test accuracy under FGSM vs ε (10,000 test images, from the model cards)",
+                    y_lim=[0, 1], height=300)
+        about(r"""**FGSM** (Goodfellow et al. 2015): $x_{adv} = \operatorname{clip}(x + \varepsilon\,
+\operatorname{sign}\nabla_x J(\theta, x, y))$; targeted toward class $t$: $x - \varepsilon\,\operatorname{sign}
+\nabla_x J(\theta, x, t)$. **PGD** (Madry et al. 2018) repeats the step 10 times with projection onto the
+$\varepsilon$-ball. `classifier-adv` was trained on FGSM examples (with a random start) at $\varepsilon = 0.1$.""",
+              P.model_names("classifier"))
+        event(attack_button, fgsm_attack, [attack_model, attack_image, attack, eps, target],
+              [attack_original, attack_delta, attack_result, before, after], "fgsm_attack")
+
+    for box, picker in ((gan_model, gan_label), (ddpm_model, ddpm_label)):
+        demo.load(class_picker, box, picker, api_visibility="private")
+        box.change(class_picker, box, picker, api_visibility="private")
+
+demo.queue(max_size=64)
+
+if __name__ == "__main__":
+    demo.launch(max_file_size="10mb", allowed_paths=[str(OUTPUTS), str(ROOT / "apps" / "examples")])

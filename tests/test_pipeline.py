@@ -1,0 +1,119 @@
+"""core.pipeline in-process: the checks every app request goes through, image intake, and the pictures' geometry."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+from core import pipeline as P
+
+SNEAKER = ROOT / "apps" / "examples" / "7-sneaker.png"
+
+
+@pytest.mark.parametrize("value, ok", [(3, True), (3.0, True), (1, True), (10, True), (0, False), (11, False),
+                                       (2.5, False), (math.nan, False), (math.inf, False), (None, False),
+                                       ("3", False), (True, False), ([3], False)])
+def test_integer_accepts_whole_numbers_in_range_only(value, ok):
+    if ok:
+        assert P.integer(value, "n", 1, 10) == int(value)
+    else:
+        with pytest.raises(P.RequestError, match=r"n must be a whole number from 1 to 10, got"):
+            P.integer(value, "n", 1, 10)
+
+
+@pytest.mark.parametrize("value", [math.nan, -math.inf, math.inf, -0.01, 1.01, None, "0.5", False])
+def test_number_refuses_nan_infinity_and_out_of_range(value):
+    with pytest.raises(P.RequestError, match=r"eta must be a number from 0 to 1"):
+        P.number(value, "eta", 0.0, 1.0)
+    assert P.number(0.5, "eta", 0.0, 1.0) == 0.5 and P.number(1, "eta", 0.0, 1.0) == 1.0
+
+
+def test_class_dropdown_values_arrive_as_ints_or_their_strings():
+    assert P.class_index("3") == 3 and P.class_index("-1") == -1 and P.class_index(3) == 3
+    assert P.class_index("3.5") == "3.5" and P.class_index("12345") == "12345"     # left for the range check
+
+
+def test_read_image_refuses_bad_files_with_the_rule(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello")
+    (tmp_path / "big.png").write_bytes(bytes(P.MAX_UPLOAD_BYTES + 1))
+    Image.new("L", (6000, 5000)).save(tmp_path / "wide.png")                 # 30 M pixels > 25 M
+    data = SNEAKER.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    cases = {None: "no image", str(tmp_path / "missing.png"): "missing", str(tmp_path / "empty.png"): "0 bytes",
+             str(tmp_path / "text.png"): "text.png is not a readable image", str(tmp_path / "big.png"): "bytes",
+             str(tmp_path / "wide.png"): "6000x5000 pixels", str(tmp_path / "cut.png"): "not a readable image",
+             "": "no image", 42: "no image"}
+    for upload, message in cases.items():
+        with pytest.raises(P.RequestError, match=message) as caught:
+            P.read_image({"path": upload} if upload not in (None, 42) else upload)
+        assert "at most 10 MB and 25,000,000 pixels" in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "1", "CMYK"])
+def test_any_image_mode_becomes_a_28_pixel_grey_input(tmp_path, mode):
+    Image.open(SNEAKER).convert(mode).resize((97, 61)).save(tmp_path / "x.png" if mode != "CMYK" else
+                                                            tmp_path / "x.jpg")
+    path = tmp_path / ("x.png" if mode != "CMYK" else "x.jpg")
+    x, inverted = P.to_model_input(P.read_image(str(path)))
+    assert x.shape == (1, 28, 28) and x.min() >= -1 and x.max() <= 1 and not inverted
+
+
+def test_light_backgrounds_are_inverted_and_the_object_centred():
+    dark_on_white = Image.new("L", (60, 30), 255)
+    dark_on_white.paste(0, (20, 5, 40, 25))                                   # a black box in the middle
+    x, inverted = P.to_model_input(dark_on_white)
+    assert inverted and x[0, 0].max() == -1 and x[0, 14, 14] == 1            # black border, white object
+    column_mass = (x[0] + 1).sum(0)
+    centre = float((column_mass * torch.arange(28)).sum() / column_mass.sum())
+    assert abs(centre - 13.5) < 0.5
+
+
+def test_models_load_once_and_the_family_is_checked():
+    assert P.model("dcgan", "gan") is P.model("dcgan", "gan")
+    with pytest.raises(P.RequestError, match="is a GAN; this needs a VAE"):
+        P.model("dcgan", "vae")
+    with pytest.raises(P.RequestError, match="model must be one of mlp-gan, dcgan, cgan"):
+        P.model(None, "gan")
+    assert P.conditional("cgan") and not P.conditional("dcgan") and P.conditional("ddpm-cond")
+
+
+def test_latent_plane_rings_the_cell_of_the_encoding():
+    """The red ring's centre lies in the grid cell whose quantiles are nearest Φ(μ(x)), for several images."""
+    cell = 30 * P.SCALE
+    for path in sorted((ROOT / "apps" / "examples").glob("*.png"))[::3]:
+        picture, (z1, z2) = P.vae_latent_plane(str(path))
+        red = np.argwhere(np.all(np.asarray(picture) == (255, 0, 0), axis=-1))
+        y, x = red.mean(0)
+        phi = torch.distributions.Normal(0, 1).cdf(torch.tensor([z1, z2])).clamp(0.05, 0.95)
+        column, row = round(float(phi[0] - 0.05) / 0.9 * 14), round(float(0.95 - phi[1]) / 0.9 * 14)
+        assert int((x - 2 * P.SCALE) // cell) == column and int((y - 2 * P.SCALE) // cell) == row, path.name
+
+
+def test_denoising_streams_a_bounded_number_of_frames_and_refuses_too_much_work():
+    frames = list(P.ddpm_denoise("ddpm", 2, 30, "ddim", 0.0, 0))
+    assert len(frames) <= P.STREAM_FRAMES + 1 and [f[0] for f in frames] == sorted(f[0] for f in frames)
+    assert frames[-1][0] == 30 and frames[-1][3] is not None and all(f[3] is None for f in frames[:-1])
+    with pytest.raises(P.RequestError, match="n x steps must be at most 16,000"):
+        next(P.ddpm_denoise("ddpm", 17, 1000, "ddim", 0.0, 0))
+
+
+def test_fgsm_perturbation_is_bounded_and_zero_at_eps_zero():
+    original, perturbation, adversarial, before, after = P.fgsm_attack("classifier", str(SNEAKER), "pgd", 0.0)
+    assert np.array_equal(np.asarray(original), np.asarray(adversarial)) and before == after
+    assert np.all(np.asarray(perturbation.convert("L")).astype(int) - 127 <= 1)  # all grey: no change
+    original, _, adversarial, _, _ = P.fgsm_attack("classifier", str(SNEAKER), "pgd", 0.03)
+    change = np.abs(np.asarray(adversarial, dtype=int) - np.asarray(original, dtype=int)).max()
+    assert 0 < change <= math.ceil(0.03 * 255) + 1
+
+
+def test_card_figures_feed_the_about_sections_and_the_robustness_plot():
+    rows = P.robustness_table(["classifier", "classifier-adv"])
+    curves = {m: [r for r in rows if r["model"] == m] for m in ("classifier", "classifier-adv")}
+    assert all(c[0]["eps"] == 0.0 and len(c) >= 4 for c in curves.values())
+    at = lambda m, eps: next(r["accuracy"] for r in curves[m] if r["eps"] == eps)
+    assert at("classifier", 0.1) < 0.2 < 0.6 < at("classifier-adv", 0.1)     # the point of adversarial training
+    table = P.figures_markdown(["dcgan", "cgan"])
+    assert "| FID | 12.18 | 3.701 |" in table and "conditional accuracy" in table

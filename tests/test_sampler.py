@@ -1,0 +1,215 @@
+"""apps/sampler.py through its API: gradio_client as a user scripts it, raw HTTP for what gradio_client cannot send
+(NaN), and 16 concurrent clients. The server is the session fixture `sampler_url` (conftest.py)."""
+import json
+import math
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from conftest import ROOT
+from core import pipeline as P
+
+SNEAKER = str(ROOT / "apps" / "examples" / "7-sneaker.png")
+BOOT = str(ROOT / "apps" / "examples" / "9-ankle-boot.png")
+SIDE = lambda cells: (cells * 30 + 2) * P.SCALE          # a grid of `cells` 28-pixel images with 2-pixel gaps
+
+
+@pytest.fixture(scope="module")
+def client(sampler_url):
+    return Client(sampler_url, verbose=False)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.width > 0 and image.height > 0
+        return np.asarray(image.convert("L"))
+
+
+def size(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.verify()                                   # a complete, valid file
+        return image.size
+
+
+def test_every_endpoint_returns_images_of_the_right_size(client):
+    assert size(client.predict("dcgan", 64, 0, -1, api_name="/gan_sample")) == (SIDE(8), SIDE(8))
+    strip, animation = client.predict("cgan", 1, 2, 10, True, 3, api_name="/gan_interpolate")
+    assert size(strip) == (10 * 28 * P.SCALE, 28 * P.SCALE)
+    with Image.open(animation) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 18           # 10 there, 8 back
+    assert size(client.predict("cgan", 10, 0, api_name="/gan_class_grid")) == (SIDE(10), SIDE(10))
+    assert size(client.predict("vae", 64, 0, api_name="/vae_sample")) == (SIDE(8), SIDE(8))
+    seen, reconstruction = client.predict("vae", handle_file(SNEAKER), api_name="/vae_reconstruct")
+    assert size(seen) == size(reconstruction) == (28 * P.SCALE, 28 * P.SCALE)
+    path = client.predict("vae", handle_file(SNEAKER), handle_file(BOOT), 10, api_name="/vae_interpolate")
+    assert size(path) == (SIDE(10), SIDE(1))
+    plane, note = client.predict(handle_file(SNEAKER), api_name="/vae_latent_plane")
+    assert size(plane) == (SIDE(15), SIDE(15)) and note.startswith("μ(x) = (")
+    both, samples = client.predict(handle_file(SNEAKER), 0, api_name="/vae_compare")
+    assert size(both) == (SIDE(3), SIDE(1)) and size(samples) == (SIDE(8), SIDE(2))
+    frame, strip, status = client.predict("ddpm", 16, 20, "dpm_solver", 0, 0, -1, 1, api_name="/ddpm_sample")
+    assert size(frame) == (SIDE(4), SIDE(4)) and size(strip) == (SIDE(10), SIDE(4))
+    assert status.startswith("step 20/20 · ") and status.endswith(" s")
+    outputs = client.predict("cyclegan", handle_file(SNEAKER), "a2b", api_name="/cyclegan_translate")
+    assert [size(p) for p in outputs[:3]] == [(28 * P.SCALE, 28 * P.SCALE)] * 3 and outputs[3] == ""
+    *images, before, after = client.predict("classifier", handle_file(SNEAKER), "fgsm", 0.05, 0,
+                                            api_name="/fgsm_attack")
+    assert [size(p) for p in images] == [(28 * P.SCALE, 28 * P.SCALE)] * 3
+    assert len(before["confidences"]) == len(after["confidences"]) == 3
+
+
+def test_same_seed_same_images_and_another_seed_others(client):
+    grid = lambda seed: pixels(client.predict("dcgan", 16, seed, -1, api_name="/gan_sample"))
+    assert np.array_equal(grid(3), grid(3)) and not np.array_equal(grid(3), grid(4))
+    ddpm = lambda seed: pixels(client.predict("ddpm-cond", 4, 10, "ddim", 0.0, seed, 5, 2.0,
+                                              api_name="/ddpm_sample")[0])
+    assert np.array_equal(ddpm(1), ddpm(1)) and not np.array_equal(ddpm(1), ddpm(2))
+
+
+def test_denoising_streams_frames_before_the_result(client):
+    job = client.submit("ddpm", 4, 40, "ddim", 0.0, 0, -1, 1, api_name="/ddpm_sample")
+    job.result()
+    statuses = [output[2] for output in job.outputs()]
+    assert len(statuses) >= 10 and statuses[0].startswith("step 1/40") and statuses[-1].startswith("step 40/40")
+    first, last = pixels(job.outputs()[0][0]), pixels(job.outputs()[-1][0])
+    assert first.std() > last.std() * 0.5 and not np.array_equal(first, last)     # noise first, garments last
+
+
+def test_attacks_change_the_standard_classifier_and_respect_epsilon(client):
+    eps = 0.1
+    original, _, adversarial, before, after = client.predict("classifier", handle_file(SNEAKER), "fgsm", eps, 0,
+                                                             api_name="/fgsm_attack")
+    assert before["label"] == "sneaker" and after["label"] != "sneaker"
+    change = np.abs(pixels(adversarial).astype(int) - pixels(original).astype(int)).max()
+    assert change <= math.ceil(eps * 255) + 1                            # L∞ ≤ ε of the pixel range
+    *_, start, towards = client.predict("classifier", handle_file(SNEAKER), "fgsm_targeted", 0.02, 9,
+                                        api_name="/fgsm_attack")                # toward "ankle boot"
+    boot = lambda top: {c["label"]: c["confidence"] for c in top["confidences"]}.get("ankle boot", 0.0)
+    assert boot(towards) > 100 * boot(start)                     # measured here: 5.5e-5 -> 0.10
+    *_, robust = client.predict("classifier-adv", handle_file(SNEAKER), "pgd", 0.02, 0, api_name="/fgsm_attack")
+    assert robust["label"] == "sneaker"                    # the adversarially trained model holds at small ε
+
+
+def test_a_light_background_photo_is_inverted_before_translation(client, tmp_path):
+    photo = Image.open(SNEAKER).convert("L").point(lambda v: 255 - v).resize((300, 200))   # dark shoe on white
+    photo.save(tmp_path / "photo.jpg")
+    seen, _, _, note = client.predict("cyclegan", handle_file(str(tmp_path / "photo.jpg")), "a2b",
+                                      api_name="/cyclegan_translate")
+    assert "inverted" in note and pixels(seen)[0].mean() < 30         # what the model saw: black border
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def bad_files(folder):
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("not an image at all")
+    data = (ROOT / "apps" / "examples" / "7-sneaker.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("L", (10_000, 10_000)).save(folder / "huge.png")            # 100 M pixels, ~100 kB on disk
+    return {name: handle_file(str(folder / f"{name}.png")) for name in ("empty", "text", "truncated", "huge")}
+
+
+BAD = [   # (api_name, arguments, a part of the message); files are filled in by the test
+    ("/gan_sample", ("dcgan", 65, 0, -1), "n must be a whole number from 1 to 64"),
+    ("/gan_sample", ("dcgan", 0, 0, -1), "n must be a whole number from 1 to 64"),
+    ("/gan_sample", ("dcgan", 2.5, 0, -1), "n must be a whole number"),
+    ("/gan_sample", ("dcgan", "many", 0, -1), "n must be a whole number"),
+    ("/gan_sample", ("dcgan", None, 0, -1), "n must be a whole number"),
+    ("/gan_sample", ("dcgan", 8, -1, -1), "seed must be a whole number from 0"),
+    ("/gan_sample", ("dcgan", 8, 2**40, -1), "seed must be a whole number from 0"),
+    ("/gan_sample", ("no-such-model", 8, 0, -1), "cannot load model 'no-such-model'"),
+    ("/gan_sample", ("someone/gan@main", 8, 0, -1), "cannot load model 'someone/gan@main'"),   # Hub unreachable
+    ("/gan_sample", ("ddpm", 8, 0, -1), "is a DDPM; this needs a GAN"),
+    ("/gan_sample", ("dcgan", 8, 0, 3), "this model is unconditional"),
+    ("/gan_sample", ("cgan", 8, 0, 10), "label must be a whole number from -1 to 9"),
+    ("/gan_interpolate", ("dcgan", 1, 2, 1, True, -1), "steps must be a whole number from 2 to 32"),
+    ("/gan_interpolate", ("dcgan", 1, 2, 8, "yes", -1), "spherical must be true or false"),
+    ("/gan_class_grid", ("dcgan", 10, 0), "the class grid needs a conditional GAN"),
+    ("/gan_class_grid", ("cgan", 11, 0), "per_class must be a whole number from 1 to 10"),
+    ("/vae_sample", ("vae", 1e9, 0), "n must be a whole number from 1 to 64"),
+    ("/vae_reconstruct", ("vae", None), "no image"),
+    ("/vae_reconstruct", ("vae", "empty"), "the file has 0 bytes"),
+    ("/vae_reconstruct", ("vae", "text"), "text.png is not a readable image"),
+    ("/vae_reconstruct", ("vae", "truncated"), "truncated.png is not a readable image"),
+    ("/vae_latent_plane", ("huge",), "the image is 10000x10000 pixels"),
+    ("/vae_interpolate", ("vae", SNEAKER, BOOT, 100), "steps must be a whole number from 2 to 32"),
+    ("/vae_compare", ("text", 0), "text.png is not a readable image"),
+    ("/ddpm_sample", ("ddpm", 4, 1001, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
+    ("/ddpm_sample", ("ddpm", 4, 0, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
+    ("/ddpm_sample", ("ddpm", 64, 1000, "ddim", 0, 0, -1, 1), "n x steps must be at most 16,000"),
+    ("/ddpm_sample", ("ddpm", 4, 20, "euler", 0, 0, -1, 1), "scheduler must be one of ddpm, ddim, dpm_solver"),
+    ("/ddpm_sample", ("ddpm", 4, 20, "ddim", 1.5, 0, -1, 1), "eta must be a number from 0 to 1"),
+    ("/ddpm_sample", ("ddpm", 4, 20, "ddim", 0, 0, -1, 2), "guidance_scale needs a conditional model"),
+    ("/ddpm_sample", ("ddpm-cond", 4, 20, "ddim", 0, 0, 3, 21), "guidance_scale must be a number from 0 to 20"),
+    ("/cyclegan_translate", ("cyclegan", SNEAKER, "sideways"), "direction must be one of a2b, b2a"),
+    ("/cyclegan_translate", ("cyclegan", "huge", "a2b"), "the image is 10000x10000 pixels"),
+    ("/fgsm_attack", ("classifier", SNEAKER, "fgsm", 0.9, 0), "eps must be a number from 0 to 0.5"),
+    ("/fgsm_attack", ("classifier", SNEAKER, "cw", 0.1, 0), "attack must be one of fgsm, fgsm_targeted, pgd"),
+    ("/fgsm_attack", ("classifier", SNEAKER, "fgsm_targeted", 0.1, 12), "target must be a whole number from 0 to 9"),
+    ("/fgsm_attack", ("dcgan", SNEAKER, "fgsm", 0.1, 0), "is a GAN; this needs a Classifier"),
+]
+
+
+def test_bad_input_answers_with_what_is_allowed(client, sampler_url, tmp_path):
+    files = bad_files(tmp_path)
+    image = lambda a: files[a] if a in files else handle_file(a) if isinstance(a, str) and a.endswith(".png") else a
+    for api_name, arguments, message in BAD:
+        with pytest.raises(AppError) as caught:
+            client.predict(*map(image, arguments), api_name=api_name)
+        assert message in str(caught.value), (api_name, arguments, str(caught.value))
+    assert len(BAD) >= 20
+    big = tmp_path / "big.png"                                   # over launch(max_file_size="10mb"): refused on upload
+    big.write_bytes(b"\x89PNG" + bytes(P.MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict("vae", handle_file(str(big)), api_name="/vae_reconstruct")
+    # the server survived all of it
+    assert size(client.predict("mlp-gan", 4, 0, -1, api_name="/gan_sample")) == (SIDE(2), SIDE(2))
+
+
+def raw_call(url: str, api_name: str, body: str) -> str:
+    """POST the JSON text as written (NaN included, which gradio_client refuses to send), return the stream."""
+    request = urllib.request.Request(f"{url}/gradio_api/call/{api_name}", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(request, timeout=30).read())["event_id"]
+    return urllib.request.urlopen(f"{url}/gradio_api/call/{api_name}/{event_id}", timeout=60).read().decode()
+
+
+@pytest.mark.parametrize("api_name, data, message", [
+    ("gan_sample", '["dcgan", NaN, 0, -1]', "n must be a whole number"),
+    ("ddpm_sample", '["ddpm", 4, 10, "ddim", NaN, 0, -1, 1]', "eta must be a number from 0 to 1"),
+    ("fgsm_attack", '["classifier", null, "fgsm", Infinity, 0]', "eps must be a number from 0 to 0.5"),
+    ("ddpm_sample", '["ddpm-cond", 4, 10, "ddim", 0, 0, 3, NaN]', "guidance_scale must be a number from 0 to 20"),
+])
+def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
+    stream = raw_call(sampler_url, api_name, '{"data": %s}' % data)
+    assert "event: error" in stream and message in stream, stream
+
+
+def test_sixteen_concurrent_clients(sampler_url):
+    """Identical requests at once (the case where Gradio's content-named output files could collide)."""
+    results, errors = [None] * 16, []
+
+    def work(i: int) -> None:
+        try:
+            client = Client(sampler_url, verbose=False)
+            if i % 4 == 3:
+                results[i] = pixels(client.predict("vae", handle_file(SNEAKER), api_name="/vae_reconstruct")[1])
+            else:
+                results[i] = pixels(client.predict("dcgan", 64, 11, -1, api_name="/gan_sample"))
+        except Exception as exc:                                  # collected and reported below
+            errors.append(f"client {i}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    grids, reconstructions = [results[i] for i in range(16) if i % 4 != 3], [results[i] for i in range(3, 16, 4)]
+    assert all(np.array_equal(grids[0], g) for g in grids) and grids[0].shape == (SIDE(8), SIDE(8))
+    assert all(np.array_equal(reconstructions[0], r) for r in reconstructions)
+    assert urllib.request.urlopen(f"{sampler_url}/gradio_api/info", timeout=10).status == 200

@@ -1,0 +1,60 @@
+"""apps/sampler.py in headless Chromium (Debian's /usr/bin/chromium through playwright; never `playwright install`):
+every tab renders and answers a click with an image, a bad request shows its toast, and nothing is fetched from
+outside 127.0.0.1. Screenshots of every tab go to tests/artifacts/ (git-ignored)."""
+from urllib.parse import urlparse
+
+from playwright.sync_api import sync_playwright
+
+from conftest import ROOT
+from test_monitor_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+TABS = [   # tab, button, the label of the image output it fills
+    ("GAN", "Sample", "samples"),
+    ("VAE", "Sample from the prior", "samples: decoder means of z ~ N(0, I)"),
+    ("Diffusion", "Denoise", "the first images at 10 moments of the run"),
+    ("CycleGAN", "Translate", "translation"),
+    ("FGSM", "Attack", "adversarial image"),
+]
+
+
+def output_image(page, label: str):
+    """The <img> inside the image output whose label is `label`."""
+    return page.locator(f"[data-testid=block-label]:text-is('{label}')").locator(
+        "xpath=ancestor::div[contains(@class, 'block')][1]").locator("img").first
+
+
+def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
+    require_chromium()
+    ARTIFACTS.mkdir(exist_ok=True)
+    hosts = set()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.on("request", lambda request: hosts.add(urlparse(request.url).hostname or request.url.split(":")[0]))
+        page.goto(sampler_url)
+        for tab, button, label in TABS:
+            page.get_by_role("tab", name=tab, exact=True).click()
+            page.get_by_role("button", name=button, exact=True).click()
+            image = output_image(page, label)
+            image.wait_for(timeout=60_000)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
+                                   timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}.png"), full_page=True)
+        # an unknown model typed into the GAN tab's model box answers with a toast that says why
+        page.get_by_role("tab", name="GAN", exact=True).click()
+        box = page.get_by_label("model").first
+        box.fill("no-such-model")
+        box.press("Enter")
+        page.get_by_role("button", name="Sample", exact=True).click()
+        toast = page.locator('[data-testid="toast-text"]').first
+        toast.wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "sampler-error.png"))
+        assert "cannot load model 'no-such-model'" in toast.inner_text()
+        # the About section's equations are typeset (KaTeX, served by the app itself)
+        page.get_by_role("tab", name="FGSM", exact=True).click()
+        page.get_by_text("About").last.click()
+        page.locator(".katex").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "sampler-about.png"), full_page=True)
+        browser.close()
+    assert hosts <= {"127.0.0.1", "data", "blob"}, hosts
