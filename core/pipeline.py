@@ -281,7 +281,6 @@ def ddpm_denoise(spec, n, steps, scheduler, eta, seed, label=-1, guidance_scale=
         raise RequestError("guidance_scale needs a conditional model (ddpm-cond); it must be 1 here")
     rows = min(n, 4)
     moments = {round(k * (steps - 1) / 9) for k in range(10)}
-    every = max(1, steps // STREAM_FRAMES)
     strip = []
     for i, x_t, _ in ddpm.denoise(n, steps, scheduler, seed, guidance_scale, label, eta, bf16=bf16()):
         if i in moments:
@@ -289,7 +288,7 @@ def ddpm_denoise(spec, n, steps, scheduler, eta, seed, label=-1, guidance_scale=
         if i == steps - 1:
             columns = torch.stack(strip, dim=1).flatten(0, 1)                  # (rows * 10, C, H, W), row-major
             yield steps, steps, picture(x_t.clamp(-1, 1).cpu()), picture(columns, len(strip))
-        elif i % every == 0:
+        elif (i + 1) * STREAM_FRAMES // steps > i * STREAM_FRAMES // steps:      # STREAM_FRAMES evenly spread
             yield i + 1, steps, picture(x_t.clamp(-1, 1).cpu()), None
 
 
