@@ -143,10 +143,10 @@ def fgsm_attack(model, image, attack, eps, target):
     return png(original), png(perturbation), png(adversarial), before, after
 
 
-def class_picker(model):
+def class_picker(model, family):
     """The class picker is live only for a conditional model (private: not an API endpoint)."""
     try:
-        conditional = P.conditional(model)
+        conditional = P.conditional(model, family)
     except P.RequestError:
         return gr.update(interactive=False, value=-1)
     return gr.update(interactive=conditional, value=-1 if not conditional else gr.skip())
@@ -340,9 +340,10 @@ $\varepsilon$-ball. `classifier-adv` was trained on FGSM examples (with a random
         event(attack_button, fgsm_attack, [attack_model, attack_image, attack, eps, target],
               [attack_original, attack_delta, attack_result, before, after], "fgsm_attack")
 
-    for box, picker in ((gan_model, gan_label), (ddpm_model, ddpm_label)):
-        demo.load(class_picker, box, picker, api_visibility="private")
-        box.change(class_picker, box, picker, api_visibility="private")
+    for box, picker, family in ((gan_model, gan_label, "gan"), (ddpm_model, ddpm_label, "ddpm")):
+        toggle = functools.partial(class_picker, family=family)
+        demo.load(toggle, box, picker, api_visibility="private")
+        box.change(toggle, box, picker, api_visibility="private")
 
 demo.queue(max_size=64)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -36,6 +37,7 @@ SCHEDULERS = ("ddpm", "ddim", "dpm_solver")
 ATTACKS = ("fgsm", "fgsm_targeted", "pgd")
 FAMILY_CLASS = {"gan": "GAN", "vae": "VAE", "ddpm": "DDPM", "cyclegan": "CycleGAN", "classifier": "Classifier"}
 STREAM_FRAMES = 20             # pictures streamed during one denoising run
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")   # owner/name or owner/name@revision
 _load_lock = threading.Lock()
 
 
@@ -106,10 +108,18 @@ def model_names(family: str) -> list[str]:
     return [name for name, entry in read_manifest().items() if entry["family"] == family]
 
 
+def checked_spec(spec, family: str) -> str:
+    """A manifest name or a Hub repo id. Local paths are not taken from requests (a public app would read any
+    folder); to serve your own checkpoints, list them in a manifest and point GENLAB_MANIFEST at it."""
+    if isinstance(spec, str) and (spec in read_manifest() or (len(spec) <= 200 and HUB_ID.fullmatch(spec))):
+        return spec
+    raise RequestError(f"model must be one of {', '.join(model_names(family))} or a Hub repo id such as "
+                       f"owner/name@revision, got {spec!r}")
+
+
 def model(spec, family: str):
-    """A manifest name, a checkpoint folder or a Hub repo id (`owner/name@revision`), loaded once and cached."""
-    if not isinstance(spec, str) or not 0 < len(spec) <= 200:
-        raise RequestError(f"model must be one of {', '.join(model_names(family))} or a Hub repo id, got {spec!r}")
+    """A manifest name or a Hub repo id, loaded once (through core.hub) and cached."""
+    spec = checked_spec(spec, family)
     with _load_lock:
         return _load(spec, family)
 
@@ -125,10 +135,10 @@ def _load(spec: str, family: str):
     return loaded.eval().requires_grad_(False)
 
 
-def conditional(spec) -> bool:
+def conditional(spec, family: str) -> bool:
     """Whether a model takes a class label, read from its config.json (nothing is loaded)."""
     try:
-        config = json.loads((resolve(spec) / "config.json").read_text())
+        config = json.loads((resolve(checked_spec(spec, family)) / "config.json").read_text())
     except (CheckpointError, OSError, json.JSONDecodeError, TypeError) as exc:
         raise RequestError(f"cannot read the config of {spec!r}: {exc}") from exc
     return bool(config.get("num_classes")) if isinstance(config, dict) else False

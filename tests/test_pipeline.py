@@ -75,9 +75,12 @@ def test_models_load_once_and_the_family_is_checked():
     assert P.model("dcgan", "gan") is P.model("dcgan", "gan")
     with pytest.raises(P.RequestError, match="is a GAN; this needs a VAE"):
         P.model("dcgan", "vae")
-    with pytest.raises(P.RequestError, match="model must be one of mlp-gan, dcgan, cgan"):
-        P.model(None, "gan")
-    assert P.conditional("cgan") and not P.conditional("dcgan") and P.conditional("ddpm-cond")
+    for spec in (None, "", "/etc", "checkpoints/../checkpoints/dcgan", str(ROOT / "checkpoints" / "dcgan"), "a/b/c"):
+        with pytest.raises(P.RequestError, match="model must be one of mlp-gan, dcgan, cgan or a Hub repo id"):
+            P.model(spec, "gan")
+    with pytest.raises(P.RequestError, match="cannot load model 'nobody/nothing@v9'"):
+        P.model("nobody/nothing@v9", "gan")               # a well-formed Hub id that does not resolve
+    assert P.conditional("cgan", "gan") and not P.conditional("dcgan", "gan") and P.conditional("ddpm-cond", "ddpm")
 
 
 def test_latent_plane_rings_the_cell_of_the_encoding():

@@ -121,7 +121,9 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/gan_sample", ("dcgan", None, 0, -1), "n must be a whole number"),
     ("/gan_sample", ("dcgan", 8, -1, -1), "seed must be a whole number from 0"),
     ("/gan_sample", ("dcgan", 8, 2**40, -1), "seed must be a whole number from 0"),
-    ("/gan_sample", ("no-such-model", 8, 0, -1), "cannot load model 'no-such-model'"),
+    ("/gan_sample", ("no-such-model", 8, 0, -1), "model must be one of mlp-gan, dcgan, cgan or a Hub repo id"),
+    ("/gan_sample", ("/etc", 8, 0, -1), "model must be one of mlp-gan, dcgan, cgan or a Hub repo id"),
+    ("/gan_sample", ("../checkpoints/dcgan", 8, 0, -1), "model must be one of"),
     ("/gan_sample", ("someone/gan@main", 8, 0, -1), "cannot load model 'someone/gan@main'"),   # Hub unreachable
     ("/gan_sample", ("ddpm", 8, 0, -1), "is a DDPM; this needs a GAN"),
     ("/gan_sample", ("dcgan", 8, 0, 3), "this model is unconditional"),

@@ -50,7 +50,7 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         toast = page.locator('[data-testid="toast-text"]').first
         toast.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "sampler-error.png"))
-        assert "cannot load model 'no-such-model'" in toast.inner_text()
+        assert "model must be one of mlp-gan, dcgan, cgan or a Hub repo id" in toast.inner_text()
         # the About section's equations are typeset (KaTeX, served by the app itself)
         page.get_by_role("tab", name="FGSM", exact=True).click()
         page.get_by_text("About").last.click()

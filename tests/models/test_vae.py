@@ -22,6 +22,36 @@ def test_kl_closed_form_equals_a_monte_carlo_estimate():
     assert abs(float(VAE.kl(mu, logvar)) - float(monte_carlo)) < 0.02 * float(VAE.kl(mu, logvar))
 
 
+def test_vamp_prior_density_is_the_mixture_of_the_pseudo_input_posteriors():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(**TINY, latent_dim=3, prior="vamp", pseudo_inputs=7))
+    z = torch.randn(5, 4, 3) * 2
+    mu, logvar = model.prior_components()
+    components = torch.distributions.Normal(mu, (0.5 * logvar).exp())                      # (K, D)
+    brute = torch.logsumexp(components.log_prob(z[..., None, :]).sum(-1), -1) - math.log(7)
+    torch.testing.assert_close(model.log_prior(z), brute, rtol=1e-4, atol=1e-4)
+    samples = model.prior_sample(model.prior(4000, seed=0), seed=0)
+    nearest = torch.cdist(samples, mu).argmin(1)                      # each draw comes from some component
+    assert len(nearest.unique()) == 7 and samples.shape == (4000, 3)
+
+
+def test_vamp_kl_estimate_is_unbiased_against_a_one_component_closed_form():
+    """With K = 1 the VampPrior is one Gaussian N(m, s²): the mean of log q(z|x) − log p(z) over draws of z is
+    KL(N(μ, σ²) ‖ N(m, s²)) = ½ Σ (log s²/σ² + (σ² + (μ − m)²)/s² − 1)."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(**TINY, latent_dim=3, prior="vamp", pseudo_inputs=1))
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        m, logs2 = model.prior_components()
+        exact = 0.5 * (logs2 - logvar + (logvar.exp() + (mu - m).pow(2)) / logs2.exp() - 1).sum(1)
+        estimate = torch.stack([model.losses(x)["kl"] for _ in range(4000)]).mean()
+    assert abs(float(estimate) - float(exact.mean())) < 0.02 * float(exact.mean()) + 0.01
+    loss = model.losses(x)["loss"]
+    loss.backward()
+    assert model.pseudo_inputs.grad.abs().sum() > 0                   # the pseudo-inputs are learned
+
+
 def test_reparameterisation_passes_gradients_to_mu_and_sigma():
     mu = torch.zeros(4, 3, requires_grad=True)
     logvar = torch.zeros(4, 3, requires_grad=True)
@@ -29,10 +59,11 @@ def test_reparameterisation_passes_gradients_to_mu_and_sigma():
     assert mu.grad.abs().sum() > 0 and logvar.grad.abs().sum() > 0
 
 
-def test_importance_weighted_bound_is_tighter_than_the_elbo(digits):
+@pytest.mark.parametrize("prior", ["gaussian", "vamp"])
+def test_importance_weighted_bound_is_tighter_than_the_elbo(digits, prior):
     """L_k ≥ ELBO (Burda et al., Theorem 1): −L_100 ≤ −ELBO, the ELBO averaged over 100 draws of z as well."""
     torch.manual_seed(0)
-    model = VAE(VAEConfig(**TINY, latent_dim=4)).eval()
+    model = VAE(VAEConfig(**TINY, latent_dim=4, prior=prior, pseudo_inputs=20)).eval()
     x = next(digits.batches(64, seed=0, epoch=0)).images
     with torch.no_grad():
         neg_elbo = torch.stack([model.losses(x)["neg_elbo"] for _ in range(100)]).mean()
@@ -43,7 +74,8 @@ def test_importance_weighted_bound_is_tighter_than_the_elbo(digits):
 
 
 @pytest.mark.parametrize("options", [dict(), dict(kind="ae"), dict(likelihood="gaussian"),
-                                     dict(likelihood="gaussian_learned"), dict(beta=4.0, kl_warmup_steps=10)])
+                                     dict(likelihood="gaussian_learned"), dict(beta=4.0, kl_warmup_steps=10),
+                                     dict(prior="vamp", pseudo_inputs=50)])
 def test_reconstructions_improve_during_a_short_training(options, digits):
     torch.manual_seed(0)
     model = VAE(VAEConfig(**TINY, latent_dim=8, **options))
