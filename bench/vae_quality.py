@@ -4,7 +4,7 @@
 
 VAE: −ELBO and the importance-weighted bound −L_100 (Burda et al. 2015) in nats per image over the Fashion-MNIST
 test set; plain autoencoder: the reconstruction MSE. Both: FID/KID, precision/recall and class coverage of 10k decoded
-prior samples z ~ N(0, I) on the features of checkpoints/classifier, and reconstructions.png (test images above their
+prior samples z ~ p(z) on the features of checkpoints/classifier, and reconstructions.png (test images above their
 reconstructions). A 2-D latent model also gets latent_grid.png (decoded N(0, 1)-quantile grid) and latent_scatter.png
 (test-set means μ(x) coloured by class). --write stores figures and numbers in eval.json and rewrites the card.
 """
@@ -38,8 +38,14 @@ def main() -> None:
     bounds = model.likelihood_bounds(test)
     print({k: round(v, 3) for k, v in bounds.items()}, f"{time.perf_counter() - start:.0f} s", flush=True)
     classifier = metrics.metric_classifier()
-    quality = metrics.sample_quality(classifier, metrics.reference_for(classifier, test), model.sample(len(test)))
+    samples = model.sample(len(test))
+    quality = metrics.sample_quality(classifier, metrics.reference_for(classifier, test), samples)
     print({k: round(v, 4) for k, v in quality.items()})
+    shares = torch.bincount(metrics.features(classifier, samples)[1].argmax(1), minlength=len(test.classes))
+    shares = (shares / len(samples)).tolist()
+    shares_table = "\n".join(["| " + " | ".join(test.classes) + " |", "|---" * len(shares) + "|",
+                              "| " + " | ".join(f"{100 * s:.1f}%" for s in shares) + " |"])
+    print(shares_table)
     result = {**bounds, **quality, "samples": len(test)}
     if not args.write:
         return
@@ -54,7 +60,9 @@ def main() -> None:
                                       "(z₁ left to right, z₂ bottom to top)")
         figures["latent_scatter.png"] = "Test-set encodings μ(x), coloured by class"
     previous = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
-    save_json({**result, "tables": previous.get("tables", {}), "figures": figures}, folder / "eval.json")
+    title = f"Share of the {len(samples)} samples per class, as the classifier sees them (covered: at least 2.5%)"
+    save_json({**result, "tables": {**previous.get("tables", {}), title: shares_table}, "figures": figures},
+              folder / "eval.json")
     write_model_card(folder)
 
 
