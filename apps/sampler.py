@@ -254,7 +254,9 @@ with R3GAN's relativistic loss $f(D(G(z)) - D(x))$ plus R1 and R2 penalties. Int
 $\mathrm{ELBO} = \mathbb E_q[\log p_\theta(x|z)] - \mathrm{KL}(q_\phi(z|x)\,\|\,p(z))$ with
 $z = \mu + \sigma\odot\varepsilon$. The **autoencoder** minimises $\|x - \hat x\|^2$ only: its reconstructions are
 the blurred mean of every image that shares a code, and its "samples" from $\mathcal N(0, I)$ land where no image
-was encoded. The 2-D VAE's plane shows decoded points at equally spaced quantiles of $\mathcal N(0,1)$.""",
+was encoded. The 2-D VAE's plane shows decoded points at equally spaced quantiles of $\mathcal N(0,1)$.
+`vae-vamp` replaces $\mathcal N(0, I)$ by a VampPrior (Tomczak & Welling 2018),
+$p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$: sharper samples of every class.""",
               P.model_names("vae"))
         event(vae_button, vae_sample, [vae_model, vae_n, vae_seed], vae_grid, "vae_sample")
         event(reconstruct_button, vae_reconstruct, [vae_model, image_a], [vae_seen, vae_reconstruction],
