@@ -109,6 +109,11 @@ def vae_interpolate(model, image_a, image_b, steps):
 
 
 @guarded
+def vae_traverse(model, image, dim, span, steps):
+    return png(P.vae_traverse(model, image, dim, span, steps))
+
+
+@guarded
 def vae_compare(image, seed):
     return tuple(png(picture) for picture in P.vae_compare(image, seed))
 
@@ -249,6 +254,11 @@ with R3GAN's relativistic loss $f(D(G(z)) - D(x))$ plus R1 and R2 penalties. Int
             vae_steps = gr.Slider(2, P.MAX_PATH, value=10, step=1, label="images along the path")
             interpolate_button = gr.Button("Interpolate A -> B")
         vae_path = picture_out("decoded path from μ(A) to μ(B)")
+        with gr.Row():
+            dimension = gr.Slider(0, 31, value=0, step=1, label="latent dimension (vae-2d: 0 or 1)")
+            span = gr.Slider(0.5, 10, value=3, step=0.5, label="sweep from -span to +span")
+            traverse_button = gr.Button("Traverse one dimension of A")
+        vae_sweep = picture_out("decoded μ(A) with one coordinate swept")
         about(r"""**VAE** (Kingma & Welling 2013): encoder $q_\phi(z|x) = \mathcal N(\mu_\phi(x),
 \operatorname{diag}\sigma^2_\phi(x))$, decoder $p_\theta(x|z)$, prior $\mathcal N(0, I)$; it maximises
 $\mathrm{ELBO} = \mathbb E_q[\log p_\theta(x|z)] - \mathrm{KL}(q_\phi(z|x)\,\|\,p(z))$ with
@@ -266,6 +276,8 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
               "vae_compare")
         event(interpolate_button, vae_interpolate, [vae_model, image_a, image_b, vae_steps], vae_path,
               "vae_interpolate")
+        event(traverse_button, vae_traverse, [vae_model, image_a, dimension, span, vae_steps], vae_sweep,
+              "vae_traverse")
 
     with gr.Tab("Diffusion"):
         with gr.Row():

@@ -246,6 +246,15 @@ def vae_interpolate(spec, upload_a, upload_b, steps) -> Image.Image:
     return picture(vae.interpolate(x_a, x_b, steps), steps)
 
 
+def vae_traverse(spec, upload, dim, span=3.0, steps=9) -> Image.Image:
+    """μ(x) with one latent coordinate swept from −span to span (Higgins et al.'s traversal), as a strip."""
+    vae = model(spec, "vae")
+    dim = integer(dim, "dim", 0, vae.config.latent_dim - 1)
+    span, steps = number(span, "span", 0.0, 10.0), integer(steps, "steps", 2, MAX_PATH)
+    x, _ = to_model_input(read_image(upload))
+    return picture(vae.traverse(x, dim, span, steps), steps)
+
+
 def vae_compare(upload, seed, ae: str = "autoencoder", vae: str = "vae") -> tuple[Image.Image, Image.Image]:
     """MSE blur, side by side: (input | autoencoder | VAE reconstructions, 8 prior samples of each as two rows)."""
     autoencoder, variational = model(ae, "vae"), model(vae, "vae")

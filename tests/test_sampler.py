@@ -50,6 +50,8 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
     assert size(path) == (SIDE(10), SIDE(1))
     plane, note = client.predict(handle_file(SNEAKER), api_name="/vae_latent_plane")
     assert size(plane) == (SIDE(15), SIDE(15)) and note.startswith("μ(x) = (")
+    sweep = client.predict("vae", handle_file(SNEAKER), 5, 3.0, 9, api_name="/vae_traverse")
+    assert size(sweep) == (SIDE(9), SIDE(1))
     both, samples = client.predict(handle_file(SNEAKER), 0, api_name="/vae_compare")
     assert size(both) == (SIDE(3), SIDE(1)) and size(samples) == (SIDE(8), SIDE(2))
     frame, strip, status = client.predict("ddpm", 16, 20, "dpm_solver", 0, 0, -1, 1, api_name="/ddpm_sample")
@@ -140,6 +142,9 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/vae_latent_plane", ("huge",), "the image is 10000x10000 pixels"),
     ("/vae_interpolate", ("vae", SNEAKER, BOOT, 100), "steps must be a whole number from 2 to 32"),
     ("/vae_compare", ("text", 0), "text.png is not a readable image"),
+    ("/vae_traverse", ("vae", SNEAKER, 32, 3.0, 9), "dim must be a whole number from 0 to 31"),
+    ("/vae_traverse", ("vae-2d", SNEAKER, 2, 3.0, 9), "dim must be a whole number from 0 to 1"),
+    ("/vae_traverse", ("vae", SNEAKER, 0, -1.0, 9), "span must be a number from 0 to 10"),
     ("/ddpm_sample", ("ddpm", 4, 1001, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
     ("/ddpm_sample", ("ddpm", 4, 0, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
     ("/ddpm_sample", ("ddpm", 64, 1000, "ddim", 0, 0, -1, 1), "n x steps must be at most 16,000"),
@@ -189,6 +194,14 @@ def raw_call(url: str, api_name: str, body: str) -> str:
 def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     stream = raw_call(sampler_url, api_name, '{"data": %s}' % data)
     assert "event: error" in stream and message in stream, stream
+
+
+def test_files_outside_the_upload_folder_are_refused(sampler_url):
+    """A hand-written file reference to a server path never reaches our code (Gradio refuses it before, with its
+    generic error: the one kind of bad input that does not get our message)."""
+    body = '{"data": ["vae", {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]}'
+    stream = raw_call(sampler_url, "vae_reconstruct", body)
+    assert "event: error" in stream and "root:" not in stream
 
 
 def test_sixteen_concurrent_clients(sampler_url):

@@ -13,8 +13,9 @@ Reconstruction terms, −log p_θ(x|z) summed over pixels (nats):
 β-VAE: loss = −E_q[log p(x|z)] + β · w_t · KL, with w_t = min(1, t / kl_warmup_steps) (KL annealing, Bowman et al.
 2016). The reported −ELBO always uses β = 1. The importance-weighted bound (Burda et al. 2015, Eq. 8) is tighter:
     log p(x) ≥ L_k = E[log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x)],  z_i ~ q(z|x),  so −L_k ≤ −ELBO (k = 100 here).
-VampPrior (Tomczak & Welling 2018, Eq. 9), prior="vamp": p(z) = (1/K) Σ_k q_φ(z|u_k), a mixture of the encoder's own
-posteriors at K learned pseudo-inputs u_k. It has no closed-form KL, so the KL term is the one-sample Monte Carlo
+VampPrior (Tomczak & Welling 2018), prior="vamp": p(z) = (1/K) Σ_k q_φ(z|u_k), a mixture of the encoder's own
+posteriors at K learned pseudo-inputs u_k (here u_k = tanh(w_k), in the image range; the paper passes learned
+inputs through a hard tanh). It has no closed-form KL, so the KL term is the one-sample Monte Carlo
 estimate log q(z|x) − log p(z) at the reparameterised z (its mean is the KL); sampling picks k uniformly and draws
 z ~ q(z|u_k). Why here: N(0, I) leaves holes where the aggregate posterior has little mass, and decoding the
 prior's draws there under-samples thin, rare shapes (Fashion-MNIST's sandals: 1.7% of the N(0, I) samples).
