@@ -116,7 +116,8 @@ def launcher(runs_dir: Path) -> None:
         family = st.selectbox("family", FAMILIES)
         dataset = st.selectbox("dataset", ("digits", "fashion-mnist", "mnist"))
         steps = st.number_input("max steps", 10, 100_000, 200)
-        name = st.text_input("run name", f"{family}-{time.strftime('%H%M%S')}")
+        stamp = st.session_state.setdefault("launch_stamp", time.strftime("%H%M%S"))   # a default that changed
+        name = st.text_input("run name", f"{family}-{stamp}")          # each second would reset the typed name
         submitted = st.form_submit_button("start")
     if submitted:
         R.inside(runs_dir, name)                                      # the run must stay in the runs directory

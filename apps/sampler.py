@@ -232,7 +232,7 @@ with R3GAN's relativistic loss $f(D(G(z)) - D(x))$ plus R1 and R2 penalties. Int
             vae_seed = seed_box()
             vae_n = count(64)
         vae_button = gr.Button("Sample from the prior", variant="primary")
-        vae_grid = picture_out("samples: decoder means of z ~ N(0, I)")
+        vae_grid = picture_out("samples: decoder means of z ~ p(z)")
         with gr.Row():
             with gr.Column():
                 image_a = image_input("image A", 7)

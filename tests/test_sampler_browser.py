@@ -11,7 +11,7 @@ from test_monitor_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TABS = [   # tab, button, the label of the image output it fills
     ("GAN", "Sample", "samples"),
-    ("VAE", "Sample from the prior", "samples: decoder means of z ~ N(0, I)"),
+    ("VAE", "Sample from the prior", "samples: decoder means of z ~ p(z)"),
     ("Diffusion", "Denoise", "the first images at 10 moments of the run"),
     ("CycleGAN", "Translate", "translation"),
     ("FGSM", "Attack", "adversarial image"),
