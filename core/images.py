@@ -32,12 +32,16 @@ def to_pil(grid: Tensor) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def grid_picture(images: Tensor, nrow: int | None = None, scale: int = 1, padding: int = 2) -> Image.Image:
+    """make_grid as a PIL image, enlarged `scale` times with nearest neighbour (crisp 28-pixel images)."""
+    picture = to_pil(make_grid(images, nrow, padding))
+    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST) if scale > 1 else picture
+
+
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
     """Write a grid PNG atomically (a reader never sees half a file); `scale` enlarges with nearest neighbour."""
     path = Path(path)
-    picture = to_pil(make_grid(images, nrow))
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture = grid_picture(images, nrow, scale)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     picture.save(tmp)
     tmp.replace(path)

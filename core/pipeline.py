@@ -22,18 +22,18 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from core.attacks import fgsm, pgd
 from core.data import FASHION_CLASSES, image_to_tensor
 from core.hub import CheckpointError, load_model, read_manifest, resolve
-from core.images import make_grid, to_pil
+from core.images import grid_picture
+from core.models.ddpm import MAX_STEPS as MAX_DIFFUSION_STEPS
+from core.schedulers import SCHEDULERS
 
 SCALE = 3                      # every picture is enlarged 3x (a 28-pixel image is shown 84 pixels wide)
 MAX_IMAGES = 64                # images per request
 MAX_SEED = 2**31 - 1
 MAX_PATH = 32                  # images along an interpolation
-MAX_DIFFUSION_STEPS = 1000
 MAX_DIFFUSION_WORK = 16_000    # images x steps per request: 16 images at 1000 steps, 64 at 250 (~30 s on 2 cores)
 MAX_UPLOAD_BYTES = 10 * 2**20  # 10 MB
 MAX_UPLOAD_PIXELS = 25_000_000 # 5000 x 5000; checked from the file header, before decoding
 MAX_EPS = 0.5                  # attack budget, a fraction of the pixel range (core.attacks)
-SCHEDULERS = ("ddpm", "ddim", "dpm_solver")
 ATTACKS = ("fgsm", "fgsm_targeted", "pgd")
 FAMILY_CLASS = {"gan": "GAN", "vae": "VAE", "ddpm": "DDPM", "cyclegan": "CycleGAN", "classifier": "Classifier"}
 STREAM_FRAMES = 20             # pictures streamed during one denoising run
@@ -84,8 +84,8 @@ def read_image(upload) -> Image.Image:
         with Image.open(path) as image:
             if image.width * image.height > MAX_UPLOAD_PIXELS:
                 raise RequestError(f"the image is {image.width}x{image.height} pixels: {allowed}")
-            image.load()
-            return image.copy()
+            image.load()                                    # decoded now; usable after the file closes
+            return image
     except RequestError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -164,14 +164,12 @@ def bf16() -> bool:
 
 # ------------------------------------------------------------------------------------------------------ pictures
 def picture(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
-    grid = to_pil(make_grid(images, nrow))
-    return grid.resize((grid.width * SCALE, grid.height * SCALE), Image.NEAREST)
+    return grid_picture(images, nrow, SCALE)
 
 
 def one(image: torch.Tensor) -> Image.Image:
     """A single (C, H, W) image in [-1, 1], enlarged, without a frame."""
-    return picture(image[None], 1).crop((2 * SCALE, 2 * SCALE, (2 + image.shape[-1]) * SCALE,
-                                         (2 + image.shape[-2]) * SCALE))
+    return grid_picture(image[None], 1, SCALE, padding=0)
 
 
 def strip(pictures: list[Image.Image]) -> Image.Image:
@@ -290,7 +288,7 @@ def ddpm_denoise(spec, n, steps, scheduler, eta, seed, label=-1, guidance_scale=
     (steps, steps, grid of x_0, strip): the strip shows the first (up to 4) images at 10 moments of the run."""
     ddpm = model(spec, "ddpm")
     n, steps = integer(n, "n", 1, MAX_IMAGES), integer(steps, "steps", 1, MAX_DIFFUSION_STEPS)
-    scheduler, eta = choice(scheduler, "scheduler", SCHEDULERS), number(eta, "eta", 0.0, 1.0)
+    scheduler, eta = choice(scheduler, "scheduler", tuple(SCHEDULERS)), number(eta, "eta", 0.0, 1.0)
     seed, label = integer(seed, "seed", 0, MAX_SEED), label_argument(label, ddpm)
     guidance_scale = number(guidance_scale, "guidance_scale", 0.0, 20.0)
     if n * steps > MAX_DIFFUSION_WORK:

@@ -20,6 +20,17 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 
+LOCAL = {"127.0.0.1", "data", "blob"}                     # the only hosts a page may request
+
+
+def local_page(playwright, hosts: set, height: int):
+    """A headless Chromium page that records the host of every request it makes into `hosts`."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.on("request", lambda request: hosts.add(urlparse(request.url).hostname or request.url.split(":")[0]))
+    return browser, page
+
+
 def require_chromium() -> None:
     if not os.path.exists(CHROMIUM):                   # CI installs it (.ci/run): a missing browser fails there
         (pytest.fail if os.environ.get("CI") else pytest.skip)("Chromium missing: sudo apt-get install chromium")
@@ -57,9 +68,7 @@ def test_monitor_renders_updates_live_and_stays_local(monitor):
     ARTIFACTS.mkdir(exist_ok=True)
     hosts = set()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1600})
-        page.on("request", lambda request: hosts.add(urlparse(request.url).hostname or request.url.split(":")[0]))
+        browser, page = local_page(p, hosts, height=1600)
         start = time.perf_counter()
         page.goto(url)
         page.wait_for_selector("[data-testid=stVegaLiteChart]", timeout=60_000)
@@ -80,5 +89,5 @@ def test_monitor_renders_updates_live_and_stays_local(monitor):
         assert image.evaluate("img => img.complete && img.naturalWidth > 0")
         page.screenshot(path=str(ARTIFACTS / "monitor-samples.png"), full_page=True)
         browser.close()
-    assert hosts <= {"127.0.0.1", "data", "blob"}, hosts
+    assert hosts <= LOCAL, hosts
     print(f"first chart painted {first_paint:.2f} s after navigation")

@@ -1,14 +1,10 @@
 """apps/sampler.py in headless Chromium (Debian's /usr/bin/chromium through playwright; never `playwright install`):
 every tab renders and answers a click with an image, a bad request shows its toast, and nothing is fetched from
 outside 127.0.0.1. Screenshots of every tab go to tests/artifacts/ (git-ignored)."""
-from urllib.parse import urlparse
-
 from playwright.sync_api import sync_playwright
 
-from conftest import ROOT
-from test_monitor_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from test_monitor_browser import ARTIFACTS, LOCAL, local_page, require_chromium
 
-ARTIFACTS = ROOT / "tests" / "artifacts"
 TABS = [   # tab, button, the label of the image output it fills
     ("GAN", "Sample", "samples"),
     ("VAE", "Sample from the prior", "samples: decoder means of z ~ p(z)"),
@@ -29,9 +25,7 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
     ARTIFACTS.mkdir(exist_ok=True)
     hosts = set()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.on("request", lambda request: hosts.add(urlparse(request.url).hostname or request.url.split(":")[0]))
+        browser, page = local_page(p, hosts, height=1800)
         page.goto(sampler_url)
         for tab, button, label in TABS:
             page.get_by_role("tab", name=tab, exact=True).click()
@@ -57,4 +51,4 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         page.locator(".katex").first.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "sampler-about.png"), full_page=True)
         browser.close()
-    assert hosts <= {"127.0.0.1", "data", "blob"}, hosts
+    assert hosts <= LOCAL, hosts
