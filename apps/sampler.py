@@ -25,8 +25,11 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from core import pipeline as P
+from core import pipeline
 from core.data import FASHION_CLASSES
+from core.models import ddpm as diffusion
+from core.pipeline import load_pipeline
+from core.requests import MAX_SEED, RequestError
 
 WORKERS = 2                                  # model calls at once: one diffusion run and one quick request
 torch.set_num_threads(max(1, (os.cpu_count() or WORKERS) // WORKERS))
@@ -64,14 +67,14 @@ def guarded(function):
         def wrapper(*args, **kwargs):
             try:
                 yield from function(*args, **kwargs)
-            except P.RequestError as exc:
+            except RequestError as exc:
                 raise gr.Error(str(exc)) from exc
     else:
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             try:
                 return function(*args, **kwargs)
-            except P.RequestError as exc:
+            except RequestError as exc:
                 raise gr.Error(str(exc)) from exc
     return wrapper
 
@@ -79,48 +82,48 @@ def guarded(function):
 # --------------------------------------------------------------------------------------------------- endpoints
 @guarded
 def gan_sample(model, n, seed, label):
-    return png(P.gan_sample(model, n, seed, label))
+    return png(load_pipeline(model, "gan").sample(n, seed, label))
 
 
 @guarded
 def gan_interpolate(model, seed_a, seed_b, steps, spherical, label):
-    frames = P.gan_interpolate(model, seed_a, seed_b, steps, spherical, label)
-    return png(P.strip(frames)), gif(frames)
+    frames = load_pipeline(model, "gan").interpolate(seed_a, seed_b, steps, spherical, label)
+    return png(pipeline.side_by_side(frames)), gif(frames)
 
 
 @guarded
 def gan_class_grid(model, per_class, seed):
-    return png(P.gan_class_grid(model, per_class, seed))
+    return png(load_pipeline(model, "gan").class_grid(per_class, seed))
 
 
 @guarded
 def vae_sample(model, n, seed):
-    return png(P.vae_sample(model, n, seed))
+    return png(load_pipeline(model, "vae").sample(n, seed))
 
 
 @guarded
 def vae_reconstruct(model, image):
-    return tuple(png(picture) for picture in P.vae_reconstruct(model, image))
+    return tuple(png(picture) for picture in load_pipeline(model, "vae").reconstruct(image))
 
 
 @guarded
 def vae_interpolate(model, image_a, image_b, steps):
-    return png(P.vae_interpolate(model, image_a, image_b, steps))
+    return png(load_pipeline(model, "vae").interpolate(image_a, image_b, steps))
 
 
 @guarded
 def vae_traverse(model, image, dim, span, steps):
-    return png(P.vae_traverse(model, image, dim, span, steps))
+    return png(load_pipeline(model, "vae").traverse(image, dim, span, steps))
 
 
 @guarded
 def vae_compare(image, seed):
-    return tuple(png(picture) for picture in P.vae_compare(image, seed))
+    return tuple(png(picture) for picture in pipeline.compare_autoencoders(image, seed))
 
 
 @guarded
 def vae_latent_plane(image):
-    picture, (z1, z2) = P.vae_latent_plane(image)
+    picture, (z1, z2) = load_pipeline("vae-2d", "vae").latent_plane(image)
     return png(picture), f"μ(x) = ({z1:.2f}, {z2:.2f}), the red ring"
 
 
@@ -128,7 +131,8 @@ def vae_latent_plane(image):
 def ddpm_sample(model, n, steps, scheduler, eta, seed, label, guidance_scale, progress=gr.Progress()):
     """Streams the batch of x_t while the reverse process runs, then the final images and the strip."""
     start = time.perf_counter()
-    for step, total, frame, strip in P.ddpm_denoise(model, n, steps, scheduler, eta, seed, label, guidance_scale):
+    denoising = load_pipeline(model, "ddpm").denoise(n, steps, scheduler, eta, seed, label, guidance_scale)
+    for step, total, frame, strip in denoising:
         progress(step / total, desc=f"step {step}/{total}")
         status = f"step {step}/{total} · {time.perf_counter() - start:.1f} s"
         yield png(frame), png(strip) if strip is not None else gr.skip(), status
@@ -136,7 +140,7 @@ def ddpm_sample(model, n, steps, scheduler, eta, seed, label, guidance_scale, pr
 
 @guarded
 def cyclegan_translate(model, image, direction):
-    seen, translated, reconstructed, inverted = P.cyclegan_translate(model, image, direction)
+    seen, translated, reconstructed, inverted = load_pipeline(model, "cyclegan").translate(image, direction)
     note = "The upload had a light background and was inverted: the model knows light objects on black." if inverted \
         else ""
     return png(seen), png(translated), png(reconstructed), note
@@ -144,22 +148,23 @@ def cyclegan_translate(model, image, direction):
 
 @guarded
 def fgsm_attack(model, image, attack, eps, target):
-    original, perturbation, adversarial, before, after = P.fgsm_attack(model, image, attack, eps, target)
+    original, perturbation, adversarial, before, after = load_pipeline(model, "classifier").attack(image, attack, eps,
+                                                                                                 target)
     return png(original), png(perturbation), png(adversarial), before, after
 
 
 def class_picker(model, family):
     """The class picker is live only for a conditional model (private: not an API endpoint)."""
     try:
-        conditional = P.conditional(model, family)
-    except P.RequestError:
+        conditional = pipeline.is_conditional(model, family)
+    except RequestError:
         return gr.update(interactive=False, value=-1)
     return gr.update(interactive=conditional, value=-1 if not conditional else gr.skip())
 
 
 # ------------------------------------------------------------------------------------------------------ layout
 def model_box(family: str, default: str, label: str = "model") -> gr.Dropdown:
-    names = P.model_names(family)
+    names = pipeline.model_names(family)
     return gr.Dropdown(names, value=default if default in names else names[0], label=label, allow_custom_value=True,
                        info="a shipped checkpoint, or type a Hub repo id (owner/name@revision)")
 
@@ -175,7 +180,7 @@ def image_input(label: str, example: int) -> gr.Image:
 def about(text: str, specs: list[str]) -> None:
     with gr.Accordion("About", open=False):
         gr.Markdown(text, latex_delimiters=LATEX)
-        table = P.figures_markdown(specs)
+        table = pipeline.figures_markdown(specs)
         if table:
             gr.Markdown("Figures from the model cards (10k samples vs the test set, on genlab's classifier "
                         "features):\n\n" + table)
@@ -186,8 +191,8 @@ def event(button, function, inputs, outputs, api_name: str, queue_group: str = "
                  concurrency_limit=1, concurrency_id=queue_group)
 
 
-seed_box = lambda label="seed", value=0: gr.Number(value, label=label, precision=0, minimum=0, maximum=P.MAX_SEED)
-count = lambda value=16: gr.Slider(1, P.MAX_IMAGES, value=value, step=1, label="number of images")
+seed_box = lambda label="seed", value=0: gr.Number(value, label=label, precision=0, minimum=0, maximum=MAX_SEED)
+count = lambda value=16: gr.Slider(1, pipeline.MAX_IMAGES, value=value, step=1, label="number of images")
 picture_out = lambda label, height=None: gr.Image(label=label, type="filepath", format="png", interactive=False,
                                                   height=height)
 single_out = lambda label: picture_out(label, 130)          # one enlarged 28-pixel image (84 px) and its frame
@@ -206,25 +211,26 @@ with gr.Blocks(title="genlab sampler", delete_cache=(600, 3600)) as demo:
         gan_grid = picture_out("samples")
         with gr.Row():
             seed_a, seed_b = seed_box("seed A", 1), seed_box("seed B", 2)
-            path_steps = gr.Slider(2, P.MAX_PATH, value=10, step=1, label="images along the path")
+            path_steps = gr.Slider(2, pipeline.MAX_PATH, value=10, step=1, label="images along the path")
             spherical = gr.Checkbox(True, label="spherical (slerp)")
         path_button = gr.Button("Interpolate")
         with gr.Row():
             path_strip, path_animation = picture_out("latent path"), picture_out("animation")
         with gr.Row():
-            per_class = gr.Slider(1, 10, value=10, step=1, label="samples per class")
-            grid_button = gr.Button("Class x sample grid (cgan)")
+            grid_model = model_box("gan", "cgan", "conditional model")
+            per_class = gr.Slider(1, pipeline.MAX_PER_CLASS, value=10, step=1, label="samples per class")
+            grid_button = gr.Button("Class x sample grid")
         class_grid = picture_out("row k: class k")
         about(r"""**GAN** (Goodfellow et al. 2014): a generator $G(z)$, $z\sim\mathcal N(0, I)$, against a
 discriminator $D$. Non-saturating loss: $L_D = -\mathbb E[\log D(x)] - \mathbb E[\log(1 - D(G(z)))]$,
 $L_G = -\mathbb E[\log D(G(z))]$. The cgan sees the label in both networks (Mirza & Osindero 2014) and is trained
 with R3GAN's relativistic loss $f(D(G(z)) - D(x))$ plus R1 and R2 penalties. Interpolation follows the great circle
 (slerp): $z_t = \frac{\sin((1-t)\theta)}{\sin\theta} z_A + \frac{\sin(t\theta)}{\sin\theta} z_B$.""",
-              P.model_names("gan"))
+              pipeline.model_names("gan"))
         event(gan_button, gan_sample, [gan_model, gan_n, gan_seed, gan_label], gan_grid, "gan_sample")
         event(path_button, gan_interpolate, [gan_model, seed_a, seed_b, path_steps, spherical, gan_label],
               [path_strip, path_animation], "gan_interpolate")
-        event(grid_button, gan_class_grid, [gan_model, per_class, gan_seed], class_grid, "gan_class_grid")
+        event(grid_button, gan_class_grid, [grid_model, per_class, gan_seed], class_grid, "gan_class_grid")
 
     with gr.Tab("VAE"):
         with gr.Row():
@@ -251,12 +257,12 @@ with R3GAN's relativistic loss $f(D(G(z)) - D(x))$ plus R1 and R2 penalties. Int
                 compare_reconstructions = picture_out("input | autoencoder | VAE")
                 compare_samples = picture_out("prior samples: autoencoder (top), VAE (bottom)")
         with gr.Row():
-            vae_steps = gr.Slider(2, P.MAX_PATH, value=10, step=1, label="images along the path")
+            vae_steps = gr.Slider(2, pipeline.MAX_PATH, value=10, step=1, label="images along the path")
             interpolate_button = gr.Button("Interpolate A -> B")
         vae_path = picture_out("decoded path from μ(A) to μ(B)")
         with gr.Row():
             dimension = gr.Slider(0, 31, value=0, step=1, label="latent dimension (vae-2d: 0 or 1)")
-            span = gr.Slider(0.5, 10, value=3, step=0.5, label="sweep from -span to +span")
+            span = gr.Slider(0.5, pipeline.MAX_SPAN, value=3, step=0.5, label="sweep from -span to +span")
             traverse_button = gr.Button("Traverse one dimension of A")
         vae_sweep = picture_out("decoded μ(A) with one coordinate swept")
         about(r"""**VAE** (Kingma & Welling 2013): encoder $q_\phi(z|x) = \mathcal N(\mu_\phi(x),
@@ -267,7 +273,7 @@ the blurred mean of every image that shares a code, and its "samples" from $\mat
 was encoded. The 2-D VAE's plane shows decoded points at equally spaced quantiles of $\mathcal N(0,1)$.
 `vae-vamp` replaces $\mathcal N(0, I)$ by a VampPrior (Tomczak & Welling 2018),
 $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$: sharper samples of every class.""",
-              P.model_names("vae"))
+              pipeline.model_names("vae"))
         event(vae_button, vae_sample, [vae_model, vae_n, vae_seed], vae_grid, "vae_sample")
         event(reconstruct_button, vae_reconstruct, [vae_model, image_a], [vae_seen, vae_reconstruction],
               "vae_reconstruct")
@@ -284,13 +290,14 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
             ddpm_model = model_box("ddpm", "ddpm")
             scheduler = gr.Dropdown([("DPM-Solver++", "dpm_solver"), ("DDIM", "ddim"), ("DDPM", "ddpm")],
                                     value="dpm_solver", label="scheduler")
-            steps = gr.Slider(1, P.MAX_DIFFUSION_STEPS, value=20, step=1, label="steps")
-            eta = gr.Slider(0, 1, value=0, step=0.05, label="η (DDIM only: 0 deterministic, 1 DDPM-like)")
+            steps = gr.Slider(1, diffusion.MAX_STEPS, value=20, step=1, label="steps")
+            eta = gr.Slider(*diffusion.ETA_RANGE, value=0, step=0.05, label="η (DDIM only: 0 deterministic, 1 DDPM-like)")
         with gr.Row():
             ddpm_n = count(16)
             ddpm_seed = seed_box()
             ddpm_label = gr.Dropdown(CLASSES, value=-1, label="class (ddpm-cond only)")
-            guidance = gr.Slider(0, 20, value=1, step=0.5, label="guidance scale w (ddpm-cond only; 2 is good)")
+            guidance = gr.Slider(*diffusion.GUIDANCE_RANGE, value=1, step=0.5,
+                                 label="guidance scale w (ddpm-cond only; 2 is good)")
         ddpm_button = gr.Button("Denoise", variant="primary")
         ddpm_status = gr.Markdown()
         with gr.Row():
@@ -301,7 +308,7 @@ trained with $\|\varepsilon - \varepsilon_\theta(x_t, t)\|^2$. Sampling runs the
 DDPM (ancestral, 1000 steps in the paper), DDIM (Song et al. 2020, $\eta = 0$ deterministic) or DPM-Solver++ (Lu
 et al. 2022, 10-20 steps suffice). The conditional model uses classifier-free guidance (Ho & Salimans 2022):
 $\hat\varepsilon = \varepsilon_\theta(x_t) + w(\varepsilon_\theta(x_t, y) - \varepsilon_\theta(x_t))$.""",
-              P.model_names("ddpm"))
+              pipeline.model_names("ddpm"))
         event(ddpm_button, ddpm_sample, [ddpm_model, ddpm_n, steps, scheduler, eta, ddpm_seed, ddpm_label, guidance],
               [ddpm_frame, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion")
 
@@ -322,7 +329,7 @@ $\hat\varepsilon = \varepsilon_\theta(x_t) + w(\varepsilon_\theta(x_t, y) - \var
         about(r"""**CycleGAN** (Zhu et al. 2017): two generators $G: A\to B$, $F: B\to A$ trained without pairs by
 least-squares adversarial losses and the cycle loss
 $\mathbb E_a\|F(G(a)) - a\|_1 + \mathbb E_b\|G(F(b)) - b\|_1$ (weight 10), plus an identity loss.""",
-              P.model_names("cyclegan"))
+              pipeline.model_names("cyclegan"))
         event(cycle_button, cyclegan_translate, [cycle_model, cycle_image, direction],
               [cycle_seen, cycle_out, cycle_back, cycle_note], "cyclegan_translate")
 
@@ -334,7 +341,7 @@ $\mathbb E_a\|F(G(a)) - a\|_1 + \mathbb E_b\|G(F(b)) - b\|_1$ (weight 10), plus 
                 attack_model = model_box("classifier", "classifier", "classifier")
                 attack = gr.Dropdown([("FGSM", "fgsm"), ("targeted FGSM", "fgsm_targeted"), ("PGD, 10 steps", "pgd")],
                                      value="fgsm", label="attack")
-                eps = gr.Slider(0, P.MAX_EPS, value=0.05, step=0.01, label="ε (fraction of the pixel range)")
+                eps = gr.Slider(0, pipeline.MAX_EPS, value=0.05, step=0.01, label="ε (fraction of the pixel range)")
                 target = gr.Dropdown(TARGETS, value=8, label="target class (targeted FGSM)")
                 attack_button = gr.Button("Attack", variant="primary")
         with gr.Row():
@@ -343,14 +350,14 @@ $\mathbb E_a\|F(G(a)) - a\|_1 + \mathbb E_b\|G(F(b)) - b\|_1$ (weight 10), plus 
             attack_result = single_out("adversarial image")
         with gr.Row():
             before, after = gr.Label(label="top-3 before"), gr.Label(label="top-3 after")
-        gr.LinePlot(pd.DataFrame(P.robustness_table(P.model_names("classifier"))), x="eps", y="accuracy",
+        gr.LinePlot(pd.DataFrame(pipeline.robustness_table(pipeline.model_names("classifier"))), x="eps", y="accuracy",
                     color="model", title="Test accuracy under FGSM vs ε (10,000 test images, from the model cards)",
                     y_lim=[0, 1], height=300)
         about(r"""**FGSM** (Goodfellow et al. 2015): $x_{adv} = \operatorname{clip}(x + \varepsilon\,
 \operatorname{sign}\nabla_x J(\theta, x, y))$; targeted toward class $t$: $x - \varepsilon\,\operatorname{sign}
 \nabla_x J(\theta, x, t)$. **PGD** (Madry et al. 2018) repeats the step 10 times with projection onto the
 $\varepsilon$-ball. `classifier-adv` was trained on FGSM examples (with a random start) at $\varepsilon = 0.1$.""",
-              P.model_names("classifier"))
+              pipeline.model_names("classifier"))
         event(attack_button, fgsm_attack, [attack_model, attack_image, attack, eps, target],
               [attack_original, attack_delta, attack_result, before, after], "fgsm_attack")
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from core import metrics
 from core.config import save_json
 from core.data import load_dataset
+from core.evaluate import metric_yardstick
 from core.hub import load_model, write_model_card
 
 COLUMNS = ("fid", "kid", "precision", "recall", "classes_covered", "kl_to_uniform")
@@ -33,10 +33,9 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="run the U-Net in float32")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    model = load_model(args.checkpoint)
-    classifier = metrics.metric_classifier()
+    model = load_model(args.checkpoint).set_precision("no" if args.fp32 else "bf16")
+    yardstick = metric_yardstick()
     test = load_dataset("fashion-mnist", "test")
-    reference = metrics.reference_for(classifier, test)
     conditional = model.conditional
     rows = ([("DPM-Solver++", 20, w) for w in (1.0, 2.0, 4.0)] if conditional
             else [("DDIM", 50, 1.0), ("DPM-Solver++", 10, 1.0), ("DPM-Solver++", 20, 1.0)])
@@ -49,9 +48,9 @@ def main() -> None:
         n = args.n if is_headline or not args.n_other else args.n_other
         start = time.perf_counter()
         images = model.sample(n, steps, "ddim" if name == "DDIM" else "dpm_solver", seed=0,
-                              guidance_scale=guidance, bf16=not args.fp32)
+                              guidance_scale=guidance)
         seconds = time.perf_counter() - start
-        scores = metrics.sample_quality(classifier, reference, images, model.labels_for(n, None))
+        scores = yardstick.score(images, test, model.labels_for(n, None))
         cells = [f"{100 * scores[c]:.2f}%" if c == "conditional_accuracy" else f"{scores[c]:.4g}" for c in columns]
         lines.append(f"| {name} | {steps} | {guidance:g} | {n} | " + " | ".join(cells) + f" | {seconds:.0f} |")
         print(lines[-1], flush=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from core import metrics
 from core.config import save_json
 from core.data import load_dataset
+from core.evaluate import metric_yardstick
 from core.hub import load_model, write_model_card
 from core.images import save_grid, scatter_plot
 
@@ -37,11 +37,11 @@ def main() -> None:
     start = time.perf_counter()
     bounds = model.likelihood_bounds(test)
     print({k: round(v, 3) for k, v in bounds.items()}, f"{time.perf_counter() - start:.0f} s", flush=True)
-    classifier = metrics.metric_classifier()
+    yardstick = metric_yardstick()
     samples = model.sample(len(test))
-    quality = metrics.sample_quality(classifier, metrics.reference_for(classifier, test), samples)
+    quality = yardstick.score(samples, test)
     print({k: round(v, 4) for k, v in quality.items()})
-    shares = torch.bincount(metrics.features(classifier, samples)[1].argmax(1), minlength=len(test.classes))
+    shares = torch.bincount(yardstick.features(samples)[1].argmax(1), minlength=len(test.classes))
     shares = (shares / len(samples)).tolist()
     shares_table = "\n".join(["| " + " | ".join(test.classes) + " |", "|---" * len(shares) + "|",
                               "| " + " | ".join(f"{100 * s:.1f}%" for s in shares) + " |"])

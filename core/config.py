@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+PRECISIONS = ("no", "bf16")        # the forward-pass precision of a model: float32, or bf16 autocast (core.model)
+
 
 def option(default, help: str, **kwargs):
     """A dataclass field with its CLI help text."""
@@ -47,7 +49,7 @@ class TrainConfig:
     run_name: str = option("", "run directory name (default: <family>-<time>)")
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     mixed_precision: str = option("no", "bf16: autocast forward passes to bfloat16 (2x faster on CPUs with AMX/AVX512-BF16 "
-                                  "and on GPUs); losses and optimizer stay float32", choices=("no", "bf16"))
+                                  "and on GPUs); losses and optimizer stay float32", choices=PRECISIONS)
     threads: int = option(0, "torch intra-op threads per process (0: torch's default)")
 
 

@@ -8,6 +8,7 @@ for a conditional model) of as many samples as test images (10k by default), on 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,16 @@ from core.data import DATASETS, load_dataset
 from core.hub import CheckpointError, load_model, write_model_card
 
 EPSILONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
+METRIC_CLASSIFIER = Path(__file__).resolve().parents[1] / "checkpoints" / "classifier"
+
+
+@functools.cache
+def metric_yardstick(folder: Path = METRIC_CLASSIFIER) -> metrics.Yardstick:
+    """The shipped Fashion-MNIST classifier whose features every genlab sample-quality figure uses, with the test
+    set's feature statistics stored beside it (computed afresh for other data, or when the file is missing)."""
+    classifier = load_model(folder)
+    stored = metrics.load_reference(folder) if (Path(folder) / metrics.REFERENCE_FILE).is_file() else None
+    return metrics.Yardstick(classifier, stored)
 
 
 def markdown_table(curves: dict[str, dict[float, float]]) -> str:
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.reference:
             result.update(reference_and_floor(model, folder, args.dataset, args.data_dir))
     else:      # a generator: as many samples as test images, scored on the metric classifier's features
-        result = {**model.evaluate(data), "samples": len(data)}
+        result = {**model.evaluate(data, metric_yardstick()), "samples": len(data)}
     for title, table in result.get("tables", {}).items():
         print(f"{title}, {args.dataset}\n{table}\n")
     scalars = {k: v for k, v in result.items() if k != "tables"}

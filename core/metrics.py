@@ -1,4 +1,4 @@
-"""Sample-quality metrics on the features of genlab's own Fashion-MNIST classifier.
+"""Sample-quality metrics on the features of a feature network (genlab's own Fashion-MNIST classifier).
 
 These are in-domain scores: the features are the classifier's penultimate layer (128-d), not Inception-v3's pool3
 (2048-d), so the numbers compare genlab models with each other and are NOT comparable with published Inception-FIDs.
@@ -10,11 +10,14 @@ These are in-domain scores: the features are the classifier's penultimate layer 
     covered when it gets at least a quarter of its uniform share (2.5% of samples for 10 classes), and
     KL(histogram ‖ uniform) = log K − H(histogram) is 0 for perfect balance. Our mode-collapse signal.
     Conditional accuracy: the share of samples asked for class k that the classifier labels k.
+
+This module loads nothing: the feature network comes in as an argument (a `Yardstick`, built by whoever evaluates;
+core.evaluate.metric_yardstick loads the shipped classifier and its stored test-set statistics).
 """
 from __future__ import annotations
 
-import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 
 REFERENCE_FILE = "reference_stats.safetensors"
-CLASSIFIER = Path(__file__).resolve().parents[1] / "checkpoints" / "classifier"
+STORED_FOR = ("fashion-mnist", "test", 10_000, None)     # (dataset, split, images, pad_to) the stored stats describe
 
 
 @torch.no_grad()
@@ -134,21 +137,6 @@ def load_reference(folder: Path) -> dict[str, Tensor]:
     return safetensors.torch.load_file(str(path))
 
 
-@functools.cache
-def metric_classifier():
-    """The shipped Fashion-MNIST classifier whose features every genlab sample-quality metric uses."""
-    from core.hub import load_model
-    return load_model(CLASSIFIER)
-
-
-def reference_for(classifier, data) -> dict[str, Tensor]:
-    """The stored statistics when `data` is the whole unpadded Fashion-MNIST test set, else computed from `data`."""
-    if (data.name, data.split, len(data), data.pad_to) == ("fashion-mnist", "test", 10_000, None) \
-            and classifier is metric_classifier():
-        return load_reference(CLASSIFIER)
-    return compute_reference(classifier, data.batch(slice(None)).images)
-
-
 def sample_quality(classifier, reference: dict[str, Tensor], images: Tensor, requested: Tensor | None = None,
                    kid_subset: int = 1000) -> dict[str, float]:
     """Every metric above for generated images in [-1, 1] (and the labels asked for, for conditional models)."""
@@ -162,3 +150,24 @@ def sample_quality(classifier, reference: dict[str, Tensor], images: Tensor, req
     if requested is not None:
         scores["conditional_accuracy"] = conditional_accuracy(logits, requested)
     return scores
+
+
+@dataclass
+class Yardstick:
+    """A feature network (any module with `features(x)` and `head(features)`) and, when given, its stored statistics
+    of the reference set STORED_FOR (the whole Fashion-MNIST test set), so 10k test images need no new pass."""
+    network: torch.nn.Module
+    stored: dict[str, Tensor] | None = None
+
+    def reference_for(self, data) -> dict[str, Tensor]:
+        """The stored statistics when `data` is the reference set they describe, else computed from `data`."""
+        if self.stored is not None and (data.name, data.split, len(data), data.pad_to) == STORED_FOR:
+            return self.stored
+        return compute_reference(self.network, data.batch(slice(None)).images)
+
+    def score(self, images: Tensor, data, requested: Tensor | None = None) -> dict[str, float]:
+        """`sample_quality` of generated images against the real images of `data`."""
+        return sample_quality(self.network, self.reference_for(data), images, requested)
+
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return features(self.network, images)

@@ -1,12 +1,13 @@
-"""The one training loop. Every family trains here through `TrainableModel`; the loop knows no paper.
+"""The one training loop. Every family trains here through the contract of core.model; the loop knows no paper.
 
 A model brings `configure_optimizers`, `training_step(batch, step) -> {name: loss}` (it does its own forward passes
-and optimizer steps, since a GAN has two), and optionally `evaluate(data)` and `eval_images(data)`. The loop brings
-everything else: devices and processes (Hugging Face Accelerate), data order, learning-rate schedule, logging to
+and optimizer steps, since a GAN has two), and optionally `evaluate(data, yardstick)` and `eval_images(data)`. The
+loop finds the family's class in core.families and brings everything else: the precision (`--mixed-precision`,
+set on the model and entered around every training step), devices and processes (Hugging Face Accelerate), data order, learning-rate schedule, logging to
 metrics.jsonl, image grids, atomic resumable checkpoints, and the final Hub-layout model folder.
 
 Several processes (`accelerate launch --num_processes 2 -m core.train ...`) are plain data parallelism: each process
-draws its own 1/P of every batch, and `update` averages the gradients over processes before each optimizer step, so
+draws its own 1/P of every batch, and `optimizer_step` averages the gradients over processes before each optimizer step, so
 all copies stay equal. The averaging is explicit rather than a DistributedDataParallel wrapper because a family may
 own several networks and several optimizers per step (G and D); only process 0 writes files.
 
@@ -16,8 +17,6 @@ Run directory:  config.json  metrics.jsonl  status.json  samples/step-*.png
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import json
 import math
 import platform
@@ -33,64 +32,17 @@ from accelerate.utils import set_seed
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from core.cards import write_model_card
 from core.config import TrainConfig, add_options, from_json, pick_options, save_json, to_json
 from core.data import Batch, ImageData, load_dataset
-from core.hub import HubModel, write_model_card
+from core.evaluate import metric_yardstick
+from core.families import FAMILIES
 from core.images import save_grid
-
-FAMILIES = {"classifier": "core.models.classifier:Classifier", "gan": "core.models.gan:GAN",
-            "ddpm": "core.models.ddpm:DDPM", "vae": "core.models.vae:VAE", "cyclegan": "core.models.cyclegan:CycleGAN"}
+from core.model import TrainableModel
 
 
 class NonFiniteLoss(RuntimeError):
     """A loss became NaN or inf: the run stops before any checkpoint of poisoned weights is written."""
-
-
-class TrainableModel(HubModel):
-    """What the loop asks of a family. `self.accelerator` is set by the loop before training starts."""
-    accelerator: Accelerator | None = None
-    mixed_precision: str = "no"
-
-    def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
-
-    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        """One step: forward passes, `update` calls; return detached scalar losses to log (no .item())."""
-        raise NotImplementedError
-
-    def evaluate(self, data: ImageData) -> dict[str, float]:
-        return {}
-
-    def eval_images(self, data: ImageData) -> Tensor | None:
-        """Images in [-1, 1] for the grid logged at each evaluation (fixed inputs, so grids compare over time)."""
-        return None
-
-    def autocast(self):
-        """The forward-pass precision of the run: bf16 autocast with --mixed-precision bf16, else a no-op."""
-        if self.mixed_precision != "bf16":
-            return contextlib.nullcontext()
-        device = self.accelerator.device.type if self.accelerator is not None else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16)
-
-    def exported(self) -> "TrainableModel":
-        """The model written to the run's final Hub folder; a family may drop what sampling does not need."""
-        return self
-
-    def update(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
-        """zero_grad, backward, average gradients over processes, step. Returns the detached loss."""
-        optimizer.zero_grad(set_to_none=True)
-        accelerator = self.accelerator
-        if accelerator is None:
-            loss.backward()
-        else:
-            accelerator.backward(loss)
-            if accelerator.num_processes > 1:
-                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-                flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
-                for grad, averaged in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-                    grad.copy_(averaged)
-        optimizer.step()
-        return loss.detach()
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
@@ -186,6 +138,48 @@ def load_checkpoint(folder: Path, model: TrainableModel, optimizers: dict, accel
 
 
 # ------------------------------------------------------------------------------------------------------ the loop
+class LogWindow:
+    """Losses and throughput since the last metrics.jsonl line. Sums stay tensors until a line is written, so the
+    loop never waits on .item() between steps; evaluation and checkpoint time is paused out of images/s."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+        self.started, self.data_seconds, self.images, self.paused = time.perf_counter(), 0.0, 0, 0.0
+
+    def add(self, losses: dict[str, Tensor], images: int) -> None:
+        for name, value in losses.items():               # a GAN's generator may skip steps: count per name
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
+        self.images += images
+
+    def check_finite(self, step: int) -> None:
+        for name, total in self.sums.items():
+            if not math.isfinite(float(total)):
+                raise NonFiniteLoss(f"{name} is {float(total)} at step {step}: stopping without writing a checkpoint. "
+                                    "Try a lower --lr; resume from the last good checkpoint with --resume.")
+
+    def record(self, step: int, epoch: int, elapsed: float, lr: float) -> dict:
+        """Mean losses, images/s and the share of time spent fetching data; then a fresh window."""
+        self.check_finite(step)
+        seconds = time.perf_counter() - self.started - self.paused
+        record = {"step": step, "epoch": epoch, "time": time.time(), "elapsed": round(elapsed, 3), "lr": lr,
+                  "images_per_s": round(self.images / seconds, 1), "data_share": round(self.data_seconds / seconds, 4),
+                  **{name: float(total) / self.counts[name] for name, total in self.sums.items()}}
+        self.reset()
+        return record
+
+
+def set_learning_rates(optimizers: dict, factor: float) -> None:
+    """Each param group keeps its own peak (a GAN's discriminator lr ratio) and follows the schedule's factor."""
+    for optimizer in optimizers.values():
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
+
 def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | None = None,
           data: ImageData | None = None, eval_data: ImageData | None = None, command: str | None = None) -> Path:
     """Train `model` with `cfg`; returns the run directory. `resume` continues a run from its last checkpoint."""
@@ -196,11 +190,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
-    classes = [int(c) if c.isdigit() else c for c in cfg.classes.split(",")] if cfg.classes else None
-    folder = {"size": cfg.folder_image_size, "channels": cfg.folder_channels}
-    data = data or load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.pad_to, classes, **folder)
-    eval_data = eval_data or load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.pad_to, classes, **folder)
-    eval_data = eval_data.select(torch.arange(min(cfg.eval_size, len(eval_data))))
+    data, eval_data = training_data(cfg, data, eval_data)
     per_process = cfg.batch_size // world
     steps_per_epoch = len(data) // world // per_process
     if steps_per_epoch == 0:
@@ -210,18 +200,18 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     run_dir = Path(resume) if resume else Path(cfg.runs_dir) / (cfg.run_name or f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
     model.to(accelerator.device)
     model.accelerator = accelerator
-    model.mixed_precision = cfg.mixed_precision     # (not Accelerator's option: its state is process-global)
+    model.set_precision(cfg.mixed_precision)       # (not Accelerator's option: its state is process-global)
     optimizers = model.configure_optimizers(cfg)
     step, elapsed_before = load_checkpoint(latest_checkpoint(run_dir), model, optimizers, accelerator) if resume else (0, 0.0)
     if main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        save_json({"family": family, "model": model._hub_mixin_config_dict(), "train": to_json(cfg),
+        save_json({"family": family, "model": model.config_dict(), "train": to_json(cfg),
                    "num_processes": world, "command": command, "hardware": hardware(accelerator)},
                   run_dir / "config.json")
         save_json({"status": "running", "step": step, "total_steps": total, "time": time.time()}, run_dir / "status.json")
     log = (run_dir / "metrics.jsonl").open("a") if main else None
     start = time.perf_counter() - elapsed_before
-    window = {"sums": {}, "counts": {}, "time": time.perf_counter(), "data": 0.0, "images": 0}
+    window = LogWindow()
     bar = tqdm(total=total, initial=step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
     try:
         while step < total:
@@ -233,29 +223,25 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
                 if batch is None:
                     break
                 batch = Batch(batch.images.to(accelerator.device), batch.labels.to(accelerator.device))
-                window["data"] += time.perf_counter() - fetch
-                for optimizer in optimizers.values():      # each group keeps its own peak (e.g. a GAN's D lr ratio)
-                    for group in optimizer.param_groups:
-                        group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_factor(cfg, step, total)
+                window.data_seconds += time.perf_counter() - fetch
+                set_learning_rates(optimizers, lr_factor(cfg, step, total))
                 model.train()
-                losses = model.training_step(batch, step)
+                window.add(model.run_training_step(batch, step), len(batch.images) * world)
                 step += 1
-                for name, value in losses.items():          # a GAN's generator may skip steps: count per name
-                    window["sums"][name] = window["sums"].get(name, 0.0) + value
-                    window["counts"][name] = window["counts"].get(name, 0) + 1
-                window["images"] += len(batch.images) * world
                 bar.update(1)
                 last = step == total
                 if step % cfg.log_every == 0 or last:
-                    write_log(log, window, bar, step, epoch, time.perf_counter() - start, cfg.lr * lr_factor(cfg, step - 1, total))
-                pause = time.perf_counter()          # evaluation and checkpoints do not count against images/s
+                    record = window.record(step, epoch, time.perf_counter() - start,
+                                           cfg.lr * lr_factor(cfg, step - 1, total))
+                    write_log(log, bar, record)
+                pause = time.perf_counter()
                 if (cfg.eval_every and step % cfg.eval_every == 0) or last:
-                    evaluate(model, eval_data, run_dir, step, log, accelerator)
+                    evaluate_and_log(model, eval_data, run_dir, step, log, accelerator)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
-                    check_finite(window, step)
+                    window.check_finite(step)
                     save_checkpoint(run_dir, model, optimizers, step, time.perf_counter() - start, accelerator,
                                     cfg.keep_checkpoints)
-                window["time"] += time.perf_counter() - pause
+                window.paused += time.perf_counter() - pause
         if main:
             export_model(model, run_dir, family, cfg, step, time.perf_counter() - start, accelerator, command)
             save_json({"status": "finished", "step": step, "total_steps": total, "time": time.time()},
@@ -273,34 +259,31 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     return run_dir
 
 
-def check_finite(window: dict, step: int) -> None:
-    for name, total in window["sums"].items():
-        if not math.isfinite(float(total)):
-            raise NonFiniteLoss(f"{name} is {float(total)} at step {step}: stopping without writing a checkpoint. "
-                                "Try a lower --lr; resume from the last good checkpoint with --resume.")
+def training_data(cfg: TrainConfig, data: ImageData | None, eval_data: ImageData | None) -> tuple[ImageData, ImageData]:
+    """The training set and the first eval_size test images, unless given."""
+    classes = [int(c) if c.isdigit() else c for c in cfg.classes.split(",")] if cfg.classes else None
+    folder = {"size": cfg.folder_image_size, "channels": cfg.folder_channels}
+    data = data or load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.pad_to, classes, **folder)
+    eval_data = eval_data or load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.pad_to, classes, **folder)
+    return data, eval_data.select(torch.arange(min(cfg.eval_size, len(eval_data))))
 
 
-def write_log(log, window: dict, bar, step: int, epoch: int, elapsed: float, lr: float) -> None:
-    """Mean losses over the window since the last line, throughput and the share of time spent fetching data."""
-    check_finite(window, step)
-    seconds = time.perf_counter() - window["time"]
-    record = {"step": step, "epoch": epoch, "time": time.time(), "elapsed": round(elapsed, 3), "lr": lr,
-              "images_per_s": round(window["images"] / seconds, 1), "data_share": round(window["data"] / seconds, 4),
-              **{name: float(total) / window["counts"][name] for name, total in window["sums"].items()}}
+def write_log(log, bar, record: dict) -> None:
     if log:
         log.write(json.dumps(record) + "\n")
         log.flush()
         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss")})
-    window.update(sums={}, counts={}, time=time.perf_counter(), data=0.0, images=0)
 
 
-def evaluate(model: TrainableModel, data: ImageData, run_dir: Path, step: int, log, accelerator: Accelerator) -> dict:
-    """Process 0 evaluates and writes; the others wait for it."""
+def evaluate_and_log(model: TrainableModel, data: ImageData, run_dir: Path, step: int, log, accelerator: Accelerator) -> dict:
+    """Process 0 evaluates (with the metric classifier's yardstick, for the families that score images) and writes;
+    the others wait for it."""
     metrics = {}
     if accelerator.is_main_process:
         model.eval()
+        yardstick = metric_yardstick() if model.uses_yardstick else None
         with torch.no_grad(), torch.random.fork_rng():     # evaluation must not shift the training RNG stream
-            metrics = model.evaluate(data)
+            metrics = model.evaluate(data, yardstick)
             images = model.eval_images(data)
         if images is not None:
             save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", nrow=getattr(model, "grid_columns", None))
@@ -338,26 +321,21 @@ def export_model(model: TrainableModel, run_dir: Path, family: str, cfg: TrainCo
 
 
 # ------------------------------------------------------------------------------------------------------ the CLI
-def model_class(family: str) -> type[TrainableModel]:
-    module, name = FAMILIES[family].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m core.train", description="Train a genlab model family.")
     sub = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for family in FAMILIES:
-        cls = model_class(family)
+        cls = FAMILIES[family]
         family_parser = sub.add_parser(family, help=(cls.__doc__ or "").strip().splitlines()[0],
-                                       description=cls.__module__ and importlib.import_module(cls.__module__).__doc__,
+                                       description=sys.modules[cls.__module__].__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
         family_parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                                    help="continue RUN_DIR from its last checkpoint; given options override its config")
         add_options(family_parser, TrainConfig, "training options")
         add_options(family_parser, cls.config_class, f"{family} options")
     args = parser.parse_args(argv)
-    cls = model_class(args.family)
+    cls = FAMILIES[args.family]
     train_base = model_base = None
     if args.resume:
         saved = json.loads((args.resume / "config.json").read_text())

@@ -9,6 +9,7 @@ from conftest import ROOT
 from core import metrics
 from core.attacks import robustness_curve
 from core.data import load_dataset
+from core.evaluate import metric_yardstick
 from core.hub import load_model
 
 CHECKPOINTS = ROOT / "checkpoints"
@@ -74,7 +75,7 @@ def test_shipped_gans_meet_their_targets_and_their_cards_tell_the_truth(name):
     model = load_model(folder)
     images = model.sample(2000, seed=1)
     assert images.shape == (2000, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
-    _, logits = metrics.features(metrics.metric_classifier(), images)
+    _, logits = metric_yardstick().features(images)
     assert card["samples"] == 10_000
     if model.conditional:          # asked for each class in turn: the classifier must agree with the request
         assert card["conditional_accuracy"] >= 0.85
@@ -103,7 +104,7 @@ def test_all_checkpoints_are_small_and_listed_in_the_manifest():
 
 def recognised(images):
     """Mean top-1 softmax probability of the metric classifier, and its predictions."""
-    _, logits = metrics.features(metrics.metric_classifier(), images)
+    _, logits = metric_yardstick().features(images)
     return float(logits.softmax(1).max(1).values.mean()), logits
 
 
@@ -111,11 +112,10 @@ def test_shipped_ddpm_turns_pure_noise_into_recognisable_clothes(fashion_test):
     """Ho et al.'s sampler, not the blog shortcut: the full reverse process gives varied clothes of every class,
     while the one-shot x̂_0 from pure noise (what an autoencoder 'denoiser' returns) is one average blob."""
     model = load_model(CHECKPOINTS / "ddpm")
-    classifier = metrics.metric_classifier()
-    reference = metrics.reference_for(classifier, fashion_test)
+    yardstick = metric_yardstick()
     images = model.sample(300, steps=10, scheduler="dpm_solver", seed=5)
     shortcut = next(model.denoise(300, 1, "ddim", seed=5))[2].clamp(-1, 1)      # x̂_0 at t = T, one step
-    sampled, blob = (metrics.sample_quality(classifier, reference, x) for x in (images, shortcut))
+    sampled, blob = (yardstick.score(x, fashion_test) for x in (images, shortcut))
     assert sampled["classes_covered"] >= 9 and blob["classes_covered"] <= 2
     assert sampled["fid"] < blob["fid"] / 3
     card = json.loads((CHECKPOINTS / "ddpm" / "eval.json").read_text())
@@ -174,7 +174,7 @@ def test_the_autoencoder_reconstructs_better_but_samples_worse_than_the_vae():
 def test_shipped_cyclegan_translates_sneakers_and_ankle_boots(fashion_test):
     model = load_model(CHECKPOINTS / "cyclegan")
     card = json.loads((CHECKPOINTS / "cyclegan" / "eval.json").read_text())
-    measured = model.evaluate(fashion_test.subset([7, 9]))
+    measured = model.evaluate(fashion_test.subset([7, 9]), metric_yardstick())
     for direction in ("a2b", "b2a"):
         assert measured[f"{direction}_domain_accuracy"] >= 0.85
         assert measured[f"{direction}_domain_accuracy"] == pytest.approx(card[f"{direction}_domain_accuracy"], abs=0.01)

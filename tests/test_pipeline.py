@@ -1,4 +1,5 @@
-"""core.pipeline in-process: the checks every app request goes through, image intake, and the pictures' geometry."""
+"""core.pipeline and core.requests in-process: the checks every app request goes through, image intake, the
+services' answers and the pictures' geometry."""
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ from PIL import Image
 
 from conftest import ROOT
 from core import pipeline as P
+from core import requests as R
 
 SNEAKER = ROOT / "apps" / "examples" / "7-sneaker.png"
 
@@ -17,39 +19,76 @@ SNEAKER = ROOT / "apps" / "examples" / "7-sneaker.png"
                                        ("3", False), (True, False), ([3], False)])
 def test_integer_accepts_whole_numbers_in_range_only(value, ok):
     if ok:
-        assert P.integer(value, "n", 1, 10) == int(value)
+        assert R.whole_number(value, "n", 1, 10) == int(value)
     else:
-        with pytest.raises(P.RequestError, match=r"n must be a whole number from 1 to 10, got"):
-            P.integer(value, "n", 1, 10)
+        with pytest.raises(R.RequestError, match=r"n must be a whole number from 1 to 10, got"):
+            R.whole_number(value, "n", 1, 10)
 
 
 @pytest.mark.parametrize("value", [math.nan, -math.inf, math.inf, -0.01, 1.01, None, "0.5", False])
 def test_number_refuses_nan_infinity_and_out_of_range(value):
-    with pytest.raises(P.RequestError, match=r"eta must be a number from 0 to 1"):
-        P.number(value, "eta", 0.0, 1.0)
-    assert P.number(0.5, "eta", 0.0, 1.0) == 0.5 and P.number(1, "eta", 0.0, 1.0) == 1.0
+    with pytest.raises(R.RequestError, match=r"eta must be a number from 0 to 1"):
+        R.real_number(value, "eta", 0.0, 1.0)
+    assert R.real_number(0.5, "eta", 0.0, 1.0) == 0.5 and R.real_number(1, "eta", 0.0, 1.0) == 1.0
 
 
 def test_class_dropdown_values_arrive_as_ints_or_their_strings():
-    assert P.class_index("3") == 3 and P.class_index("-1") == -1 and P.class_index(3) == 3
-    assert P.class_index("3.5") == "3.5" and P.class_index("12345") == "12345"     # left for the range check
+    assert R.class_index("3") == 3 and R.class_index("-1") == -1 and R.class_index(3) == 3
+    assert R.class_index("3.5") == "3.5" and R.class_index("12345") == "12345"     # left for the range check
 
 
 def test_read_image_refuses_bad_files_with_the_rule(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.png").write_text("hello")
-    (tmp_path / "big.png").write_bytes(bytes(P.MAX_UPLOAD_BYTES + 1))
+    (tmp_path / "big.png").write_bytes(bytes(R.MAX_UPLOAD_BYTES + 1))
     Image.new("L", (6000, 5000)).save(tmp_path / "wide.png")                 # 30 M pixels > 25 M
     data = SNEAKER.read_bytes()
     (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
-    cases = {None: "no image", str(tmp_path / "missing.png"): "missing", str(tmp_path / "empty.png"): "0 bytes",
-             str(tmp_path / "text.png"): "text.png is not a readable image", str(tmp_path / "big.png"): "bytes",
-             str(tmp_path / "wide.png"): "6000x5000 pixels", str(tmp_path / "cut.png"): "not a readable image",
-             "": "no image", 42: "no image"}
+    cases = {None: "no image", str(tmp_path / "missing.png"): "not uploaded to this app",
+             str(tmp_path / "empty.png"): "empty or larger than 10 MB", str(tmp_path / "text.png"): "not a readable image",
+             str(tmp_path / "big.png"): "empty or larger than 10 MB", str(tmp_path / "wide.png"): "6000x5000 pixels",
+             str(tmp_path / "cut.png"): "not a readable image", "": "no image", 42: "not uploaded to this app"}
     for upload, message in cases.items():
-        with pytest.raises(P.RequestError, match=message) as caught:
-            P.read_image({"path": upload} if upload not in (None, 42) else upload)
-        assert "at most 10 MB and 25,000,000 pixels" in str(caught.value)
+        with pytest.raises(R.RequestError, match=message) as caught:
+            R.read_image({"path": upload} if upload not in (None, 42) else upload, roots=(tmp_path,))
+        assert "at most 10 MB and 25,000,000 pixels" in str(caught.value) and str(tmp_path) not in str(caught.value)
+
+
+def test_read_image_opens_nothing_outside_the_upload_roots(tmp_path, monkeypatch):
+    """Client-chosen paths (untagged dicts, bare strings, `..`, symlinks, URLs) outside Gradio's upload cache and the
+    examples all get one message, whether the file exists or not, and whatever it holds."""
+    cache = tmp_path / "gradio"
+    (cache / "abc").mkdir(parents=True)
+    Image.open(SNEAKER).save(cache / "abc" / "upload.png")
+    secret = tmp_path / "secret.png"
+    Image.open(SNEAKER).save(secret)                              # a readable image outside the roots
+    (cache / "abc" / "link.png").symlink_to(secret)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    assert R.read_image({"path": str(cache / "abc" / "upload.png")}).size == Image.open(SNEAKER).size
+    assert R.read_image(str(SNEAKER)).size == Image.open(SNEAKER).size   # the shipped examples
+    messages = set()
+    for path in (secret, "/etc/passwd", "/etc/shadow", "/nonexistent/x.png", str(cache / "abc" / ".." / ".." /
+                 "secret.png"), cache / "abc" / "link.png", "http://127.0.0.1/x.png", "file:///etc/passwd",
+                 str(cache), "x\0y"):
+        for upload in ({"path": str(path)}, str(path), {"path": str(path), "meta": {"_type": "gradio.FileData"}}):
+            with pytest.raises(R.RequestError) as caught:
+                R.read_image(upload)
+            messages.add(str(caught.value))
+    assert len(messages) == 1 and "not uploaded to this app" in messages.pop()
+
+
+def test_only_the_listed_image_formats_open(tmp_path):
+    Image.open(SNEAKER).convert("RGB").save(tmp_path / "x.ppm")
+    Image.open(SNEAKER).convert("RGB").save(tmp_path / "x.tga")
+    for name in ("x.ppm", "x.tga"):
+        with pytest.raises(R.RequestError, match="not a readable image"):
+            R.read_image(str(tmp_path / name), roots=(tmp_path,))
+
+
+def test_error_messages_cut_long_values():
+    with pytest.raises(R.RequestError) as caught:
+        R.whole_number("x" * 100_000, "n", 1, 10)
+    assert len(str(caught.value)) < 200
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "1", "CMYK"])
@@ -57,14 +96,14 @@ def test_any_image_mode_becomes_a_28_pixel_grey_input(tmp_path, mode):
     Image.open(SNEAKER).convert(mode).resize((97, 61)).save(tmp_path / "x.png" if mode != "CMYK" else
                                                             tmp_path / "x.jpg")
     path = tmp_path / ("x.png" if mode != "CMYK" else "x.jpg")
-    x, inverted = P.to_model_input(P.read_image(str(path)))
+    x, inverted = R.to_model_input(R.read_image(str(path), roots=(tmp_path,)))
     assert x.shape == (1, 28, 28) and x.min() >= -1 and x.max() <= 1 and not inverted
 
 
 def test_light_backgrounds_are_inverted_and_the_object_centred():
     dark_on_white = Image.new("L", (60, 30), 255)
     dark_on_white.paste(0, (20, 5, 40, 25))                                   # a black box in the middle
-    x, inverted = P.to_model_input(dark_on_white)
+    x, inverted = R.to_model_input(dark_on_white)
     assert inverted and x[0, 0].max() == -1 and x[0, 14, 14] == 1            # black border, white object
     column_mass = (x[0] + 1).sum(0)
     centre = float((column_mass * torch.arange(28)).sum() / column_mass.sum())
@@ -72,22 +111,24 @@ def test_light_backgrounds_are_inverted_and_the_object_centred():
 
 
 def test_models_load_once_and_the_family_is_checked():
-    assert P.model("dcgan", "gan") is P.model("dcgan", "gan")
-    with pytest.raises(P.RequestError, match="is a GAN; this needs a VAE"):
-        P.model("dcgan", "vae")
+    assert P.load_pipeline("dcgan", "gan") is P.load_pipeline("dcgan", "gan")
+    with pytest.raises(R.RequestError, match="is a GAN; this needs a VAE"):
+        P.load_pipeline("dcgan", "vae")
     for spec in (None, "", "/etc", "checkpoints/../checkpoints/dcgan", str(ROOT / "checkpoints" / "dcgan"), "a/b/c"):
-        with pytest.raises(P.RequestError, match="model must be one of mlp-gan, dcgan, cgan or a Hub repo id"):
-            P.model(spec, "gan")
-    with pytest.raises(P.RequestError, match="cannot load model 'nobody/nothing@v9'"):
-        P.model("nobody/nothing@v9", "gan")               # a well-formed Hub id that does not resolve
-    assert P.conditional("cgan", "gan") and not P.conditional("dcgan", "gan") and P.conditional("ddpm-cond", "ddpm")
+        with pytest.raises(R.RequestError, match="model must be one of mlp-gan, dcgan, cgan or a Hub repo id"):
+            P.load_pipeline(spec, "gan")
+    for spec in ("nobody/nothing@v9", "checkpoints/dcgan"):    # well-formed Hub ids; the second is no local folder
+        with pytest.raises(R.RequestError, match=f"cannot load model '{spec}'"):
+            P.load_pipeline(spec, "gan")
+    assert P.is_conditional("cgan", "gan") and not P.is_conditional("dcgan", "gan")
+    assert P.is_conditional("ddpm-cond", "ddpm")
 
 
 def test_latent_plane_rings_the_cell_of_the_encoding():
     """The red ring's centre lies in the grid cell whose quantiles are nearest Φ(μ(x)), for several images."""
     cell = 30 * P.SCALE
     for path in sorted((ROOT / "apps" / "examples").glob("*.png"))[::3]:
-        picture, (z1, z2) = P.vae_latent_plane(str(path))
+        picture, (z1, z2) = P.load_pipeline("vae-2d", "vae").latent_plane(str(path))
         red = np.argwhere(np.all(np.asarray(picture) == (255, 0, 0), axis=-1))
         y, x = red.mean(0)
         phi = torch.distributions.Normal(0, 1).cdf(torch.tensor([z1, z2])).clamp(0.05, 0.95)
@@ -96,18 +137,22 @@ def test_latent_plane_rings_the_cell_of_the_encoding():
 
 
 def test_denoising_streams_a_bounded_number_of_frames_and_refuses_too_much_work():
-    frames = list(P.ddpm_denoise("ddpm", 2, 30, "ddim", 0.0, 0))
+    ddpm = P.load_pipeline("ddpm", "ddpm")
+    frames = list(ddpm.denoise(2, 30, "ddim", 0.0, 0))
     assert len(frames) <= P.STREAM_FRAMES + 1 and [f[0] for f in frames] == sorted(f[0] for f in frames)
     assert frames[-1][0] == 30 and frames[-1][3] is not None and all(f[3] is None for f in frames[:-1])
-    with pytest.raises(P.RequestError, match="n x steps must be at most 16,000"):
-        next(P.ddpm_denoise("ddpm", 17, 1000, "ddim", 0.0, 0))
+    with pytest.raises(R.RequestError, match="n x steps must be at most 16,000"):
+        next(ddpm.denoise(17, 1000, "ddim", 0.0, 0))
+    with pytest.raises(R.RequestError, match="repeats timesteps"):        # the slider's maximum with DPM-Solver++
+        next(ddpm.denoise(1, 1000, "dpm_solver", 0.0, 0))
 
 
 def test_fgsm_perturbation_is_bounded_and_zero_at_eps_zero():
-    original, perturbation, adversarial, before, after = P.fgsm_attack("classifier", str(SNEAKER), "pgd", 0.0)
+    attacks = P.load_pipeline("classifier", "classifier")
+    original, perturbation, adversarial, before, after = attacks.attack(str(SNEAKER), "pgd", 0.0)
     assert np.array_equal(np.asarray(original), np.asarray(adversarial)) and before == after
     assert np.all(np.asarray(perturbation.convert("L")).astype(int) - 127 <= 1)  # all grey: no change
-    original, _, adversarial, _, _ = P.fgsm_attack("classifier", str(SNEAKER), "pgd", 0.03)
+    original, _, adversarial, _, _ = attacks.attack(str(SNEAKER), "pgd", 0.03)
     change = np.abs(np.asarray(adversarial, dtype=int) - np.asarray(original, dtype=int)).max()
     assert 0 < change <= math.ceil(0.03 * 255) + 1
 
@@ -119,5 +164,5 @@ def test_card_figures_feed_the_about_sections_and_the_robustness_plot():
     at = lambda m, eps: next(r["accuracy"] for r in curves[m] if r["eps"] == eps)
     assert at("classifier", 0.1) < 0.2 < 0.6 < at("classifier-adv", 0.1)     # the point of adversarial training
     table = P.figures_markdown(["dcgan", "cgan"])
-    fids = [P.figures(name)["fid"] for name in ("dcgan", "cgan")]
+    fids = [P.card_figures(name)["fid"] for name in ("dcgan", "cgan")]
     assert f"| FID | {fids[0]:.4g} | {fids[1]:.4g} |" in table and "conditional accuracy" in table

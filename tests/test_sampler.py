@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import ROOT
 from core import pipeline as P
+from core import requests as R
 
 SNEAKER = str(ROOT / "apps" / "examples" / "7-sneaker.png")
 BOOT = str(ROOT / "apps" / "examples" / "9-ankle-boot.png")
@@ -133,15 +134,17 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/gan_interpolate", ("dcgan", 1, 2, 1, True, -1), "steps must be a whole number from 2 to 32"),
     ("/gan_interpolate", ("dcgan", 1, 2, 8, "yes", -1), "spherical must be true or false"),
     ("/gan_class_grid", ("dcgan", 10, 0), "the class grid needs a conditional GAN"),
+    ("/gan_sample", ("checkpoints/dcgan", 8, 0, -1), "cannot load model 'checkpoints/dcgan'"),   # no local folders
     ("/gan_class_grid", ("cgan", 11, 0), "per_class must be a whole number from 1 to 10"),
     ("/vae_sample", ("vae", 1e9, 0), "n must be a whole number from 1 to 64"),
     ("/vae_reconstruct", ("vae", None), "no image"),
-    ("/vae_reconstruct", ("vae", "empty"), "the file has 0 bytes"),
-    ("/vae_reconstruct", ("vae", "text"), "text.png is not a readable image"),
-    ("/vae_reconstruct", ("vae", "truncated"), "truncated.png is not a readable image"),
+    ("/vae_reconstruct", ("vae", "empty"), "the file is empty or larger than 10 MB"),
+    ("/vae_reconstruct", ("vae", "text"), "the file is not a readable image"),
+    ("/vae_reconstruct", ("vae", "truncated"), "the file is not a readable image"),
     ("/vae_latent_plane", ("huge",), "the image is 10000x10000 pixels"),
     ("/vae_interpolate", ("vae", SNEAKER, BOOT, 100), "steps must be a whole number from 2 to 32"),
-    ("/vae_compare", ("text", 0), "text.png is not a readable image"),
+    ("/vae_compare", ("text", 0), "the file is not a readable image"),
+    ("/ddpm_sample", ("ddpm", 1, 1000, "dpm_solver", 0, 0, -1, 1), "repeats timesteps"),
     ("/vae_traverse", ("vae", SNEAKER, 32, 3.0, 9), "dim must be a whole number from 0 to 31"),
     ("/vae_traverse", ("vae-2d", SNEAKER, 2, 3.0, 9), "dim must be a whole number from 0 to 1"),
     ("/vae_traverse", ("vae", SNEAKER, 0, -1.0, 9), "span must be a number from 0 to 10"),
@@ -170,7 +173,7 @@ def test_bad_input_answers_with_what_is_allowed(client, sampler_url, tmp_path):
         assert message in str(caught.value), (api_name, arguments, str(caught.value))
     assert len(BAD) >= 20
     big = tmp_path / "big.png"                                   # over launch(max_file_size="10mb"): refused on upload
-    big.write_bytes(b"\x89PNG" + bytes(P.MAX_UPLOAD_BYTES + 1))
+    big.write_bytes(b"\x89PNG" + bytes(R.MAX_UPLOAD_BYTES + 1))
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
         client.predict("vae", handle_file(str(big)), api_name="/vae_reconstruct")
     # the server survived all of it
@@ -194,6 +197,25 @@ def raw_call(url: str, api_name: str, body: str) -> str:
 def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     stream = raw_call(sampler_url, api_name, '{"data": %s}' % data)
     assert "event: error" in stream and message in stream, stream
+
+
+@pytest.mark.parametrize("api_name, before, after", [
+    ("vae_reconstruct", '"vae", ', ""), ("vae_latent_plane", "", ""), ("vae_compare", "", ", 0"),
+    ("vae_traverse", '"vae", ', ", 0, 3, 9"), ("vae_interpolate", '"vae", ', ', "%s", 8'),
+    ("cyclegan_translate", '"cyclegan", ', ', "a2b"'), ("fgsm_attack", '"classifier", ', ', "fgsm", 0.1, 0')])
+def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, after):
+    """An untagged dict or a bare string passes Gradio's checks when inputs are unprocessed: our code must refuse
+    every path outside the upload cache and the examples, with one message that says nothing about the file."""
+    sneaker = str(ROOT / "apps" / "examples" / "7-sneaker.png")
+    messages = set()
+    for path in ("/etc/passwd", "/etc/shadow", "/nonexistent.png", str(ROOT / "README.md"),
+                 str(ROOT / "apps" / "examples" / ".." / ".." / "checkpoints" / "dcgan" / "samples.png")):
+        for value in ('{"path": "%s"}' % path, '"%s"' % path):
+            data = before + value + (after % sneaker if "%s" in after else after)
+            stream = raw_call(sampler_url, api_name, '{"data": [%s]}' % data)
+            assert "event: error" in stream and "root:" not in stream, stream
+            messages.add(stream.split("event: error", 1)[1])
+    assert len(messages) == 1 and "not uploaded to this app" in messages.pop()
 
 
 def test_files_outside_the_upload_folder_are_refused(sampler_url):

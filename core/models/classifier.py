@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from core.attacks import fgsm, pgd, robustness_curve
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
-from core.train import TrainableModel
+from core.metrics import Yardstick
+from core.model import TrainableModel
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Classifier(TrainableModel):
     """CNN image classifier with optional FGSM adversarial training."""
     config_class = ClassifierConfig
     pipeline_tag = "image-classification"
+    uses_yardstick = False
     card_description = """
 A small CNN classifier trained from scratch with genlab (`core/models/classifier.py`). It is the target of the FGSM
 and PGD attacks in `core/attacks.py` and the feature network of genlab's in-domain FID/KID/precision/recall
@@ -99,10 +101,10 @@ pixel by at most 25.5 grey levels of 255).
             x = pgd(self, x, y, eps, steps=1, alpha=self.config.adversarial_alpha * eps, random_start=True)
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        return {"loss/train": self.update(self.optimizer, loss),
+        return {"loss/train": self.optimizer_step(self.optimizer, loss),
                 "accuracy/train": (logits.detach().argmax(1) == y).float().mean()}
 
-    def evaluate(self, data: ImageData, batch_size: int = 1000) -> dict[str, float]:
+    def evaluate(self, data: ImageData, yardstick: Yardstick | None = None, batch_size: int = 1000) -> dict[str, float]:
         """Test loss, accuracy, and accuracy under FGSM at ε = 0.1 (core.attacks.robustness_curve)."""
         device = next(self.parameters()).device
         loss = sum(F.cross_entropy(self(b.images.to(device)), b.labels.to(device), reduction="sum").item()

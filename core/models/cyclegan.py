@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from core import losses, metrics
 from core.config import TrainConfig, option
 from core.data import FASHION_CLASSES, Batch, ImageData
-from core.train import TrainableModel
+from core.metrics import Yardstick
+from core.model import TrainableModel
 
 
 @dataclass(frozen=True)
@@ -170,16 +171,14 @@ test images with real test images of the target domain on that classifier's feat
             return {}
         for d in (self.discriminator_a, self.discriminator_b):
             d.requires_grad_(False)                   # G's step must not accumulate gradients into D
-        with self.autocast():
-            parts = self.generator_losses(real_a, real_b)
-        g_loss = self.update(self.generator_optimizer, parts["total"])
+        parts = self.generator_losses(real_a, real_b)
+        g_loss = self.optimizer_step(self.generator_optimizer, parts["total"])
         for d in (self.discriminator_a, self.discriminator_b):
             d.requires_grad_(True)
         fake_a, fake_b = self.pool_a.query(parts["fake_a"]), self.pool_b.query(parts["fake_b"])
-        with self.autocast():
-            d_loss = (losses.discriminator_loss("lsgan", self.discriminator_a, real_a, fake_a)
-                      + losses.discriminator_loss("lsgan", self.discriminator_b, real_b, fake_b))
-        d_loss = self.update(self.discriminator_optimizer, d_loss)
+        d_loss = (losses.discriminator_loss("lsgan", self.discriminator_a, real_a, fake_a)
+                  + losses.discriminator_loss("lsgan", self.discriminator_b, real_b, fake_b))
+        d_loss = self.optimizer_step(self.discriminator_optimizer, d_loss)
         return {"loss/generators": g_loss, "loss/discriminators": d_loss, "loss/cycle": parts["cycle"].detach(),
                 "loss/identity": parts["identity"].detach(), "loss/adversarial": parts["adversarial"].detach()}
 
@@ -217,12 +216,12 @@ test images with real test images of the target domain on that classifier's feat
         rows = [a, *self.translate(a, "a2b"), b, *self.translate(b, "b2a")]
         return torch.cat(rows)
 
-    def evaluate(self, data: ImageData) -> dict[str, float]:
+    def evaluate(self, data: ImageData, yardstick: Yardstick) -> dict[str, float]:
         """Both directions: domain accuracy, cycle L1 error ([0, 1] pixel units) and FID against the target domain.
         Classifier-based figures only on Fashion-MNIST (the metric classifier knows nothing else)."""
         a, b = self.domains(data)
         results = {}
-        classifier = metrics.metric_classifier() if data.name == "fashion-mnist" else None
+        classifier = yardstick.network if data.name == "fashion-mnist" else None
         for name, source, target, label, direction in (("a2b", a, b, self.config.domain_b, "a2b"),
                                                        ("b2a", b, a, self.config.domain_a, "b2a")):
             translated, reconstructed = self.translate(source, direction)

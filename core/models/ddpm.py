@@ -25,16 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core import metrics
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
+from core.metrics import Yardstick
+from core.model import TrainableModel
 from core.models.unet import UNet
 from core.nn import EMA
 from core.schedulers import SCHEDULERS, DDPMScheduler
 from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES
-from core.train import TrainableModel
 
-MAX_STEPS = 1000
+MAX_STEPS = 1000                 # sampling steps: at most the training timesteps of the default schedule
+GUIDANCE_RANGE = (0.0, 20.0)     # classifier-free guidance scale w (1: no guidance)
+ETA_RANGE = (0.0, 1.0)           # DDIM's η: 0 deterministic, 1 DDPM-like
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,9 @@ comparable with Inception-FIDs from papers.
         if self.conditional:         # classifier-free guidance: train the null label K on a fraction of the batch
             drop = torch.rand(len(x0), device=x0.device) < self.config.label_dropout
             labels = torch.where(drop, torch.full_like(batch.labels, self.config.num_classes), batch.labels)
-        with self.autocast():
-            prediction = self.unet(x_t, t, labels)
+        prediction = self.unet(x_t, t, labels)
         loss = F.mse_loss(prediction.float(), target)
-        loss = self.update(self.optimizer, loss)
+        loss = self.optimizer_step(self.optimizer, loss)
         if self.ema is not None:
             self.ema.update(self.unet)
         return {"loss/denoise": loss}
@@ -147,11 +148,11 @@ comparable with Inception-FIDs from papers.
         defaults = {"thresholding": True} if name == "dpm_solver" else {}
         return SCHEDULERS[name].from_config(self.config.scheduler_config(), **{**defaults, **options})
 
-    def predict(self, x_t: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float,
-                bf16: bool = False) -> Tensor:
-        """f_θ(x_t, t, y) with classifier-free guidance; one batched forward pass for both halves when w ≠ 1."""
+    def predict(self, x_t: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float) -> Tensor:
+        """f_θ(x_t, t, y) with classifier-free guidance, in the model's precision; one batched forward pass for
+        both halves when w ≠ 1."""
         net = self.denoiser
-        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with self.autocast():
             if labels is None or guidance_scale == 1.0:
                 return net(x_t, t, labels).float()
             null = torch.full_like(labels, self.config.num_classes)
@@ -172,16 +173,16 @@ comparable with Inception-FIDs from papers.
 
     @torch.no_grad()
     def denoise(self, n: int = 16, steps: int = 20, scheduler="dpm_solver", seed: int = 0, guidance_scale: float = 1.0,
-                label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None,
-                bf16: bool = False) -> Iterator[tuple[int, Tensor, Tensor]]:
+                label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None
+                ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Yield (step index, x_t, x̂_0 or None) after every reverse step; `scheduler` is a name or any object with
         the diffusers scheduler API (ours or diffusers' own). x_T comes from `seed` unless `noise` is given."""
         if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
-        if not math.isfinite(guidance_scale) or not 0.0 <= guidance_scale <= 20.0:
-            raise ValueError(f"guidance_scale must lie in [0, 20], got {guidance_scale}")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {eta}")
+        if not math.isfinite(guidance_scale) or not GUIDANCE_RANGE[0] <= guidance_scale <= GUIDANCE_RANGE[1]:
+            raise ValueError(f"guidance_scale must lie in [{GUIDANCE_RANGE[0]:g}, {GUIDANCE_RANGE[1]:g}], got {guidance_scale}")
+        if not ETA_RANGE[0] <= eta <= ETA_RANGE[1]:
+            raise ValueError(f"eta must lie in [{ETA_RANGE[0]:g}, {ETA_RANGE[1]:g}], got {eta}")
         scheduler = self.scheduler(scheduler) if isinstance(scheduler, str) else scheduler
         device = self.fixed_noise.device
         labels = self.labels_for(n, label)
@@ -192,14 +193,14 @@ comparable with Inception-FIDs from papers.
         extra = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
         for i, t in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(x, t)
-            output = self.predict(model_input, t.to(device), labels, guidance_scale, bf16)
+            output = self.predict(model_input, t.to(device), labels, guidance_scale)
             result = scheduler.step(output, t, x, generator=generator, **extra)
             x = result.prev_sample
             yield i, x, getattr(result, "pred_original_sample", None)
 
     def sample(self, n: int = 16, steps: int = 20, scheduler="dpm_solver", seed: int = 0, guidance_scale: float = 1.0,
                label: int | Tensor | None = None, eta: float = 0.0, return_intermediates: bool = False,
-               batch_size: int = 256, bf16: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+               batch_size: int = 256) -> Tensor | tuple[Tensor, Tensor]:
         """n images in [-1, 1]. With return_intermediates, also x_t after every step, (steps, n, C, H, W), for an
         animation of the denoising. Large n runs in chunks of batch_size with one seed per chunk."""
         if not isinstance(n, int) or n < 1:
@@ -210,7 +211,7 @@ comparable with Inception-FIDs from papers.
             size = min(batch_size, n - start)
             part = labels[start:start + size] if labels is not None else None
             trajectory = []
-            for _, x, _ in self.denoise(size, steps, scheduler, seed + c, guidance_scale, part, eta, bf16=bf16):
+            for _, x, _ in self.denoise(size, steps, scheduler, seed + c, guidance_scale, part, eta):
                 if return_intermediates:
                     trajectory.append(x.cpu())
             if return_intermediates:
@@ -226,17 +227,12 @@ comparable with Inception-FIDs from papers.
         labels = torch.arange(side).repeat_interleave(side) if self.conditional else None
         guidance = self.config.eval_guidance if self.conditional else 1.0
         for _, x, _ in self.denoise(len(self.fixed_noise), self.config.eval_steps, "dpm_solver", 0, guidance, labels,
-                                    noise=self.fixed_noise, bf16=self._bf16()):
+                                    noise=self.fixed_noise):
             pass
         return x.clamp(-1, 1).cpu()
 
-    def evaluate(self, data: ImageData) -> dict[str, float]:
+    def evaluate(self, data: ImageData, yardstick: Yardstick) -> dict[str, float]:
         """FID/KID, precision/recall, coverage (conditional accuracy) of len(data) DPM-Solver++ samples vs data."""
-        classifier = metrics.metric_classifier()
-        reference = metrics.reference_for(classifier, data)
         guidance = self.config.eval_guidance if self.conditional else 1.0
-        images = self.sample(len(data), self.config.eval_steps, "dpm_solver", 0, guidance, bf16=self._bf16())
-        return metrics.sample_quality(classifier, reference, images, self.labels_for(len(data), None))
-
-    def _bf16(self) -> bool:
-        return self.mixed_precision == "bf16"
+        images = self.sample(len(data), self.config.eval_steps, "dpm_solver", 0, guidance)
+        return yardstick.score(images, data, self.labels_for(len(data), None))

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from core import losses, metrics
+from core import losses
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
+from core.metrics import Yardstick
+from core.model import TrainableModel
 from core.nn import EMA
-from core.train import TrainableModel
 
 ARCHITECTURES = ("mlp", "dcgan")
 
@@ -174,10 +175,10 @@ genlab models with each other and are not comparable with Inception-FIDs from pa
         fake = self.generator(z, labels)
         c = self.config
         d_loss = losses.discriminator_loss(c.loss, critic, real, fake, c.gp_weight, c.r_gamma)
-        logs = {"loss/discriminator": self.update(self.discriminator_optimizer, d_loss)}
+        logs = {"loss/discriminator": self.optimizer_step(self.discriminator_optimizer, d_loss)}
         if step % c.critic_steps == c.critic_steps - 1:
             g_loss = losses.generator_loss(c.loss, critic, real, fake)
-            logs["loss/generator"] = self.update(self.generator_optimizer, g_loss)
+            logs["loss/generator"] = self.optimizer_step(self.generator_optimizer, g_loss)
             self.ema.update(self.generator)
         return logs
 
@@ -222,10 +223,6 @@ genlab models with each other and are not comparable with Inception-FIDs from pa
         labels = torch.arange(side).repeat_interleave(side) if self.conditional else None
         return self.generate(self.fixed_noise, labels)
 
-    def evaluate(self, data: ImageData) -> dict[str, float]:
+    def evaluate(self, data: ImageData, yardstick: Yardstick) -> dict[str, float]:
         """FID/KID, precision/recall, class coverage (and conditional accuracy) of len(data) samples vs data."""
-        classifier = metrics.metric_classifier()
-        reference = metrics.reference_for(classifier, data)
-        labels = self.default_labels(len(data))
-        images = self.sample(len(data), seed=0)
-        return metrics.sample_quality(classifier, reference, images, labels)
+        return yardstick.score(self.sample(len(data), seed=0), data, self.default_labels(len(data)))

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core import metrics
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
-from core.train import TrainableModel
+from core.metrics import Yardstick
+from core.model import TrainableModel
 
 KINDS = ("vae", "ae")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
@@ -188,9 +188,8 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
                 "neg_elbo": (nll + kl).mean().detach()}
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        with self.autocast():
-            parts = self.losses(batch.images, step)
-        loss = self.update(self.optimizer, parts.pop("loss"))
+        parts = self.losses(batch.images, step)
+        loss = self.optimizer_step(self.optimizer, parts.pop("loss"))
         return {"loss/total": loss, **{f"loss/{k}": v for k, v in parts.items()}}
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -229,12 +228,9 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
     def eval_images(self, data: ImageData) -> Tensor:
         return self.decode(self.prior_sample(self.fixed_latents, seed=1234)).cpu()
 
-    def evaluate(self, data: ImageData) -> dict[str, float]:
+    def evaluate(self, data: ImageData, yardstick: Yardstick) -> dict[str, float]:
         """Likelihood bounds (or MSE), and FID/KID/precision/recall/coverage of len(data) prior samples."""
-        classifier = metrics.metric_classifier()
-        reference = metrics.reference_for(classifier, data)
-        return {**self.likelihood_bounds(data), **metrics.sample_quality(classifier, reference,
-                                                                        self.sample(len(data), seed=0))}
+        return {**self.likelihood_bounds(data), **yardstick.score(self.sample(len(data), seed=0), data)}
 
     # ------------------------------------------------------------------------------- latent tools for the apps
     @torch.no_grad()

@@ -112,6 +112,7 @@ def test_training_run_exports_ema_weights_and_a_diffusers_scheduler_config(tmp_c
     assert loaded.ema is None and loaded.config.ema_decay == 0.0          # the EMA is the shipped weights
     for key, value in model.ema.average.state_dict().items():
         torch.testing.assert_close(loaded.unet.state_dict()[key], value)
+    loaded.set_precision(model.precision)          # the run's bf16 stays on the trained model; sample alike
     torch.testing.assert_close(loaded.sample(2, steps=3, seed=1), model.sample(2, steps=3, seed=1))
     scheduler = diffusers.DDPMScheduler.from_pretrained(folder)
     assert scheduler.config.num_train_timesteps == 1000

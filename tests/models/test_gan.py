@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from core.config import TrainConfig
+from core.evaluate import metric_yardstick
 from core.losses import NO_BATCH_NORM
 from core.models.gan import GAN, GANConfig, slerp
 from core.nn import EMA
@@ -110,7 +111,7 @@ def test_the_loop_keeps_the_discriminator_learning_rate_ratio(tiny_config):
     from dataclasses import replace
     from core.train import train
     model = GAN(GANConfig(architecture="mlp", image_size=8, d_lr_ratio=0.25))
-    model.evaluate = lambda data: {}
+    model.evaluate = lambda data, yardstick: {}
     train(model, replace(tiny_config, max_steps=2, lr=4e-4, lr_schedule="cosine"), "gan")
     generator_lr = model.generator_optimizer.param_groups[0]["lr"]
     assert generator_lr > 0
@@ -120,7 +121,7 @@ def test_the_loop_keeps_the_discriminator_learning_rate_ratio(tiny_config):
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_evaluate_reports_every_metric(digits_test, num_classes):
     model = GAN(GANConfig(architecture="mlp", image_size=8, num_classes=num_classes)).eval()
-    scores = model.evaluate(digits_test.select(torch.arange(200)))
+    scores = model.evaluate(digits_test.select(torch.arange(200)), metric_yardstick())
     expected = {"fid", "kid", "kid_std", "precision", "recall", "classes_covered", "kl_to_uniform"}
     assert set(scores) == expected | ({"conditional_accuracy"} if num_classes else set())
     assert scores["fid"] > 0 and 0 <= scores["precision"] <= 1 and 1 <= scores["classes_covered"] <= 10

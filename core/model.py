@@ -1,0 +1,121 @@
+"""The model contract: what the training loop, the evaluation and the apps ask of every model family.
+
+A family is one `TrainableModel` subclass in core/models/, registered in core.families. It brings:
+    configure_optimizers(cfg) -> {name: optimizer}
+    training_step(batch, step) -> {name: detached loss}   its forward passes and `optimizer_step` calls (a GAN has two)
+    evaluate(data, yardstick) -> {name: figure}           optional; `yardstick` (core.metrics) scores images
+    eval_images(data) -> images in [-1, 1] or None         optional; the grid logged at each evaluation
+    exported() -> the model written to the final Hub folder (a DDPM keeps its EMA weights only)
+and inherits the Hub checkpoint format (core.checkpoint).
+
+Precision has one carrier, `model.precision` ("no" or "bf16"). Whoever drives the model sets it (the loop from
+--mixed-precision, an app for sampling); `run_training_step` enters `autocast()` around the whole training step, so
+every forward pass of every family runs in that precision without the family having to remember it, and
+`optimizer_step` leaves autocast for the backward pass and the optimizer step, which stay float32. Sampling code enters
+`autocast()` itself. This module imports nothing of the loop: models sit below core.train, not above it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from core.checkpoint import HubModel
+from core.config import PRECISIONS, TrainConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from core.data import Batch, ImageData
+    from core.metrics import Yardstick
+
+
+class TrainableModel(HubModel):
+    """What the loop asks of a family. `self.accelerator` is set by the loop before training starts."""
+    config_class: type
+    pipeline_tag: str
+    card_description: str = ""
+    card_samples_caption: str = ""
+    uses_yardstick: bool = True        # evaluate() scores images with the metric classifier's features
+    accelerator: "Accelerator | None" = None
+    precision: str = "no"
+
+    def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def training_step(self, batch: "Batch", step: int) -> dict[str, Tensor]:
+        """One step: forward passes, `optimizer_step` calls; return detached scalar losses to log (no .item())."""
+        raise NotImplementedError
+
+    def evaluate(self, data: "ImageData", yardstick: "Yardstick | None" = None) -> dict[str, float]:
+        return {}
+
+    def eval_images(self, data: "ImageData") -> Tensor | None:
+        """Images in [-1, 1] for the grid logged at each evaluation (fixed inputs, so grids compare over time)."""
+        return None
+
+    def exported(self) -> "TrainableModel":
+        """The model written to the run's final Hub folder; a family may drop what sampling does not need."""
+        return self
+
+    # ---------------------------------------------------------------------------------------------- precision
+    def set_precision(self, precision: str) -> "TrainableModel":
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        return self
+
+    @property
+    def device_type(self) -> str:
+        return next(self.parameters()).device.type
+
+    def autocast(self):
+        """The forward-pass precision: bf16 autocast when `precision` is "bf16", else a no-op."""
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=torch.bfloat16)
+
+    def run_training_step(self, batch: "Batch", step: int) -> dict[str, Tensor]:
+        """The loop's entry point: `training_step` with every forward pass in the model's precision."""
+        with self.autocast():
+            return self.training_step(batch, step)
+
+    # ------------------------------------------------------------------------------------------ optimizer steps
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
+        """zero_grad, backward, average gradients over processes, step, all in float32 (autocast off).
+        Returns the detached loss."""
+        optimizer.zero_grad(set_to_none=True)
+        accelerator = self.accelerator
+        with torch.autocast(self.device_type, enabled=False):
+            if accelerator is None:
+                loss.backward()
+            else:
+                accelerator.backward(loss)
+                if accelerator.num_processes > 1:
+                    average_gradients(accelerator, optimizer)
+            optimizer.step()
+        return loss.detach()
+
+
+def average_gradients(accelerator: "Accelerator", optimizer: torch.optim.Optimizer) -> None:
+    """All-reduce (mean) the optimizer's gradients over processes as one flat tensor, so every copy steps alike."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+    for grad, averaged in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(averaged)
+
+
+@functools.cache
+def fast_precision() -> str:
+    """"bf16" where the CPU has AMX (bf16 matmuls 2-3x faster than float32 here), else "no": on other CPUs bf16
+    autocast is slower than float32. For sampling; training takes --mixed-precision."""
+    if torch.cuda.is_available():
+        return "bf16"
+    try:
+        return "bf16" if "amx_bf16" in Path("/proc/cpuinfo").read_text() else "no"
+    except OSError:
+        return "no"
