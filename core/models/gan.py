@@ -177,8 +177,10 @@ genlab models with each other and are not comparable with Inception-FIDs from pa
         d_loss = losses.discriminator_loss(c.loss, critic, real, fake, c.gp_weight, c.r_gamma)
         logs = {"loss/discriminator": self.optimizer_step(self.discriminator_optimizer, d_loss)}
         if step % c.critic_steps == c.critic_steps - 1:
+            self.discriminator.requires_grad_(False)        # G's step needs ∂D/∂x only, not D's weight gradients
             g_loss = losses.generator_loss(c.loss, critic, real, fake)
             logs["loss/generator"] = self.optimizer_step(self.generator_optimizer, g_loss)
+            self.discriminator.requires_grad_(True)
             self.ema.update(self.generator)
         return logs
 

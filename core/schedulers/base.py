@@ -90,6 +90,27 @@ def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
     return (torch.clamp(flat, -s, s) / s).reshape(shape).to(dtype)
 
 
+def predicted_x0(prediction_type: str, model_output: Tensor, sample: Tensor, alpha, sigma) -> Tensor:
+    """x̂_0 from the network's output, solving x_t = α x_0 + σ ε (α = √ᾱ_t, σ = √(1 − ᾱ_t)) for x_0:
+    ε-prediction x̂_0 = (x_t − σ ε̂)/α (Ho et al. Eq. 15); x_0-prediction as is; v-prediction x̂_0 = α x_t − σ v̂
+    (Salimans & Ho 2022, Sec. 4). Written in diffusers' order of operations, so results agree bit for bit."""
+    if prediction_type == "epsilon":
+        return (sample - sigma * model_output) / alpha
+    if prediction_type == "sample":
+        return model_output
+    return alpha * sample - sigma * model_output
+
+
+def predicted_eps(prediction_type: str, model_output: Tensor, sample: Tensor, alpha, sigma, x0: Tensor) -> Tensor:
+    """ε̂ from the same output (x0 = predicted_x0 of it): ε-prediction as is; x_0-prediction ε̂ = (x_t − α x̂_0)/σ;
+    v-prediction ε̂ = α v̂ + σ x_t."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "sample":
+        return (sample - alpha * x0) / sigma
+    return alpha * model_output + sigma * sample
+
+
 def step_noise(sample: Tensor, generator: torch.Generator | None) -> Tensor:
     """ε ~ N(0, I) shaped like `sample`, drawn on the generator's device (as diffusers' randn_tensor draws)."""
     device = generator.device if generator is not None else sample.device

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput, spaced_timesteps, step_noise
+from core.schedulers.base import (Scheduler, SchedulerOutput, predicted_eps, predicted_x0, spaced_timesteps,
+                                  step_noise)
 
 
 class DDIMScheduler(Scheduler):
@@ -38,6 +39,8 @@ class DDIMScheduler(Scheduler):
     def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
              variance_noise: Tensor | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """x_t → x_{t'} by Eq. 12. diffusers' names: alpha_prod_t = ᾱ_t, alpha_prod_t_prev = ᾱ_{t'},
+        beta_prod_t = 1 − ᾱ_t, std_dev_t = σ_t (Eq. 16), pred_original_sample = x̂_0, pred_epsilon = ε̂."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step")
         t = int(timestep)
@@ -45,15 +48,9 @@ class DDIMScheduler(Scheduler):
         alpha_prod_t, alpha_prod_t_prev = self._alpha_prod(t), self._alpha_prod(prev_t)
         beta_prod_t = 1 - alpha_prod_t
         # x̂_0 and ε̂ from the model output, whichever of ε, x_0, v it predicts
-        p = self.config.prediction_type
-        if p == "epsilon":
-            x0, eps = (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5, model_output
-        elif p == "sample":
-            x0 = model_output
-            eps = (sample - alpha_prod_t ** 0.5 * x0) / beta_prod_t ** 0.5
-        else:
-            x0 = alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output
-            eps = alpha_prod_t ** 0.5 * model_output + beta_prod_t ** 0.5 * sample
+        p, alpha, sigma = self.config.prediction_type, alpha_prod_t ** 0.5, beta_prod_t ** 0.5
+        x0 = predicted_x0(p, model_output, sample, alpha, sigma)
+        eps = predicted_eps(p, model_output, sample, alpha, sigma, x0)
         x0 = self._limit_x0(x0)
         # σ_t, Eq. 16
         variance = (1 - alpha_prod_t_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_t_prev)

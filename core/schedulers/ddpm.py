@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput, spaced_timesteps, step_noise
+from core.schedulers.base import Scheduler, SchedulerOutput, predicted_x0, spaced_timesteps, step_noise
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
@@ -49,6 +49,9 @@ class DDPMScheduler(Scheduler):
 
     def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """x_t → x_{t'} by Eqs. 6-7. diffusers' names: alpha_prod_t = ᾱ_t, alpha_prod_t_prev = ᾱ_{t'},
+        beta_prod_t = 1 − ᾱ_t, current_alpha_t = α̃ = ᾱ_t/ᾱ_{t'}, current_beta_t = β̃, pred_original_sample = x̂_0,
+        pred_original_sample_coeff and current_sample_coeff = the two weights of μ̃."""
         t = int(timestep)
         prev_t = self.previous_timestep(t)
         c = self.config
@@ -59,13 +62,8 @@ class DDPMScheduler(Scheduler):
         current_alpha_t = alpha_prod_t / alpha_prod_t_prev
         current_beta_t = 1 - current_alpha_t
         # 2. x̂_0 from the model output (Eq. 15 for ε), then 3. clip or threshold it
-        if c.prediction_type == "epsilon":
-            x0 = (sample - beta_prod_t ** 0.5 * model_output) / alpha_prod_t ** 0.5
-        elif c.prediction_type == "sample":
-            x0 = model_output
-        else:
-            x0 = alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * model_output
-        x0 = self._limit_x0(x0)
+        x0 = self._limit_x0(predicted_x0(c.prediction_type, model_output, sample, alpha_prod_t ** 0.5,
+                                         beta_prod_t ** 0.5))
         # 4-5. the posterior mean μ̃(x_t, x̂_0), Eq. 7
         x0_coeff = alpha_prod_t_prev ** 0.5 * current_beta_t / beta_prod_t
         xt_coeff = current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput, expand
+from core.schedulers.base import Scheduler, SchedulerOutput, expand, predicted_x0
 
 
 class DPMSolverMultistepScheduler(Scheduler):
@@ -97,13 +97,8 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
         """The data prediction x̂_0 that DPM-Solver++ integrates, from an ε, x_0 or v prediction."""
-        p = self.config.prediction_type
-        if p == "sample":
-            x0 = model_output
-        else:
-            alpha_t, sigma_t = self._alpha_sigma(self.sigmas[self._step_index])
-            x0 = (sample - sigma_t * model_output) / alpha_t if p == "epsilon" else alpha_t * sample - sigma_t * model_output
-        return self._limit_x0(x0)
+        alpha_t, sigma_t = self._alpha_sigma(self.sigmas[self._step_index])
+        return self._limit_x0(predicted_x0(self.config.prediction_type, model_output, sample, alpha_t, sigma_t))
 
     def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
