@@ -3,8 +3,8 @@
 Watches run directories while core.train writes them: a table of runs, live curves (losses per network, learning
 rate, images/s, each evaluation metric), several runs overlaid with their configs compared, the logged sample grids
 on a slider, and a health panel (class coverage for mode collapse, D-vs-G balance, non-finite values, stalls).
-It only reads files (core.runs); it never imports a model. Starting runs from the page is off unless
-GENLAB_MONITOR_LAUNCH=1, so a public deployment cannot be made to run jobs.
+It only reads files (core.runs); only the opt-in launcher imports the family registry (core.families). Starting
+runs from the page is off unless GENLAB_MONITOR_LAUNCH=1, so a public deployment cannot be made to run jobs.
 """
 import argparse
 import os
@@ -21,7 +21,6 @@ from PIL import Image, UnidentifiedImageError
 from core import runs as R
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("gan", "vae", "ddpm", "classifier", "cyclegan")
 
 
 def cli_runs_dir() -> str:
@@ -112,8 +111,9 @@ def launcher(runs_dir: Path) -> None:
     if os.environ.get("GENLAB_MONITOR_LAUNCH") != "1":
         st.caption("Starting runs from this page is off (set GENLAB_MONITOR_LAUNCH=1 on a machine you own).")
         return
+    from core.families import FAMILIES        # here, not at the top: the read-only monitor never loads torch
     with st.form("launch"):
-        family = st.selectbox("family", FAMILIES)
+        family = st.selectbox("family", list(FAMILIES))
         dataset = st.selectbox("dataset", ("digits", "fashion-mnist", "mnist"))
         steps = st.number_input("max steps", 10, 100_000, 200)
         stamp = st.session_state.setdefault("launch_stamp", time.strftime("%H%M%S"))   # a default that changed

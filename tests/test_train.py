@@ -15,6 +15,7 @@ from conftest import ROOT
 from core.config import TrainConfig
 from core.hub import load_model
 from core.models.classifier import Classifier, ClassifierConfig
+from core.models.gan import GAN, GANConfig
 from core.train import NonFiniteLoss, latest_checkpoint, lr_factor, main, train
 
 
@@ -149,3 +150,31 @@ def test_two_processes_with_accelerate_keep_identical_weights(tmp_path):
     run_dir = tmp_path / "dist"
     assert json.loads((run_dir / "config.json").read_text())["num_processes"] == 2
     assert [m["step"] for m in read_metrics(run_dir) if "loss/train" in m] == [4, 8]     # rank 0 alone wrote
+
+
+def test_two_nodes_with_torchrun_equal_one_process_on_the_doubled_batch(tmp_path):
+    """Two nodes (torchrun --nnodes 2, one process each, gloo over 127.0.0.1) train an R3GAN, whose R1/R2 penalties
+    need a double backward, through the real loop; the weights equal one process trained on both nodes' shards."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = [str(ROOT / "tests" / "multinode_worker.py"), str(tmp_path)]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               *worker, "nodes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=ROOT) for rank in (0, 1)]
+    single = subprocess.run([sys.executable, *worker, "single"], capture_output=True, text=True, env=env, cwd=ROOT,
+                            timeout=300)
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [(node.returncode, err[-1500:]) for node, (_, err) in zip(nodes, outputs)]
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert json.loads((tmp_path / "nodes" / "config.json").read_text())["num_processes"] == 2
+    two = safetensors.torch.load_file(str(tmp_path / "nodes" / "model" / "model.safetensors"))
+    one = safetensors.torch.load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
+    assert two.keys() == one.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    torch.manual_seed(0)                                  # the worker's initial weights: training moved them
+    initial = GAN(GANConfig(architecture="mlp", loss="r3gan", image_size=8, latent_dim=16)).state_dict()
+    assert not torch.allclose(one["generator.net.0.weight"], initial["generator.net.0.weight"])

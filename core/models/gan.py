@@ -155,6 +155,10 @@ genlab models with each other and are not comparable with Inception-FIDs from pa
     def latent(self, n: int, seed: int) -> Tensor:
         return torch.randn(n, self.config.latent_dim, generator=torch.Generator().manual_seed(seed))
 
+    def training_latent(self, real: Tensor) -> Tensor:
+        """z ~ N(0, I), one per real image of the batch, from the training RNG stream."""
+        return torch.randn(len(real), self.config.latent_dim, device=real.device)
+
     def default_labels(self, n: int) -> Tensor | None:
         """Labels 0, 1, ..., K-1, 0, ... for conditional sampling; None for an unconditional GAN."""
         return torch.arange(n) % self.config.num_classes if self.conditional else None
@@ -171,8 +175,7 @@ genlab models with each other and are not comparable with Inception-FIDs from pa
         real = batch.images
         labels = batch.labels if self.conditional else None
         critic = lambda x: self.discriminator(x, labels)
-        z = torch.randn(len(real), self.config.latent_dim, device=real.device)
-        fake = self.generator(z, labels)
+        fake = self.generator(self.training_latent(real), labels)
         c = self.config
         d_loss = losses.discriminator_loss(c.loss, critic, real, fake, c.gp_weight, c.r_gamma)
         logs = {"loss/discriminator": self.optimizer_step(self.discriminator_optimizer, d_loss)}
