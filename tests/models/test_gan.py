@@ -6,7 +6,6 @@ from core.config import TrainConfig
 from core.evaluate import metric_yardstick
 from core.losses import NO_BATCH_NORM
 from core.models.gan import GAN, GANConfig, slerp
-from core.nn import EMA
 
 LOSSES = ("bce", "wgan-gp", "r3gan", "hinge")
 
@@ -72,23 +71,6 @@ def test_class_grid_rows_are_classes_and_labels_are_checked():
         model.sample(2, labels=torch.tensor([0, 10]))
     with pytest.raises(ValueError, match="conditional"):
         GAN(GANConfig(architecture="mlp", image_size=8)).class_grid()
-
-
-def test_ema_moves_toward_the_network():
-    network = nn.Linear(2, 2)
-    ema = EMA(network, decay=0.9)
-    before = ema.average.weight.clone()
-    with torch.no_grad():
-        network.weight.add_(1.0)
-    ema.update(network)                             # warm-up: β = min(0.9, 1/10) = 0.1 on the first update
-    torch.testing.assert_close(ema.average.weight, before + 0.9)
-    for _ in range(100):
-        ema.update(network)
-    with torch.no_grad():
-        network.weight.add_(1.0)
-    ema.update(network)                             # warmed up: β = 0.9
-    torch.testing.assert_close(ema.average.weight, network.weight - 0.9, atol=1e-4, rtol=0)
-    assert not ema.average.weight.requires_grad and not ema.train().average.training
 
 
 def test_conditional_gan_draws_the_class_it_is_asked_for(digits, digits_classifier):
