@@ -62,6 +62,18 @@ class TrainableModel(HubModel):
         """The model written to the run's final Hub folder; a family may drop what sampling does not need."""
         return self
 
+    def check_data(self, shape: tuple[int, int, int]) -> None:
+        """Refuse, before any step, images of a shape (C, H, W) the model was not built for; the message names the
+        options that fix it. (The CLI builds models from the data's shape unless told otherwise.)"""
+        config, (channels, height, width) = self.config, shape
+        wrong = [f"--channels {channels}"] if getattr(config, "channels", channels) != channels else []
+        if hasattr(config, "image_size") and (height, width) != (config.image_size,) * 2:
+            wrong.append(f"--image-size {height}" if height == width else "--pad-to (square images)")
+        if wrong:
+            built = f"{getattr(config, 'channels', '?')}x{getattr(config, 'image_size', 'H')}x..."
+            raise ValueError(f"the data's images are {channels}x{height}x{width} but this {type(self).__name__} is "
+                             f"built for {built}: pass {' '.join(wrong)}")
+
     # ---------------------------------------------------------------------------------------------- precision
     def set_precision(self, precision: str) -> "TrainableModel":
         if precision not in PRECISIONS:

@@ -17,6 +17,7 @@ Run directory:  config.json  metrics.jsonl  status.json  samples/step-*.png
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -191,6 +192,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     data, eval_data = training_data(cfg, data, eval_data)
+    model.check_data(data.image_shape)
     per_process = cfg.batch_size // world
     steps_per_epoch = len(data) // world // per_process
     if steps_per_epoch == 0:
@@ -344,10 +346,20 @@ def main(argv: list[str] | None = None) -> Path:
         train_base = from_json(TrainConfig, saved["train"])
         model_base = from_json(cls.config_class, saved["model"])
     cfg = pick_options(args, TrainConfig, train_base)
-    model_cfg = pick_options(args, cls.config_class, model_base)
+    data, eval_data = training_data(cfg, None, None)
+    model_cfg = pick_options(args, cls.config_class, model_base or shaped_like(cls.config_class, data.image_shape))
     torch.manual_seed(cfg.seed)
-    return train(cls(model_cfg), cfg, args.family, resume=args.resume,
+    return train(cls(model_cfg), cfg, args.family, resume=args.resume, data=data, eval_data=eval_data,
                  command="python -m core.train " + " ".join(argv))
+
+
+def shaped_like(config_class, shape: tuple[int, int, int]):
+    """The family's default config with `channels` and a square `image_size` taken from the data's (C, H, W)."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    sizes = {"channels": shape[0]} if "channels" in fields else {}
+    if "image_size" in fields and shape[1] == shape[2]:
+        sizes["image_size"] = shape[1]
+    return config_class(**sizes)
 
 
 if __name__ == "__main__":

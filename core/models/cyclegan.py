@@ -152,6 +152,12 @@ test images with real test images of the target domain on that classifier's feat
                              f"{self.config.domain_b}")
         return batch.images[a], batch.images[b]
 
+    def check_data(self, shape: tuple[int, int, int]) -> None:
+        super().check_data(shape)
+        if min(shape[1:]) < 16 or shape[1] % 4 or shape[2] % 4:
+            raise ValueError(f"CycleGAN needs images of at least 16x16 with sides divisible by 4 (the PatchGAN and "
+                             f"the two stride-2 stages), got {shape[1]}x{shape[2]}: pass --pad-to 16 (or larger)")
+
     def generator_losses(self, real_a: Tensor, real_b: Tensor) -> dict[str, Tensor]:
         """Eq. 3 for the generators: adversarial (least squares), cycle and identity terms."""
         c = self.config
