@@ -31,7 +31,7 @@ def metric_yardstick(folder: Path = METRIC_CLASSIFIER) -> metrics.Yardstick:
     set's feature statistics stored beside it (computed afresh for other data, or when the file is missing)."""
     classifier = load_model(folder)
     stored = metrics.load_reference(folder) if (Path(folder) / metrics.REFERENCE_FILE).is_file() else None
-    return metrics.Yardstick(classifier, stored)
+    return metrics.Yardstick(classifier, stored, classifier.config.channels)
 
 
 def markdown_table(curves: dict[str, dict[float, float]]) -> str:

@@ -158,6 +158,11 @@ class Yardstick:
     of the reference set STORED_FOR (the whole Fashion-MNIST test set), so 10k test images need no new pass."""
     network: torch.nn.Module
     stored: dict[str, Tensor] | None = None
+    channels: int = 1                  # the image channels the network reads
+
+    def fits(self, shape: tuple[int, int, int]) -> bool:
+        """Whether images of shape (C, H, W) can be measured (the network pools over any size)."""
+        return shape[0] == self.channels
 
     def reference_for(self, data) -> dict[str, Tensor]:
         """The stored statistics when `data` is the reference set they describe, else computed from `data`."""

@@ -52,6 +52,7 @@ class TrainableModel(HubModel):
         raise NotImplementedError
 
     def evaluate(self, data: "ImageData", yardstick: "Yardstick | None" = None) -> dict[str, float]:
+        """Figures on `data`; sample-quality figures need a yardstick (None where it cannot read the images)."""
         return {}
 
     def eval_images(self, data: "ImageData") -> Tensor | None:
@@ -62,10 +63,10 @@ class TrainableModel(HubModel):
         """The model written to the run's final Hub folder; a family may drop what sampling does not need."""
         return self
 
-    def check_data(self, shape: tuple[int, int, int]) -> None:
-        """Refuse, before any step, images of a shape (C, H, W) the model was not built for; the message names the
-        options that fix it. (The CLI builds models from the data's shape unless told otherwise.)"""
-        config, (channels, height, width) = self.config, shape
+    def check_data(self, data: "ImageData") -> None:
+        """Refuse, before any step, data the model was not built for (here: another image shape); the message
+        names the options that fix it. (The CLI builds models from the data's shape unless told otherwise.)"""
+        config, (channels, height, width) = self.config, data.image_shape
         wrong = [f"--channels {channels}"] if getattr(config, "channels", channels) != channels else []
         if hasattr(config, "image_size") and (height, width) != (config.image_size,) * 2:
             wrong.append(f"--image-size {height}" if height == width else "--pad-to (square images)")

@@ -192,7 +192,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     data, eval_data = training_data(cfg, data, eval_data)
-    model.check_data(data.image_shape)
+    model.check_data(data)
     per_process = cfg.batch_size // world
     steps_per_epoch = len(data) // world // per_process
     if steps_per_epoch == 0:
@@ -284,6 +284,8 @@ def evaluate_and_log(model: TrainableModel, data: ImageData, run_dir: Path, step
     if accelerator.is_main_process:
         model.eval()
         yardstick = metric_yardstick() if model.uses_yardstick else None
+        if yardstick is not None and not yardstick.fits(data.image_shape):
+            yardstick = None                               # e.g. RGB images: no sample-quality figures
         with torch.no_grad(), torch.random.fork_rng():     # evaluation must not shift the training RNG stream
             metrics = model.evaluate(data, yardstick)
             images = model.eval_images(data)

@@ -187,7 +187,8 @@ SMALL = {"classifier": ["--width", "4", "--hidden", "8"],
          "gan-dcgan": ["--architecture", "dcgan", "--feature-maps", "4", "--latent-dim", "8"],
          "vae": ["--width", "4", "--hidden", "16", "--latent-dim", "2"],
          "ddpm": ["--widths", "8,16", "--eval-steps", "2"],
-         "cyclegan": ["--width", "4", "--residual-blocks", "1", "--domain-a", "0", "--domain-b", "1"]}
+         "cyclegan": ["--width", "4", "--residual-blocks", "1", "--domain-a", "0", "--domain-b", "1",
+                      "--classes", "0,1"]}
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +200,7 @@ def datasets(tmp_path_factory) -> dict[str, list[str]]:
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     (root / "mnist").mkdir()
-    for split, count in (("train", 64), ("t10k", 32)):
+    for split, count in (("train", 200), ("t10k", 40)):
         write_idx(root / "mnist" / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28), np.uint8))
         write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", (np.arange(count) % 10).astype(np.uint8))
     for split in ("train", "test"):

@@ -152,11 +152,16 @@ test images with real test images of the target domain on that classifier's feat
                              f"{self.config.domain_b}")
         return batch.images[a], batch.images[b]
 
-    def check_data(self, shape: tuple[int, int, int]) -> None:
-        super().check_data(shape)
-        if min(shape[1:]) < 16 or shape[1] % 4 or shape[2] % 4:
+    def check_data(self, data: ImageData) -> None:
+        super().check_data(data)
+        _, height, width = data.image_shape
+        if min(height, width) < 16 or height % 4 or width % 4:
             raise ValueError(f"CycleGAN needs images of at least 16x16 with sides divisible by 4 (the PatchGAN and "
-                             f"the two stride-2 stages), got {shape[1]}x{shape[2]}: pass --pad-to 16 (or larger)")
+                             f"the two stride-2 stages), got {height}x{width}: pass --pad-to 16 (or larger)")
+        domains = {self.config.domain_a, self.config.domain_b}
+        if not set(data.labels.unique().tolist()) <= domains:
+            raise ValueError(f"the data holds classes other than the two domains {sorted(domains)}: pass --classes "
+                             f"{self.config.domain_a},{self.config.domain_b} (or --domain-a / --domain-b)")
 
     def generator_losses(self, real_a: Tensor, real_b: Tensor) -> dict[str, Tensor]:
         """Eq. 3 for the generators: adversarial (least squares), cycle and identity terms."""
@@ -222,12 +227,12 @@ test images with real test images of the target domain on that classifier's feat
         rows = [a, *self.translate(a, "a2b"), b, *self.translate(b, "b2a")]
         return torch.cat(rows)
 
-    def evaluate(self, data: ImageData, yardstick: Yardstick) -> dict[str, float]:
+    def evaluate(self, data: ImageData, yardstick: Yardstick | None) -> dict[str, float]:
         """Both directions: domain accuracy, cycle L1 error ([0, 1] pixel units) and FID against the target domain.
         Classifier-based figures only on Fashion-MNIST (the metric classifier knows nothing else)."""
         a, b = self.domains(data)
         results = {}
-        classifier = yardstick.network if data.name == "fashion-mnist" else None
+        classifier = yardstick.network if yardstick is not None and data.name == "fashion-mnist" else None
         for name, source, target, label, direction in (("a2b", a, b, self.config.domain_b, "a2b"),
                                                        ("b2a", b, a, self.config.domain_a, "b2a")):
             translated, reconstructed = self.translate(source, direction)

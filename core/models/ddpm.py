@@ -231,8 +231,10 @@ comparable with Inception-FIDs from papers.
             pass
         return x.clamp(-1, 1).cpu()
 
-    def evaluate(self, data: ImageData, yardstick: Yardstick) -> dict[str, float]:
+    def evaluate(self, data: ImageData, yardstick: Yardstick | None) -> dict[str, float]:
         """FID/KID, precision/recall, coverage (conditional accuracy) of len(data) DPM-Solver++ samples vs data."""
+        if yardstick is None:
+            return {}
         guidance = self.config.eval_guidance if self.conditional else 1.0
         images = self.sample(len(data), self.config.eval_steps, "dpm_solver", 0, guidance)
         return yardstick.score(images, data, self.labels_for(len(data), None))
