@@ -7,14 +7,14 @@ repo id such as `owner/name@revision`. Each event has a stable api_name (see the
 their inputs unprocessed (preprocess=False) so that core.pipeline sees exactly what a browser or an API client sent
 and answers every bad value, upload included, with its own message.
 """
+import atexit
 import functools
 import inspect
+import logging
 import os
+import signal
 import sys
-import tempfile
 import time
-import uuid
-from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,51 +31,50 @@ from core.models import ddpm as diffusion
 from core.pipeline import load_pipeline
 from core.requests import MAX_SEED, RequestError
 
-WORKERS = 2                                  # model calls at once: one diffusion run and one quick request
-torch.set_num_threads(max(1, (os.cpu_count() or WORKERS) // WORKERS))
+WORKERS = 2                                  # share of the cores one model call gets (quick calls and diffusion
+torch.set_num_threads(max(1, (os.cpu_count() or WORKERS) // WORKERS))   # runs go side by side)
 EXAMPLES = sorted(str(path) for path in (ROOT / "apps" / "examples").glob("*.png"))
-OUTPUTS = Path(tempfile.mkdtemp(prefix="genlab-sampler-"))
-_written: deque[Path] = deque()
+OUTPUTS = pipeline.OutputFiles()
+atexit.register(OUTPUTS.close)               # the answers' files go with the server
+ADMISSION = pipeline.Admission()
 CLASSES = [("all classes, in turn", -1)] + [(name, k) for k, name in enumerate(FASHION_CLASSES)]
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 TARGETS = [(name, k) for k, name in enumerate(FASHION_CLASSES)]
+log = logging.getLogger("genlab.sampler")
+png, gif = OUTPUTS.png, OUTPUTS.gif
 
 
-def png(picture) -> str:
-    """Each output goes to its own file (Gradio names PIL outputs by content, and two identical concurrent
-    results would share one half-written file); the oldest of the last 2000 are removed."""
-    path = OUTPUTS / f"{uuid.uuid4().hex}.png"
-    picture.save(path)
-    _written.append(path)
-    while len(_written) > 2000:
-        _written.popleft().unlink(missing_ok=True)
-    return str(path)
-
-
-def gif(frames, duration_ms: int = 120) -> str:
-    path = OUTPUTS / f"{uuid.uuid4().hex}.gif"
-    frames = frames + frames[-2:0:-1]                        # there and back, looping
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
-    _written.append(path)
-    return str(path)
+def as_gradio_error(name: str, exc: Exception) -> gr.Error:
+    """A refused request (RequestError) logs one line and answers with its message; anything else logs its
+    traceback once and answers with a message that names no server detail. Gradio prints neither again."""
+    if isinstance(exc, RequestError):
+        log.info("%s refused: %s", name, str(exc)[:200])
+        return gr.Error(str(exc), print_exception=False)
+    log.exception("%s failed", name)
+    return gr.Error(f"the server could not answer this request ({type(exc).__name__}); it has been logged",
+                    print_exception=False)
 
 
 def guarded(function):
-    """RequestError -> gr.Error, so the caller sees our message (other errors stay generic, traceback in the log)."""
+    """Every exception of an event becomes a gr.Error with our message (see as_gradio_error)."""
     if inspect.isgeneratorfunction(function):
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             try:
                 yield from function(*args, **kwargs)
-            except RequestError as exc:
-                raise gr.Error(str(exc)) from exc
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise as_gradio_error(function.__name__, exc) from exc
     else:
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             try:
                 return function(*args, **kwargs)
-            except RequestError as exc:
-                raise gr.Error(str(exc)) from exc
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise as_gradio_error(function.__name__, exc) from exc
     return wrapper
 
 
@@ -127,9 +126,30 @@ def vae_latent_plane(image):
     return png(picture), f"μ(x) = ({z1:.2f}, {z2:.2f}), the red ring"
 
 
+def admit_diffusion(model, n, steps, scheduler, eta, seed, label, guidance_scale, request: gr.Request):
+    """Runs before the request is queued (Gradio's validator): its cost, and the client's share of the queue. A
+    refusal is Gradio's validation error carrying our message (gradio_client raises ValidationError with it)."""
+    message = ""
+    try:
+        pipeline.checked_spec(model, "ddpm")
+        pipeline.diffusion_work(n, steps, scheduler, eta, seed, guidance_scale)
+        ADMISSION.admit(request.session_hash or "")
+    except Exception as exc:
+        message = as_gradio_error("ddpm_sample admission", exc).message
+    return [gr.validate(not message or i != 2, message) for i in range(8)]     # shown on the steps slider
+
+
 @guarded
-def ddpm_sample(model, n, steps, scheduler, eta, seed, label, guidance_scale, progress=gr.Progress()):
+def ddpm_sample(model, n, steps, scheduler, eta, seed, label, guidance_scale, request: gr.Request,
+                progress=gr.Progress()):
     """Streams the batch of x_t while the reverse process runs, then the final images and the strip."""
+    try:
+        yield from denoising_updates(model, n, steps, scheduler, eta, seed, label, guidance_scale, progress)
+    finally:
+        ADMISSION.release(request.session_hash or "")
+
+
+def denoising_updates(model, n, steps, scheduler, eta, seed, label, guidance_scale, progress):
     start = time.perf_counter()
     denoising = load_pipeline(model, "ddpm").denoise(n, steps, scheduler, eta, seed, label, guidance_scale)
     for step, total, frame, strip in denoising:
@@ -186,9 +206,10 @@ def about(text: str, specs: list[str]) -> None:
                         "features):\n\n" + table)
 
 
-def event(button, function, inputs, outputs, api_name: str, queue_group: str = "quick"):
-    button.click(function, inputs, outputs, api_name=api_name, preprocess=False,
-                 concurrency_limit=1, concurrency_id=queue_group)
+def event(button, function, inputs, outputs, api_name: str, queue_group: str = "quick", limit: int = 1,
+          validator=None):
+    button.click(function, inputs, outputs, api_name=api_name, preprocess=False, concurrency_limit=limit,
+                 concurrency_id=queue_group, validator=validator)
 
 
 seed_box = lambda label="seed", value=0: gr.Number(value, label=label, precision=0, minimum=0, maximum=MAX_SEED)
@@ -310,7 +331,8 @@ et al. 2022, 10-20 steps suffice). The conditional model uses classifier-free gu
 $\hat\varepsilon = \varepsilon_\theta(x_t) + w(\varepsilon_\theta(x_t, y) - \varepsilon_\theta(x_t))$.""",
               pipeline.model_names("ddpm"))
         event(ddpm_button, ddpm_sample, [ddpm_model, ddpm_n, steps, scheduler, eta, ddpm_seed, ddpm_label, guidance],
-              [ddpm_frame, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion")
+              [ddpm_frame, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion", limit=2,
+              validator=admit_diffusion)
 
     with gr.Tab("CycleGAN"):
         with gr.Row():
@@ -369,4 +391,6 @@ $\varepsilon$-ball. `classifier-adv` was trained on FGSM examples (with a random
 demo.queue(max_size=64)
 
 if __name__ == "__main__":
-    demo.launch(max_file_size="10mb", allowed_paths=[str(OUTPUTS), str(ROOT / "apps" / "examples")])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))      # a normal stop runs the atexit clean-up
+    demo.launch(max_file_size="10mb", allowed_paths=[str(OUTPUTS.folder), str(ROOT / "apps" / "examples")])

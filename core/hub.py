@@ -41,9 +41,10 @@ def read_manifest(path: str | Path | None = None) -> dict[str, dict]:
 
 
 def resolve(spec: str | Path, revision: str | None = None, manifest: str | Path | None = None,
-            allow_local: bool = True) -> Path:
+            allow_local: bool = True, max_bytes: int | None = None) -> Path:
     """A local folder holding the checkpoint named by `spec`: a manifest name, a folder (unless `allow_local` is
-    False, as for names that come from app requests), or `repo_id[@revision]`.
+    False, as for names that come from app requests), or `repo_id[@revision]`. A Hub repo whose model files add up
+    to more than `max_bytes` is refused before anything is downloaded.
 
     A manifest entry resolves to its local folder if present, else to the Hub repo at its pinned revision, else to
     the Hub cache (offline, or the Hub unreachable); otherwise a CheckpointError lists every place tried. Hub
@@ -73,15 +74,26 @@ def resolve(spec: str | Path, revision: str | None = None, manifest: str | Path 
         known = f"; shipped models: {', '.join(sorted(entries))}" if entries else ""
         raise CheckpointError(f"{spec} is not a checkpoint folder, a shipped model name, nor a Hub repo id such as "
                               f"user/model{known}")
-    return hub_snapshot(repo_id, revision, [])
+    return hub_snapshot(repo_id, revision, [], max_bytes)
 
 
-def hub_snapshot(repo_id: str, revision: str | None, tried: list[str]) -> Path:
+def download_size(repo_id: str, revision: str | None) -> int:
+    """Bytes of the repo's HUB_FILES at `revision`, from the file list and one HEAD request per file."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+    info = HfApi().model_info(repo_id, revision=revision or "main")
+    names = [s.rfilename for s in info.siblings or [] if any(fnmatch(s.rfilename, p) for p in HUB_FILES)]
+    return sum(get_hf_file_metadata(hf_hub_url(repo_id, name, revision=info.sha)).size or 0 for name in names)
+
+
+def hub_snapshot(repo_id: str, revision: str | None, tried: list[str], max_bytes: int | None = None) -> Path:
     """snapshot_download of HUB_FILES; on a network failure, the cached snapshot; else a clear error."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
     name = f"{repo_id}@{revision or 'main'}"
     try:
+        if max_bytes is not None and (size := download_size(repo_id, revision)) > max_bytes:
+            raise CheckpointError(f"{name} holds {size / 2**20:.1f} MB of model files; at most "
+                                  f"{max_bytes / 2**20:.0f} MB are downloaded here")
         return check_snapshot(Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES)), name)
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:      # the Hub answered: no such repo/revision
         raise CheckpointError(f"could not fetch {name} from the Hugging Face Hub ({constants.ENDPOINT}): "
@@ -120,9 +132,9 @@ def check_snapshot(folder: Path, name: str) -> Path:
 
 
 def load_model(spec: str | Path, revision: str | None = None, manifest: str | Path | None = None,
-               allow_local: bool = True, **kwargs) -> HubModel:
+               allow_local: bool = True, max_bytes: int | None = None, **kwargs) -> HubModel:
     """Any genlab checkpoint (see `resolve`): config.json's _class_name picks the class."""
-    folder = resolve(spec, revision, manifest, allow_local)
+    folder = resolve(spec, revision, manifest, allow_local, max_bytes)
     config_file = folder / "config.json"
     class_name = read_class_name(folder)
     try:

@@ -14,8 +14,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import shutil
+import tempfile
 import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -30,7 +37,7 @@ from core.images import grid_picture
 from core.model import TrainableModel, fast_precision
 from core.models import ddpm as diffusion
 from core.requests import MAX_SEED, RequestError, class_index, one_of, read_image, real_number, shown, \
-    to_model_input, whole_number
+    to_model_input, whole_number, without_paths
 from core.schedulers import SCHEDULERS
 
 SCALE = 3                      # every picture is enlarged 3x (a 28-pixel image is shown 84 pixels wide)
@@ -38,7 +45,13 @@ MAX_IMAGES = 64                # images per request
 MAX_PATH = 32                  # images along an interpolation or a latent sweep
 MAX_PER_CLASS = 10             # samples per class in a class grid
 MAX_SPAN = 10.0                # a latent sweep goes from -span to +span
-MAX_DIFFUSION_WORK = 16_000    # images x steps per request: 16 images at 1000 steps, 64 at 250 (~30 s on 2 cores)
+MAX_DIFFUSION_WORK = 16_000    # images x steps x network passes (2 with guidance) per request (~30-60 s on 2 cores)
+LARGE_DIFFUSION_WORK = 2_000   # above this a diffusion request is large: one large request runs at a time
+DIFFUSION_BUDGET_S = 90.0      # wall time one denoising request may take
+MAX_PENDING_PER_CLIENT = 2     # diffusion requests one client (session) may have queued or running
+LOAD_WAIT_S = 30.0             # how long a request waits for another request loading the same model
+MAX_HUB_BYTES = 50 * 2**20     # model files of a Hub repo named in a request (the shipped models are all smaller)
+HUB_IDS = "GENLAB_HUB_IDS"     # environment switch: "off" serves the manifest's models only (a public Space)
 MAX_EPS = 0.5                  # attack budget, a fraction of the pixel range (core.attacks)
 ATTACKS = ("fgsm", "fgsm_targeted", "pgd")
 STREAM_FRAMES = 20             # pictures streamed during one denoising run
@@ -64,19 +77,60 @@ def side_by_side(pictures: list[Image.Image]) -> Image.Image:
     return row
 
 
+class OutputFiles:
+    """The files an app answers with: each picture in its own uniquely named file (Gradio names PIL outputs by
+    content, and two identical concurrent answers would share one half-written file), the oldest removed beyond
+    `keep`, and the whole folder removed by `close()` (the app calls it on exit)."""
+
+    def __init__(self, keep: int = 2000):
+        self.folder = Path(tempfile.mkdtemp(prefix="genlab-sampler-"))
+        self.keep = keep
+        self._written: deque[Path] = deque()
+        self._lock = threading.Lock()
+
+    def _new(self, suffix: str) -> Path:
+        path = self.folder / f"{uuid.uuid4().hex}{suffix}"
+        with self._lock:
+            self._written.append(path)
+            while len(self._written) > self.keep:
+                self._written.popleft().unlink(missing_ok=True)
+        return path
+
+    def png(self, picture: Image.Image) -> str:
+        path = self._new(".png")
+        picture.save(path)
+        return str(path)
+
+    def gif(self, frames: list[Image.Image], duration_ms: int = 120) -> str:
+        """A looping animation that goes there and back."""
+        path = self._new(".gif")
+        frames = frames + frames[-2:0:-1]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+        return str(path)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 # -------------------------------------------------------------------------------------------------------- models
 def model_names(family: str) -> list[str]:
     """Names in the manifest (checkpoints/index.json, or GENLAB_MANIFEST) of one family, in manifest order."""
     return [name for name, entry in read_manifest().items() if entry["family"] == family]
 
 
+def hub_ids_allowed() -> bool:
+    return os.environ.get(HUB_IDS, "on").lower() not in ("off", "0", "false", "no")
+
+
 def checked_spec(spec, family: str) -> str:
-    """A manifest name or a Hub repo id. Local paths are not taken from requests (a public app would read any
-    folder); to serve your own checkpoints, list them in a manifest and point GENLAB_MANIFEST at it."""
-    if isinstance(spec, str) and (spec in read_manifest() or (len(spec) <= 200 and HUB_ID.fullmatch(spec))):
+    """A manifest name or (unless $GENLAB_HUB_IDS is off) a Hub repo id. Local paths are not taken from requests
+    (a public app would read any folder); to serve your own checkpoints, list them in a manifest and point
+    GENLAB_MANIFEST at it."""
+    hub = hub_ids_allowed()
+    if isinstance(spec, str) and (spec in read_manifest() or (hub and len(spec) <= 200 and HUB_ID.fullmatch(spec))):
         return spec
-    raise RequestError(f"model must be one of {', '.join(model_names(family))} or a Hub repo id such as "
-                       f"owner/name@revision, got {shown(spec)}")
+    other = " or a Hub repo id such as owner/name@revision" if hub else ""
+    raise RequestError(f"model must be one of {', '.join(model_names(family))}{other}, got {shown(spec)}")
 
 
 _locks: dict[str, threading.Lock] = {}
@@ -88,16 +142,20 @@ def load_pipeline(spec, family: str) -> "Pipeline":
     spec = checked_spec(spec, family)
     with _locks_guard:
         lock = _locks.setdefault(spec, threading.Lock())
-    with lock:                                  # one load per model; other models load (and answer) meanwhile
+    if not lock.acquire(timeout=LOAD_WAIT_S):   # one load per model; other models load (and answer) meanwhile
+        raise RequestError(f"model {spec!r} is still being loaded for another request; try again in a minute")
+    try:
         return _load(spec, family)
+    finally:
+        lock.release()
 
 
 @functools.lru_cache(maxsize=16)
 def _load(spec: str, family: str) -> "Pipeline":
     try:
-        model = load_model(spec, allow_local=False)
+        model = load_model(spec, allow_local=False, max_bytes=None if spec in read_manifest() else MAX_HUB_BYTES)
     except (CheckpointError, OSError) as exc:
-        raise RequestError(f"cannot load model {spec!r}: {exc}") from exc
+        raise RequestError(f"cannot load model {spec!r}: {without_paths(exc)}") from exc
     if not isinstance(model, FAMILIES[family]):
         raise RequestError(f"{spec!r} is a {type(model).__name__}; this needs a {FAMILIES[family].__name__}")
     return PIPELINES[family](model.eval().requires_grad_(False), spec)
@@ -108,7 +166,7 @@ def is_conditional(spec, family: str) -> bool:
     try:
         config = json.loads((resolve(checked_spec(spec, family), allow_local=False) / "config.json").read_text())
     except (CheckpointError, OSError, json.JSONDecodeError, TypeError) as exc:
-        raise RequestError(f"cannot read the config of {spec!r}: {exc}") from exc
+        raise RequestError(f"cannot read the config of {spec!r}: {without_paths(exc)}") from exc
     return bool(config.get("num_classes")) if isinstance(config, dict) else False
 
 
@@ -206,6 +264,50 @@ def compare_autoencoders(upload, seed, ae: str = "autoencoder", vae: str = "vae"
 
 
 # ---------------------------------------------------------------------------------------------------- diffusion
+def diffusion_work(n, steps, scheduler, eta, seed, guidance_scale) -> int:
+    """The checked cost of a denoising request: images x steps x network passes (classifier-free guidance runs the
+    network twice). Cheap, so it also serves admission before a request is queued."""
+    n, steps = whole_number(n, "n", 1, MAX_IMAGES), whole_number(steps, "steps", 1, diffusion.MAX_STEPS)
+    one_of(scheduler, "scheduler", tuple(SCHEDULERS)), real_number(eta, "eta", *diffusion.ETA_RANGE)
+    whole_number(seed, "seed", 0, MAX_SEED)
+    passes = 1 if real_number(guidance_scale, "guidance_scale", *diffusion.GUIDANCE_RANGE) == 1.0 else 2
+    if n * steps * passes > MAX_DIFFUSION_WORK:
+        raise RequestError(f"n x steps x passes must be at most {MAX_DIFFUSION_WORK:,} (guidance ≠ 1 runs the network "
+                           f"twice; e.g. 16 images at 1000 steps, or 64 at 125 with guidance), got {n} x {steps} x "
+                           f"{passes} = {n * steps * passes:,}")
+    return n * steps * passes
+
+
+class Admission:
+    """Diffusion requests per client, counted from admission (before queueing) to the end of the run, so one client
+    cannot fill the queue. An entry whose run never started (the client left) expires after `expiry` seconds."""
+
+    def __init__(self, limit: int = MAX_PENDING_PER_CLIENT, expiry: float = 600.0):
+        self.limit, self.expiry = limit, expiry
+        self._pending: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            alive = [t for t in self._pending.get(client, []) if now - t < self.expiry]
+            if len(alive) >= self.limit:
+                raise RequestError(f"you already have {len(alive)} diffusion requests queued or running; at most "
+                                   f"{self.limit} at a time: wait for one to finish")
+            self._pending[client] = alive + [now]
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            pending = self._pending.get(client, [])
+            if pending:
+                pending.pop(0)
+            if not pending:
+                self._pending.pop(client, None)
+
+
+_large_diffusion = threading.Lock()
+
+
 class DiffusionPipeline(Pipeline):
     def __init__(self, model, name):
         super().__init__(model.set_precision(fast_precision()), name)     # bf16 where the CPU has AMX
@@ -213,22 +315,34 @@ class DiffusionPipeline(Pipeline):
     def denoise(self, n, steps, scheduler, eta, seed, label=-1, guidance_scale=1.0
                 ) -> Iterator[tuple[int, int, Image.Image, Image.Image | None]]:
         """Yield (step, steps, grid of x_t, None) about STREAM_FRAMES times while the reverse process runs, then
-        (steps, steps, grid of x_0, strip): the strip shows the first (up to 4) images at 10 moments of the run."""
+        (steps, steps, grid of x_0, strip): the strip shows the first (up to 4) images at 10 moments of the run.
+        A large request (over LARGE_DIFFUSION_WORK) runs only while no other large one does, so small requests
+        never wait behind two of them; every request stops after DIFFUSION_BUDGET_S seconds."""
         ddpm = self.model
-        n, steps = whole_number(n, "n", 1, MAX_IMAGES), whole_number(steps, "steps", 1, diffusion.MAX_STEPS)
-        scheduler, eta = one_of(scheduler, "scheduler", tuple(SCHEDULERS)), real_number(eta, "eta", *diffusion.ETA_RANGE)
-        seed, label = whole_number(seed, "seed", 0, MAX_SEED), label_or_none(label, ddpm)
-        guidance_scale = real_number(guidance_scale, "guidance_scale", *diffusion.GUIDANCE_RANGE)
-        if n * steps > MAX_DIFFUSION_WORK:
-            raise RequestError(f"n x steps must be at most {MAX_DIFFUSION_WORK:,} (e.g. 16 images at 1000 steps or 64 "
-                               f"at 250), got {n} x {steps} = {n * steps:,}")
+        work = diffusion_work(n, steps, scheduler, eta, seed, guidance_scale)
+        label = label_or_none(label, ddpm)
         if not ddpm.conditional and guidance_scale != 1.0:
             raise RequestError("guidance_scale needs a conditional model (ddpm-cond); it must be 1 here")
+        large = work > LARGE_DIFFUSION_WORK
+        if large and not _large_diffusion.acquire(blocking=False):
+            raise RequestError(f"another large diffusion request is running; ask for at most "
+                               f"{LARGE_DIFFUSION_WORK:,} images x steps now, or try again in a minute")
+        try:
+            yield from self._denoise(int(n), int(steps), scheduler, float(eta), int(seed), label,
+                                     float(guidance_scale))
+        finally:
+            if large:
+                _large_diffusion.release()
+
+    def _denoise(self, n, steps, scheduler, eta, seed, label, guidance_scale):
         rows = min(n, 4)
         moments = {round(k * (steps - 1) / 9) for k in range(10)}
-        strip = []
+        strip, start = [], time.monotonic()
         try:
-            for i, x_t, _ in ddpm.denoise(n, steps, scheduler, seed, guidance_scale, label, eta):
+            for i, x_t, _ in self.model.denoise(n, steps, scheduler, seed, guidance_scale, label, eta):
+                if time.monotonic() - start > DIFFUSION_BUDGET_S:
+                    raise RequestError(f"stopped after {DIFFUSION_BUDGET_S:.0f} s at step {i} of {steps}: ask for "
+                                       "fewer images or steps")
                 if i in moments:
                     strip.append(x_t[:rows].clamp(-1, 1).cpu())
                 if i == steps - 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def shown(value) -> str:
     """repr(value), cut to ECHO characters."""
     text = repr(value)
     return text if len(text) <= ECHO else text[:ECHO - 3] + "..."
+
+
+SERVER_PATH = re.compile(r"(?<![\w:/.])(/[\w.@+-]+)+/?")      # an absolute path, not a URL's path
+
+
+def without_paths(text: str) -> str:
+    """A message for a client: server paths (cache folders, checkpoints) replaced by "<server path>"."""
+    return SERVER_PATH.sub("<server path>", str(text))
 
 
 def whole_number(value, name: str, low: int, high: int) -> int:

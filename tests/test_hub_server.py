@@ -309,3 +309,13 @@ def test_push_all_pins_every_manifest_model_and_pull_fetches_them(intercepted_wr
         folder = Path(capsys.readouterr().out.strip())
         assert folder.name == entry["revision"] and (folder / "model.safetensors").is_file()
         assert (folder / "model.safetensors").read_bytes() == (root / entry["name"] / "model.safetensors").read_bytes()
+
+
+def test_a_download_cap_refuses_large_repos_before_fetching(server, tmp_path):
+    folder = saved(FAMILIES["gan"](), tmp_path / "gan")
+    server.publish("test/capped", folder)
+    size = sum((folder / name).stat().st_size for name in ("config.json", "model.safetensors", "README.md"))
+    with pytest.raises(CheckpointError, match=r"test/capped@main holds 0\.\d MB of model files; at most 0 MB"):
+        resolve("test/capped", max_bytes=size - 1)
+    assert not list(Path(constants.HF_HUB_CACHE).glob("models--test--capped/snapshots/*/model.safetensors"))
+    assert (resolve("test/capped", max_bytes=size) / "model.safetensors").is_file()

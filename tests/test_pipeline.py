@@ -141,7 +141,7 @@ def test_denoising_streams_a_bounded_number_of_frames_and_refuses_too_much_work(
     frames = list(ddpm.denoise(2, 30, "ddim", 0.0, 0))
     assert len(frames) <= P.STREAM_FRAMES + 1 and [f[0] for f in frames] == sorted(f[0] for f in frames)
     assert frames[-1][0] == 30 and frames[-1][3] is not None and all(f[3] is None for f in frames[:-1])
-    with pytest.raises(R.RequestError, match="n x steps must be at most 16,000"):
+    with pytest.raises(R.RequestError, match="n x steps x passes must be at most 16,000"):
         next(ddpm.denoise(17, 1000, "ddim", 0.0, 0))
     with pytest.raises(R.RequestError, match="repeats timesteps"):        # the slider's maximum with DPM-Solver++
         next(ddpm.denoise(1, 1000, "dpm_solver", 0.0, 0))
