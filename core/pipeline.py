@@ -341,8 +341,8 @@ class DiffusionPipeline(Pipeline):
         try:
             for i, x_t, _ in self.model.denoise(n, steps, scheduler, seed, guidance_scale, label, eta):
                 if time.monotonic() - start > DIFFUSION_BUDGET_S:
-                    raise RequestError(f"stopped after {DIFFUSION_BUDGET_S:.0f} s at step {i} of {steps}: ask for "
-                                       "fewer images or steps")
+                    raise RequestError(f"stopped after {DIFFUSION_BUDGET_S:.0f} s with {i + 1} of {steps} steps done: "
+                                       "ask for fewer images or steps")
                 if i in moments:
                     strip.append(x_t[:rows].clamp(-1, 1).cpu())
                 if i == steps - 1:

@@ -84,18 +84,19 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
-def sampler_url():
-    """apps/sampler.py served as a user starts it (`python apps/sampler.py`, as the Dockerfile and Spaces do), once
-    per session on a free 127.0.0.1 port; the start-up time is printed (pytest -s)."""
+def start_sampler(extra_env: dict | None = None, log_dir: Path | None = None):
+    """`python apps/sampler.py` as a user starts it (as the Dockerfile and Spaces do) on a free 127.0.0.1 port.
+    Returns (process, url, log path) once its API answers."""
     import subprocess
     import sys
     import time
     import urllib.request
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    log = open(Path(tempfile.mkdtemp(prefix="genlab-sampler-log-")) / "server.log", "w+")
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           **(extra_env or {})}
+    log_path = Path(log_dir or tempfile.mkdtemp(prefix="genlab-sampler-log-")) / "server.log"
+    log = open(log_path, "w+")
     start = time.perf_counter()
     server = subprocess.Popen([sys.executable, "apps/sampler.py"], cwd=ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT)
@@ -107,12 +108,22 @@ def sampler_url():
         except OSError:
             pass
         if server.poll() is not None or time.perf_counter() - start > 120:
-            log.seek(0)
-            pytest.fail(f"the sampler did not start:\n{log.read()[-3000:]}")
+            pytest.fail(f"the sampler did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.1)
     print(f"\nsampler started in {time.perf_counter() - start:.2f} s")
-    yield url
+    return server, url, log_path
+
+
+@pytest.fixture(scope="session")
+def sampler_server():
+    """The sampler, once per session: (url, path of its log)."""
+    server, url, log_path = start_sampler()
+    yield url, log_path
     server.terminate()
     server.wait(timeout=30)
-    log.seek(0)
-    print(log.read()[-2000:])
+    print(log_path.read_text()[-2000:])
+
+
+@pytest.fixture(scope="session")
+def sampler_url(sampler_server) -> str:
+    return sampler_server[0]

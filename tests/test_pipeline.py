@@ -1,6 +1,7 @@
 """core.pipeline and core.requests in-process: the checks every app request goes through, image intake, the
 services' answers and the pictures' geometry."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,66 @@ def test_card_figures_feed_the_about_sections_and_the_robustness_plot():
     table = P.figures_markdown(["dcgan", "cgan"])
     fids = [P.card_figures(name)["fid"] for name in ("dcgan", "cgan")]
     assert f"| FID | {fids[0]:.4g} | {fids[1]:.4g} |" in table and "conditional accuracy" in table
+
+
+def test_diffusion_cost_counts_guidance_passes():
+    assert P.diffusion_work(16, 1000, "ddim", 0.0, 0, 1.0) == 16_000
+    with pytest.raises(R.RequestError, match="n x steps x passes must be at most 16,000.*16 x 1000 x 2 = 32,000"):
+        P.diffusion_work(16, 1000, "ddim", 0.0, 0, 2.0)
+    with pytest.raises(R.RequestError, match="scheduler must be one of"):
+        P.diffusion_work(1, 1, "euler", 0.0, 0, 1.0)
+
+
+def test_admission_limits_each_client_and_frees_its_places():
+    admission = P.Admission(limit=2, expiry=60.0)
+    admission.admit("a"), admission.admit("a"), admission.admit("b")
+    with pytest.raises(R.RequestError, match="you already have 2 diffusion requests queued or running; at most 2"):
+        admission.admit("a")
+    admission.release("a")
+    admission.admit("a")                                     # a place came free
+    expiring = P.Admission(limit=1, expiry=0.0)              # a run that never started does not hold a place forever
+    expiring.admit("c")
+    expiring.admit("c")
+
+
+def test_one_large_diffusion_run_at_a_time_and_small_ones_beside_it(monkeypatch):
+    ddpm = P.load_pipeline("ddpm", "ddpm")
+    large = ddpm.denoise(16, 200, "ddim", 0.0, 0)             # 3,200 image-steps: large
+    next(large)                                               # running, holding the large place
+    with pytest.raises(R.RequestError, match="another large diffusion request is running"):
+        next(ddpm.denoise(16, 150, "ddim", 0.0, 1))
+    assert len(list(ddpm.denoise(1, 10, "ddim", 0.0, 2))) == 10   # a small one runs meanwhile
+    large.close()                                             # a client that leaves frees the place
+    again = ddpm.denoise(16, 150, "ddim", 0.0, 1)
+    next(again)
+    again.close()
+    monkeypatch.setattr(P, "DIFFUSION_BUDGET_S", 0.0)
+    with pytest.raises(R.RequestError, match="stopped after 0 s with 1 of 20 steps done"):
+        list(ddpm.denoise(2, 20, "ddim", 0.0, 0))
+
+
+def test_hub_ids_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv(P.HUB_IDS, "off")
+    with pytest.raises(R.RequestError) as caught:
+        P.load_pipeline("someone/model@main", "gan")
+    assert "must be one of mlp-gan, dcgan, cgan, got" in str(caught.value) and "Hub" not in str(caught.value)
+    assert P.load_pipeline("dcgan", "gan").name == "dcgan"
+
+
+def test_messages_name_no_server_path():
+    text = "tried the local Hub cache /root/.cache/huggingface/hub (no copy); see http://127.0.0.1:8000/api/x"
+    assert R.without_paths(text) == ("tried the local Hub cache <server path> (no copy); see "
+                                     "http://127.0.0.1:8000/api/x")
+    with pytest.raises(R.RequestError) as caught:
+        P.load_pipeline("nobody/nothing@v9", "gan")
+    assert "/root" not in str(caught.value) and ".cache" not in str(caught.value)
+
+
+def test_output_files_are_unique_capped_and_removed():
+    outputs = P.OutputFiles(keep=3)
+    picture = Image.new("L", (4, 4))
+    paths = [outputs.png(picture) for _ in range(5)] + [outputs.gif([picture, picture, picture])]
+    assert len(set(paths)) == 6 and sorted(p.name for p in outputs.folder.iterdir()) == sorted(
+        Path(p).name for p in paths[-3:])
+    outputs.close()
+    assert not outputs.folder.exists()

@@ -2,6 +2,7 @@
 (NaN), and 16 concurrent clients. The server is the session fixture `sampler_url` (conftest.py)."""
 import json
 import math
+import signal
 import threading
 import urllib.error
 import urllib.request
@@ -257,3 +258,97 @@ def test_sixteen_concurrent_clients(sampler_url):
     assert all(np.array_equal(grids[0], g) for g in grids) and grids[0].shape == (SIDE(8), SIDE(8))
     assert all(np.array_equal(reconstructions[0], r) for r in reconstructions)
     assert urllib.request.urlopen(f"{sampler_url}/gradio_api/info", timeout=10).status == 200
+
+
+# ------------------------------------------------------------------------------------ fairness and deployment
+def test_one_client_cannot_fill_the_diffusion_queue(sampler_url):
+    """A client's third diffusion request, while two are queued or running, is refused before it is queued."""
+    client = Client(sampler_url, verbose=False)
+    jobs = [client.submit("ddpm", 2, 50, "ddim", 0, seed, -1, 1, api_name="/ddpm_sample") for seed in range(3)]
+    outcomes = []
+    for job in jobs:
+        try:
+            job.result(timeout=120)
+            outcomes.append("done")
+        except (AppError, ValidationError) as exc:
+            outcomes.append(str(exc))
+    assert outcomes.count("done") == 2, outcomes                 # submitted at once: any one of them is refused
+    assert any("at most 2 at a time" in outcome for outcome in outcomes), outcomes
+    assert size(Client(sampler_url, verbose=False).predict("ddpm", 1, 2, "ddim", 0, 0, -1, 1,
+                                                            api_name="/ddpm_sample")[0]) == (SIDE(1), SIDE(1))
+
+
+def test_a_public_deployment_serves_shipped_models_only_and_leaves_nothing_behind(tmp_path):
+    """GENLAB_HUB_IDS=off; refused requests log one line each and no traceback; SIGTERM removes the answers' files."""
+    from conftest import start_sampler
+    server, url, log_path = start_sampler({"GENLAB_HUB_IDS": "off", "TMPDIR": str(tmp_path)}, tmp_path)
+    try:
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError) as caught:
+            client.predict("someone/gan@main", 4, 0, -1, api_name="/gan_sample")
+        assert "must be one of mlp-gan, dcgan, cgan, got" in str(caught.value) and "Hub" not in str(caught.value)
+        with pytest.raises(AppError, match="n must be a whole number"):
+            client.predict("dcgan", "x" * 100_000, 0, -1, api_name="/gan_sample")
+        assert size(client.predict("dcgan", 4, 0, -1, api_name="/gan_sample")) == (SIDE(2), SIDE(2))
+        assert len(list(tmp_path.glob("genlab-sampler-*/*.png"))) == 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    log = log_path.read_text()
+    assert server.returncode == 0 and not list(tmp_path.glob("genlab-sampler-*"))
+    assert "Traceback" not in log and log.count("gan_sample refused") == 2 and "x" * 100 not in log
+
+
+def component_values(component: dict) -> list:
+    """The extremes a user can set on a widget: a slider's or number's ends, every dropdown choice, both booleans."""
+    props = component.get("props", {})
+    if component["type"] in ("slider", "number") and props.get("minimum") is not None:
+        return [props["minimum"], props["maximum"]]
+    if component["type"] == "dropdown":
+        return [choice[1] if isinstance(choice, (list, tuple)) else choice for choice in props.get("choices", [])]
+    if component["type"] == "checkbox":
+        return [True, False]
+    return []
+
+
+def endpoints(url: str) -> dict[str, list[dict]]:
+    """api_name -> its input components (with their default values), from the app's config."""
+    config = json.loads(urllib.request.urlopen(f"{url}/config", timeout=10).read())
+    by_id = {c["id"]: c for c in config["components"]}
+    return {d["api_name"]: [by_id[i] for i in d["inputs"]] for d in config["dependencies"]
+            if d.get("api_name") and d.get("api_visibility", "public") == "public" and d["api_name"].islower()}
+
+
+def default_arguments(inputs: list[dict]) -> list:
+    values = []
+    for component in inputs:
+        value = component.get("props", {}).get("value")
+        values.append(handle_file(value["path"]) if isinstance(value, dict) and "path" in value else value)
+    return values
+
+
+OURS = ("must", "is unconditional", "needs", "repeats timesteps", "this model", "one of", "is a ")
+
+
+def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(sampler_url):
+    """Each widget set to each end of its range (or each choice), the others at their defaults: a valid answer or
+    our message, never Gradio's generic error."""
+    client = Client(sampler_url, verbose=False)
+    apis = endpoints(sampler_url)
+    assert len(apis) == 12
+    calls = 0
+    for api_name, inputs in apis.items():
+        defaults = default_arguments(inputs)
+        client.predict(*defaults, api_name=f"/{api_name}")            # the defaults work as they are
+        if api_name == "ddpm_sample":        # walk the other widgets with 1 image and 2 steps (n and steps
+            defaults[1:3] = [1, 2]           # themselves are walked to their ends below)
+        for i, component in enumerate(inputs):
+            for value in component_values(component):
+                arguments = defaults[:i] + [value] + defaults[i + 1:]
+                calls += 1
+                try:
+                    client.predict(*arguments, api_name=f"/{api_name}")
+                except (AppError, ValidationError) as exc:
+                    assert any(part in str(exc) for part in OURS) and "upstream" not in str(exc), (api_name, i, value,
+                                                                                                    str(exc))
+    assert calls > 100
