@@ -50,7 +50,7 @@ def main() -> None:
         images = model.sample(n, steps, "ddim" if name == "DDIM" else "dpm_solver", seed=0,
                               guidance_scale=guidance)
         seconds = time.perf_counter() - start
-        scores = yardstick.score(images, test, model.labels_for(n, None))
+        scores = yardstick.score(images, model.labels_for(n, None), data=test)
         cells = [f"{100 * scores[c]:.2f}%" if c == "conditional_accuracy" else f"{scores[c]:.4g}" for c in columns]
         lines.append(f"| {name} | {steps} | {guidance:g} | {n} | " + " | ".join(cells) + f" | {seconds:.0f} |")
         print(lines[-1], flush=True)

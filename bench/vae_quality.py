@@ -39,7 +39,7 @@ def main() -> None:
     print({k: round(v, 3) for k, v in bounds.items()}, f"{time.perf_counter() - start:.0f} s", flush=True)
     yardstick = metric_yardstick()
     samples = model.sample(len(test))
-    quality = yardstick.score(samples, test)
+    quality = yardstick.score(samples, data=test)
     print({k: round(v, 4) for k, v in quality.items()})
     shares = torch.bincount(yardstick.features(samples)[1].argmax(1), minlength=len(test.classes))
     shares = (shares / len(samples)).tolist()

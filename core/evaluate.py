@@ -20,6 +20,7 @@ from core.attacks import ATTACKS, robustness_curve
 from core.config import save_json
 from core.data import DATASETS, load_dataset
 from core.hub import CheckpointError, load_model, write_model_card
+from core.images import save_grid
 
 EPSILONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
 METRIC_CLASSIFIER = Path(__file__).resolve().parents[1] / "checkpoints" / "classifier"
@@ -27,11 +28,16 @@ METRIC_CLASSIFIER = Path(__file__).resolve().parents[1] / "checkpoints" / "class
 
 @functools.cache
 def metric_yardstick(folder: Path = METRIC_CLASSIFIER) -> metrics.Yardstick:
-    """The shipped Fashion-MNIST classifier whose features every genlab sample-quality figure uses, with the test
-    set's feature statistics stored beside it (computed afresh for other data, or when the file is missing)."""
+    """The shipped Fashion-MNIST classifier whose features every genlab sample-quality figure uses, with the scales
+    and thresholds stored beside it for the test set, and the training images for the copy figures (when the
+    Fashion-MNIST files are on this machine)."""
     classifier = load_model(folder)
     stored = metrics.load_reference(folder) if (Path(folder) / metrics.REFERENCE_FILE).is_file() else None
-    return metrics.Yardstick(classifier, stored, classifier.config.channels)
+    try:
+        memory = load_dataset("fashion-mnist", "train").batch(slice(None)).images
+    except FileNotFoundError:
+        memory = None
+    return metrics.Yardstick(classifier, stored, classifier.config.channels, memory)
 
 
 def markdown_table(curves: dict[str, dict[float, float]]) -> str:
@@ -55,14 +61,22 @@ def evaluate_classifier(model, data, epsilons, attacks, pgd_steps: int) -> dict:
 
 
 def reference_and_floor(model, folder: Path, dataset: str, data_dir: str | None) -> dict:
-    """Store the test set's feature statistics beside the classifier; FID/KID of 10k train images against them."""
-    test = load_dataset(dataset, "test", data_dir)
-    reference = metrics.compute_reference(model, test.batch(slice(None)).images)
+    """Store the test set's feature scales and thresholds beside the classifier; the real floor: every figure of
+    10k training images against the test set (copies left out: these images are the training set)."""
+    test, train = load_dataset(dataset, "test", data_dir), load_dataset(dataset, "train", data_dir)
+    reference = metrics.compute_reference(model, test.batch(slice(None)).images, train.batch(slice(None)).images)
     metrics.save_reference(reference, folder)
-    train = load_dataset(dataset, "train", data_dir)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:10_000]
     floor = metrics.sample_quality(model, reference, train.batch(pick).images)
     return {f"real_train10k_vs_test_{k}": v for k, v in floor.items()}
+
+
+def extremes(yardstick: metrics.Yardstick, images: torch.Tensor, data, k: int, folder: Path) -> list[Path]:
+    """Grids of the k least realistic samples (worst.png, least first) and the k most realistic (best.png)."""
+    order = yardstick.realism(images, data).argsort()
+    folder.mkdir(parents=True, exist_ok=True)
+    return [save_grid(images[order[:k]], folder / "worst.png", scale=2),
+            save_grid(images[order.flip(0)[:k]], folder / "best.png", scale=2)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reference", action="store_true",
                         help="also compute the metrics' reference statistics and the real-vs-real FID floor")
     parser.add_argument("--write", action="store_true", help="save to the checkpoint's eval.json and model card")
+    parser.add_argument("--worst", type=int, default=0, metavar="K",
+                        help="generators: write worst.png and best.png, the K least and most realistic samples")
+    parser.add_argument("--out", default=".", help="folder for worst.png and best.png (default: here)")
     args = parser.parse_args(argv)
     try:
         epsilons = [float(e) for e in args.epsilons.split(",")]
@@ -89,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     attacks = args.attacks.split(",")
     if any(a not in ATTACKS for a in attacks):
         parser.error(f"--attacks must come from {ATTACKS}")
-    if args.limit < 0:
-        parser.error("--limit must be >= 0")
+    if args.limit < 0 or args.worst < 0:
+        parser.error("--limit and --worst must be >= 0")
     if (args.reference or args.write) and not Path(args.checkpoint).is_dir():
         parser.error("--reference and --write need a local checkpoint folder")
     try:
@@ -106,7 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.reference:
             result.update(reference_and_floor(model, folder, args.dataset, args.data_dir))
     else:      # a generator: as many samples as test images, scored on the metric classifier's features
-        result = {**model.evaluate(data, metric_yardstick()), "samples": len(data)}
+        samples, yardstick = model.evaluation_samples(len(data)), metric_yardstick()
+        result = {**model.evaluate(data, yardstick, samples), "samples": len(data)}
+        if args.worst:
+            print(*extremes(yardstick, samples[0], data, min(args.worst, len(data)), Path(args.out)), sep="\n")
     for title, table in result.get("tables", {}).items():
         print(f"{title}, {args.dataset}\n{table}\n")
     scalars = {k: v for k, v in result.items() if k != "tables"}

@@ -51,9 +51,17 @@ class TrainableModel(HubModel):
         """One step: forward passes, `optimizer_step` calls; return detached scalar losses to log (no .item())."""
         raise NotImplementedError
 
-    def evaluate(self, data: "ImageData", yardstick: "Yardstick | None" = None) -> dict[str, float]:
-        """Figures on `data`; sample-quality figures need a yardstick (None where it cannot read the images)."""
-        return {}
+    def evaluate(self, data: "ImageData", yardstick: "Yardstick | None" = None,
+                 samples: tuple[Tensor, Tensor | None] | None = None) -> dict[str, float]:
+        """Figures on `data`: for a generator, the yardstick's figures (core.metrics) of len(data) samples
+        (`evaluation_samples`, unless given); nothing without a yardstick (None where it cannot read the images)."""
+        samples = samples or self.evaluation_samples(len(data))
+        return yardstick.score(*samples, data=data) if samples is not None and yardstick is not None else {}
+
+    def evaluation_samples(self, n: int) -> tuple[Tensor, Tensor | None] | None:
+        """A generator's n samples in [-1, 1] that its figures are measured on (seeded), with the labels they were
+        asked for (conditional models) or None; None for a model that does not sample."""
+        return None
 
     def eval_images(self, data: "ImageData") -> Tensor | None:
         """Images in [-1, 1] for the grid logged at each evaluation (fixed inputs, so grids compare over time)."""

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 STALL_SECONDS = 300          # a "running" run with no write for this long (and 20 logging intervals) is stalled
+OFF_MANIFOLD_WARNING = 0.05  # a share of samples off the real manifold worth a warning (real images: about 1%)
 HIGHER_IS_BETTER = ("accuracy", "conditional_accuracy", "classes_covered", "precision", "recall",
                     "a2b_domain_accuracy", "b2a_domain_accuracy")
 BEST_METRICS = ("fid", "neg_elbo", "accuracy", "a2b_domain_accuracy", "mse")
@@ -205,8 +206,8 @@ def metric_groups(df: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def health(df: pd.DataFrame, run: Run, nonfinite: list[tuple[int, str]] = ()) -> list[tuple[str, str]]:
-    """(level, message) warnings: mode collapse (class coverage dropping or low), a discriminator that wins
-    outright, non-finite values, a crash, a stalled run."""
+    """(level, message) warnings: mode collapse (class coverage dropping or low), samples off the real manifold, a
+    discriminator that wins outright, non-finite values, a crash, a stalled run."""
     notes = []
     coverage = df["eval/classes_covered"].dropna() if "eval/classes_covered" in df else pd.Series(dtype=float)
     if len(coverage):
@@ -218,6 +219,11 @@ def health(df: pd.DataFrame, run: Run, nonfinite: list[tuple[int, str]] = ()) ->
                                      f"{expected_classes(run)} classes"))
         else:
             notes.append(("success", f"class coverage: {last:.0f} classes at the last evaluation"))
+    off = df["eval/off_manifold"].dropna() if "eval/off_manifold" in df else pd.Series(dtype=float)
+    if len(off):                         # core.metrics: about 1% of real images fall below the realism threshold
+        level = "warning" if off.iloc[-1] > OFF_MANIFOLD_WARNING else "success"
+        notes.append((level, f"off-manifold share: {100 * off.iloc[-1]:.1f}% of the samples at the last evaluation "
+                             f"(real images: about 1%)"))
     d, g = (df[c].dropna() if c in df else pd.Series(dtype=float) for c in ("loss/discriminator", "loss/generator"))
     if len(d) >= 5 and len(g) >= 5:
         recent_d, recent_g = d.iloc[-max(5, len(d) // 10):].mean(), g.iloc[-max(5, len(g) // 10):].mean()

@@ -115,7 +115,7 @@ def test_shipped_ddpm_turns_pure_noise_into_recognisable_clothes(fashion_test):
     yardstick = metric_yardstick()
     images = model.sample(300, steps=10, scheduler="dpm_solver", seed=5)
     shortcut = next(model.denoise(300, 1, "ddim", seed=5))[2].clamp(-1, 1)      # x̂_0 at t = T, one step
-    sampled, blob = (yardstick.score(x, fashion_test) for x in (images, shortcut))
+    sampled, blob = (yardstick.score(x, data=fashion_test) for x in (images, shortcut))
     assert sampled["classes_covered"] >= 9 and blob["classes_covered"] <= 2
     assert sampled["fid"] < blob["fid"] / 3
     card = json.loads((CHECKPOINTS / "ddpm" / "eval.json").read_text())

@@ -81,6 +81,25 @@ pixel by at most 25.5 grey levels of 255).
         """(B, C, H, W) in [-1, 1] -> (B, hidden) penultimate features."""
         return self.body(x)
 
+    def stage_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """What core.metrics measures images with: the spatial mean and standard deviation of the activations after
+        the first two conv stages ((B, w) each, then (B, 2w) each: edges and texture), the mean after the third
+        ((B, 4w): parts), the penultimate features (B, hidden: the class), and the logits (B, K)."""
+        pooled = []
+        for index, layer in enumerate(self.body):
+            x = layer(x)
+            if index in self.stage_ends:
+                pooled.append(x.mean((2, 3)))
+                if index != self.stage_ends[-1]:
+                    pooled.append(x.std((2, 3)))
+        return pooled + [x], self.head(x)
+
+    @property
+    def stage_ends(self) -> tuple[int, ...]:
+        """Indices in `body` of the last ReLU of each conv stage (before the max-pools and the global pool)."""
+        relus = [i for i, layer in enumerate(self.body) if isinstance(layer, nn.ReLU)]
+        return relus[1], relus[3], relus[4]
+
     def head(self, features: Tensor) -> Tensor:
         return self.classifier(features)
 

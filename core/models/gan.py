@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from core import losses
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
-from core.metrics import Yardstick
 from core.model import TrainableModel
 from core.nn import EMA
 
@@ -228,8 +227,5 @@ genlab models with each other and are not comparable with Inception-FIDs from pa
         labels = torch.arange(side).repeat_interleave(side) if self.conditional else None
         return self.generate(self.fixed_noise, labels)
 
-    def evaluate(self, data: ImageData, yardstick: Yardstick | None) -> dict[str, float]:
-        """FID/KID, precision/recall, class coverage (and conditional accuracy) of len(data) samples vs data."""
-        if yardstick is None:
-            return {}
-        return yardstick.score(self.sample(len(data), seed=0), data, self.default_labels(len(data)))
+    def evaluation_samples(self, n: int) -> tuple[Tensor, Tensor | None]:
+        return self.sample(n, seed=0), self.default_labels(n)

@@ -228,10 +228,13 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
     def eval_images(self, data: ImageData) -> Tensor:
         return self.decode(self.prior_sample(self.fixed_latents, seed=1234)).cpu()
 
-    def evaluate(self, data: ImageData, yardstick: Yardstick | None) -> dict[str, float]:
-        """Likelihood bounds (or MSE), and FID/KID/precision/recall/coverage of len(data) prior samples."""
-        quality = yardstick.score(self.sample(len(data), seed=0), data) if yardstick is not None else {}
-        return {**self.likelihood_bounds(data), **quality}
+    def evaluate(self, data: ImageData, yardstick: Yardstick | None = None,
+                 samples: tuple[Tensor, None] | None = None) -> dict[str, float]:
+        """Likelihood bounds (or MSE), and the yardstick's figures of len(data) prior samples."""
+        return {**self.likelihood_bounds(data), **super().evaluate(data, yardstick, samples)}
+
+    def evaluation_samples(self, n: int) -> tuple[Tensor, None]:
+        return self.sample(n, seed=0), None
 
     # ------------------------------------------------------------------------------- latent tools for the apps
     @torch.no_grad()
