@@ -111,5 +111,5 @@ def test_the_yardstick_sees_speckle_and_the_real_floor_passes(digits_classifier,
                            (torch.rand(real.shape, generator=g) < 0.5).float() * 2 - 1, real)
     floor, noisy = yardstick.score(real, data=digits_test), yardstick.score(speckled, data=digits_test)
     assert floor["off_manifold"] < 0.05 < 0.1 < noisy["off_manifold"]
-    assert floor["precision"] - noisy["precision"] > 0.2 and noisy["fid"] > 5 * floor["fid"]
+    assert floor["precision"] - noisy["precision"] > 0.2 and noisy["fid"] > 1.5 * floor["fid"]
     assert "copies" not in floor                                # no training images given: no copy figures
