@@ -97,5 +97,5 @@ def write_model_card(folder: Path, repo_id: str | None = None) -> Path:
         samples=(folder / "samples.png").is_file(), samples_caption=cls.card_samples_caption,
         figures=[(image, caption) for image, caption in evaluation.get("figures", {}).items()
                  if (folder / image).is_file()])
-    card.save(folder / "README.md")
+    (folder / "README.md").write_text(str(card).rstrip("\n") + "\n")
     return folder / "README.md"

@@ -11,6 +11,7 @@ from core.attacks import robustness_curve
 from core.data import load_dataset
 from core.evaluate import metric_yardstick
 from core.hub import load_model
+from core.models.ddpm import DDPM
 
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -48,18 +49,42 @@ def test_adversarial_training_buys_robustness(fashion_test):
     assert robust > standard + 0.3
 
 
-def test_reference_statistics_match_the_test_set(fashion_test):
-    reference = metrics.load_reference(CHECKPOINTS / "classifier")
-    assert reference["mu"].shape == (128,) and reference["sigma"].shape == (128, 128)
-    assert reference["features"].shape == (10_000, 128)
-    model = load_model(CHECKPOINTS / "classifier")
-    feats, _ = metrics.features(model, fashion_test.batch(slice(0, 2000)).images)
-    torch.testing.assert_close(feats.half(), reference["features"][:2000], atol=2e-2, rtol=2e-3)
-    floor = json.loads((CHECKPOINTS / "classifier" / "eval.json").read_text())["real_train10k_vs_test_fid"]
-    shuffled = feats[torch.randperm(2000)]
-    noise = torch.randn_like(feats) * feats.std()
-    assert metrics.fid(reference["features"].float(), shuffled) < metrics.fid(reference["features"].float(), noise)
-    assert 0 < floor < 5
+def test_stored_scales_and_thresholds_describe_the_test_set(fashion_test):
+    """The stored scales are the test set's mean part norms; the realism threshold lets 99% of test images pass
+    (each scored against the others) and the copy threshold 1% of them under it; the real floor is near zero."""
+    stored = metrics.load_reference(CHECKPOINTS / "classifier")
+    assert set(stored) == {"scales", "realism_threshold", "copy_threshold"}
+    reference = metric_yardstick().reference_for(fashion_test)
+    parts, _ = metrics.stage_features(load_model(CHECKPOINTS / "classifier"), fashion_test.batch(slice(None)).images)
+    torch.testing.assert_close(torch.stack([p.norm(dim=1).mean() for p in parts]), stored["scales"], rtol=1e-4, atol=0)
+    own = metrics.realism(reference["features"], reference["features"], reference["radii"], exclude_self=True)
+    assert float((own < stored["realism_threshold"]).float().mean()) == pytest.approx(0.01, abs=0.002)
+    train = load_dataset("fashion-mnist", "train").batch(slice(None)).images
+    nearest = metrics.nearest_distance(fashion_test.batch(slice(0, 2000)).images, train)
+    assert float((nearest < stored["copy_threshold"]).float().mean()) == pytest.approx(0.01, abs=0.01)
+    card = json.loads((CHECKPOINTS / "classifier" / "eval.json").read_text())
+    assert 0 < card["real_train10k_vs_test_fid"] < 1 and card["real_train10k_vs_test_off_manifold"] < 0.02
+
+
+GENERATORS = ("dcgan", "mlp-gan", "cgan", "vae", "vae-vamp", "vae-2d", "autoencoder", "ddpm", "ddpm-cond")
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_every_generator_card_holds_the_new_yardstick_and_fresh_draws_agree(name, fashion_test):
+    """10k samples on the card, both feature sets beside each other; fresh samples (another seed) land within three
+    standard errors of the card's precision and off-manifold share (averages over samples: unbiased at any count)."""
+    card = json.loads((CHECKPOINTS / name / "eval.json").read_text())
+    assert card["samples"] == 10_000 and {"fid", "fid_penultimate", "off_manifold", "copies"} <= set(card)
+    model = load_model(CHECKPOINTS / name)
+    if isinstance(model, DDPM):                       # the card's sampler, fewer draws (diffusion is slow here)
+        n, fresh = 200, model.sample(200, model.config.eval_steps, seed=11,
+                                     guidance_scale=model.config.eval_guidance if model.conditional else 1.0)
+    else:
+        n, fresh = 1000, model.sample(1000, seed=11)
+    scores = metric_yardstick().score(fresh, data=fashion_test)
+    for key in ("precision", "off_manifold"):
+        error = 3 * (card[key] * (1 - card[key]) / n) ** 0.5 + 0.01
+        assert scores[key] == pytest.approx(card[key], abs=error), (key, scores[key], card[key])
 
 
 def gan_names():

@@ -2,7 +2,8 @@
 
     conv3x3(32) ×2 → maxpool → conv3x3(64) ×2 → maxpool → conv3x3(128) → global average pool → fc(128) → fc(K)
 Each conv is followed by batch norm and ReLU; global pooling makes the net work on any image size (8x8 digits too).
-The 128-d output of fc(128) (after ReLU) is the penultimate feature vector used for FID/KID/precision/recall.
+The 128-d output of fc(128) (after ReLU) is the penultimate feature vector; `stage_features` adds the pooled
+activations of the three conv stages, and core.metrics measures sample quality on all of them.
 Training minimises cross-entropy J(θ, x, y) = −log softmax(f_θ(x))_y on augmented images (random shifts of up to
 2 pixels and horizontal flips, both fine for clothes and drawn as whole-batch tensor ops).
 
@@ -59,10 +60,10 @@ class Classifier(TrainableModel):
     uses_yardstick = False
     card_description = """
 A small CNN classifier trained from scratch with genlab (`core/models/classifier.py`). It is the target of the FGSM
-and PGD attacks in `core/attacks.py` and the feature network of genlab's in-domain FID/KID/precision/recall
-(`core/metrics.py`); the Fashion-MNIST test-set feature statistics those metrics compare against are stored beside
-the weights in `reference_stats.safetensors`. Attack budgets ε are fractions of the pixel range (ε = 0.1 moves a
-pixel by at most 25.5 grey levels of 255).
+and PGD attacks in `core/attacks.py` and the feature network of genlab's in-domain FID/KID/precision/recall,
+realism and off-manifold share (`core/metrics.py`, features from every depth); the scales and thresholds those
+metrics use for the Fashion-MNIST test set are stored beside the weights in `reference_stats.safetensors`.
+Attack budgets ε are fractions of the pixel range (ε = 0.1 moves a pixel by at most 25.5 grey levels of 255).
 """
 
     card_samples_caption = "Top two rows: test images. Bottom two rows: the same images after FGSM at ε = 0.1."
