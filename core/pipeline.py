@@ -423,11 +423,11 @@ def robustness_table(specs: list[str]) -> list[dict]:
 
 FIGURES = {"fid": "FID", "off_manifold": "off-manifold share", "precision": "precision", "recall": "recall",
            "copies": "copies", "fid_penultimate": "FID (penultimate, earlier cards)", "kid": "KID",
-           "classes_covered": "classes", "smallest_class_share": "smallest class share", "kl_to_uniform": "KL to uniform", "conditional_accuracy": "conditional accuracy", "neg_elbo": "−ELBO (nats)",
-           "neg_iwae": "IWAE bound (nats)", "mse": "MSE", "accuracy": "test accuracy",
-           "fgsm_accuracy_eps0.1": "FGSM accuracy at ε = 0.1", "a2b_domain_accuracy": "A→B domain accuracy",
-           "b2a_domain_accuracy": "B→A domain accuracy", "a2b_fid": "A→B FID", "b2a_fid": "B→A FID",
-           "samples": "samples measured"}
+           "classes_covered": "classes", "smallest_class_share": "smallest class share", "kl_to_uniform": "KL to uniform",
+           "conditional_accuracy": "conditional accuracy", "neg_elbo": "−ELBO (nats)", "neg_iwae": "IWAE bound (nats)",
+           "mse": "MSE", "accuracy": "test accuracy", "fgsm_accuracy_eps0.1": "FGSM accuracy at ε = 0.1",
+           "a2b_domain_accuracy": "A→B domain accuracy", "b2a_domain_accuracy": "B→A domain accuracy",
+           "a2b_fid": "A→B FID", "b2a_fid": "B→A FID", "samples": "samples measured"}
 
 
 def figures_markdown(specs: list[str]) -> str:
