@@ -202,9 +202,9 @@ def about(text: str, specs: list[str]) -> None:
         gr.Markdown(text, latex_delimiters=LATEX)
         table = pipeline.figures_markdown(specs)
         if table:
-            gr.Markdown("Figures from the model cards (10k samples vs the test set, on the features of genlab's "
-                        "classifier at every depth; the off-manifold share is the fraction of samples less realistic "
-                        "than 99% of real images):\n\n" + table)
+            gr.Markdown("Figures from the model cards (for generators: 10k samples vs the test set, on the features "
+                        "of genlab's classifier at every depth; the off-manifold share is the fraction of samples less "
+                        "realistic than 99% of real images):\n\n" + table)
 
 
 def event(button, function, inputs, outputs, api_name: str, queue_group: str = "quick", limit: int = 1,
