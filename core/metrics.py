@@ -292,5 +292,4 @@ class Yardstick:
 
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Penultimate features and logits (e.g. for class shares)."""
-        parts, logits = stage_features(self.network, images)
-        return parts[-1], logits
+        return features(self.network, images)

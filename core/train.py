@@ -2,13 +2,14 @@
 
 A model brings `configure_optimizers`, `training_step(batch, step) -> {name: loss}` (it does its own forward passes
 and optimizer steps, since a GAN has two), and optionally `evaluate(data, yardstick)` and `eval_images(data)`. The
-loop finds the family's class in core.families and brings everything else: the precision (`--mixed-precision`,
-set on the model and entered around every training step), devices and processes (Hugging Face Accelerate), data order, learning-rate schedule, logging to
-metrics.jsonl, image grids, atomic resumable checkpoints, and the final Hub-layout model folder.
+loop finds the family's class in core.families and brings everything else: the precision (`--mixed-precision`, set
+on the model and entered around every training step), devices and processes (Hugging Face Accelerate), data order,
+learning-rate schedule, logging to metrics.jsonl, image grids, atomic resumable checkpoints, and the final Hub-layout
+model folder.
 
 Several processes (`accelerate launch --num_processes 2 -m core.train ...`) are plain data parallelism: each process
-draws its own 1/P of every batch, and `optimizer_step` averages the gradients over processes before each optimizer step, so
-all copies stay equal. The averaging is explicit rather than a DistributedDataParallel wrapper because a family may
+draws its own 1/P of every batch, and `optimizer_step` averages the gradients over processes before each optimizer
+step, so all copies stay equal. The averaging is explicit rather than a DistributedDataParallel wrapper because a family may
 own several networks and several optimizers per step (G and D); only process 0 writes files.
 
 Run directory:  config.json  metrics.jsonl  status.json  samples/step-*.png

@@ -9,7 +9,6 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
-from core import runs as R
 
 APP = str(ROOT / "apps" / "monitor.py")
 
