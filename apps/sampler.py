@@ -28,6 +28,7 @@ import torch
 from core import pipeline
 from core.data import FASHION_CLASSES
 from core.models import ddpm as diffusion
+from core.models import perceptron as foundations
 from core.pipeline import load_pipeline
 from core.requests import MAX_SEED, RequestError
 
@@ -152,10 +153,28 @@ def ddpm_sample(model, n, steps, scheduler, eta, seed, label, guidance_scale, re
 def denoising_updates(model, n, steps, scheduler, eta, seed, label, guidance_scale, progress):
     start = time.perf_counter()
     denoising = load_pipeline(model, "ddpm").denoise(n, steps, scheduler, eta, seed, label, guidance_scale)
-    for step, total, frame, strip in denoising:
+    for step, total, frame, guess, strip in denoising:
         progress(step / total, desc=f"step {step}/{total}")
         status = f"step {step}/{total} · {time.perf_counter() - start:.1f} s"
-        yield png(frame), png(strip) if strip is not None else gr.skip(), status
+        yield png(frame), png(guess), png(strip) if strip is not None else gr.skip(), status
+
+
+@guarded
+def foundations_train(gate, learner, activation, seed, epoch):
+    picture, animation, note = pipeline.foundations_training(gate, learner, activation, seed, epoch)
+    return png(picture), gif(animation, bounce=False), note
+
+
+@guarded
+def foundations_activation(name):
+    picture, formula = pipeline.activation_picture(name)
+    return png(picture), f"`{formula}`"
+
+
+@guarded
+def foundations_approximate(target, hidden, activation):
+    picture, note = pipeline.approximation_picture(target, hidden, activation)
+    return png(picture), note
 
 
 @guarded
@@ -324,7 +343,8 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
         ddpm_status = gr.Markdown()
         with gr.Row():
             ddpm_frame = picture_out("x_t, streamed while it runs")
-            ddpm_strip = picture_out("the first images at 10 moments of the run")
+            ddpm_guess = picture_out("x̂₀: what the network believes the final images will be")
+        ddpm_strip = picture_out("the first images at 10 moments of the run: x_t above x̂₀")
         about(r"""**DDPM** (Ho et al. 2020): $q(x_t|x_0) = \mathcal N(\sqrt{\bar\alpha_t}x_0, (1-\bar\alpha_t)I)$,
 trained with $\|\varepsilon - \varepsilon_\theta(x_t, t)\|^2$. Sampling runs the reverse process from pure noise:
 DDPM (ancestral, 1000 steps in the paper), DDIM (Song et al. 2020, $\eta = 0$ deterministic) or DPM-Solver++ (Lu
@@ -332,7 +352,7 @@ et al. 2022, 10-20 steps suffice). The conditional model uses classifier-free gu
 $\hat\varepsilon = \varepsilon_\theta(x_t) + w(\varepsilon_\theta(x_t, y) - \varepsilon_\theta(x_t))$.""",
               pipeline.model_names("ddpm"))
         event(ddpm_button, ddpm_sample, [ddpm_model, ddpm_n, steps, scheduler, eta, ddpm_seed, ddpm_label, guidance],
-              [ddpm_frame, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion", limit=2,
+              [ddpm_frame, ddpm_guess, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion", limit=2,
               validator=admit_diffusion)
 
     with gr.Tab("CycleGAN"):
@@ -383,6 +403,46 @@ $\varepsilon$-ball. `classifier-adv` was trained on FGSM examples (with a random
               pipeline.model_names("classifier"))
         event(attack_button, fgsm_attack, [attack_model, attack_image, attack, eps, target],
               [attack_original, attack_delta, attack_result, before, after], "fgsm_attack")
+
+    with gr.Tab("Foundations"):
+        with gr.Row():
+            gate = gr.Dropdown(list(foundations.GATES), value="XOR", label="truth table")
+            learner = gr.Dropdown(list(foundations.LEARNERS), value="two-layer MLP", label="learner")
+            unit = gr.Dropdown(list(foundations.ACTIVATIONS), value="tanh", label="hidden activation (MLP)")
+            unit_seed = seed_box("seed (MLP initialisation)")
+        epoch = gr.Slider(0, foundations.MAX_EPOCHS, value=foundations.MAX_EPOCHS, step=1,
+                          label="epoch shown (drag to watch the boundary move)")
+        train_button = gr.Button("Train", variant="primary")
+        train_note = gr.Markdown()
+        with gr.Row():
+            boundary = picture_out("decision regions at that epoch (blue: 0, orange: 1; green: hidden units' lines)")
+            boundary_animation = picture_out("the whole run")
+        with gr.Row():
+            with gr.Column():
+                curve_name = gr.Dropdown(list(foundations.ACTIVATIONS), value="sigmoid", label="activation")
+                curve_button = gr.Button("Plot")
+                curve_formula = gr.Markdown()
+            curve = picture_out("φ and φ'")
+        with gr.Row():
+            with gr.Column():
+                target_curve = gr.Dropdown(list(foundations.TARGETS), value="sin", label="target on [-π, π]")
+                hidden = gr.Slider(1, pipeline.MAX_HIDDEN, value=4, step=1, label="hidden units n")
+                fit_unit = gr.Dropdown(list(foundations.ACTIVATIONS), value="tanh", label="activation")
+                fit_button = gr.Button("Fit")
+                fit_note = gr.Markdown()
+            fit = picture_out("one hidden layer of n units (blue) against the target (black)")
+        about(r"""**Perceptron** (Rosenblatt 1958): $\hat y = \mathrm{step}(w\cdot x + b)$, learning rule
+$w \leftarrow w + \eta (y - \hat y) x$. It converges on AND and OR, and cycles forever on XOR: no line separates
+XOR's classes. **Gradient descent** trains the same unit with $\hat y = \sigma(w\cdot x + b)$ on the binary
+cross-entropy, whose gradient $(\hat y - y)x$ is the rule made continuous. A **two-layer MLP** with two hidden units
+draws two lines and combines them, which solves XOR (from most seeds; others stall). **Universal approximation**
+(Cybenko 1989): one hidden layer of enough units fits any continuous function on an interval.""", [])
+        gr.on([train_button.click, epoch.release], foundations_train, [gate, learner, unit, unit_seed, epoch],
+              [boundary, boundary_animation, train_note], api_name="foundations_train", preprocess=False,
+              concurrency_limit=1, concurrency_id="quick")
+        event(curve_button, foundations_activation, [curve_name], [curve, curve_formula], "foundations_activation")
+        event(fit_button, foundations_approximate, [target_curve, hidden, fit_unit], [fit, fit_note],
+              "foundations_approximate")
 
     for box, picker, family in ((gan_model, gan_label, "gan"), (ddpm_model, ddpm_label, "ddpm")):
         toggle = functools.partial(class_picker, family=family)

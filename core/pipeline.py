@@ -36,6 +36,8 @@ from core.hub import load_model, read_manifest, resolve
 from core.images import grid_picture
 from core.model import TrainableModel, fast_precision
 from core.models import ddpm as diffusion
+from core.models import perceptron as foundations
+from core.plots import COLORS, GREEN, Canvas
 from core.requests import MAX_SEED, RequestError, class_index, one_of, read_image, real_number, shown, \
     to_model_input, whole_number, without_paths
 from core.schedulers import SCHEDULERS
@@ -55,6 +57,8 @@ HUB_IDS = "GENLAB_HUB_IDS"     # environment switch: "off" serves the manifest's
 MAX_EPS = 0.5                  # attack budget, a fraction of the pixel range (core.attacks)
 ATTACKS = ("fgsm", "fgsm_targeted", "pgd")
 STREAM_FRAMES = 20             # pictures streamed during one denoising run
+MAX_HIDDEN = 64                # hidden units of the universal-approximation fit
+ANIMATION_FRAMES = 30          # pictures in a Foundations training animation
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")   # owner/name or owner/name@revision
 
 
@@ -101,10 +105,10 @@ class OutputFiles:
         picture.save(path)
         return str(path)
 
-    def gif(self, frames: list[Image.Image], duration_ms: int = 120) -> str:
-        """A looping animation that goes there and back."""
+    def gif(self, frames: list[Image.Image], duration_ms: int = 120, bounce: bool = True) -> str:
+        """A looping animation that goes there and back (with bounce) or starts over."""
         path = self._new(".gif")
-        frames = frames + frames[-2:0:-1]
+        frames = frames + frames[-2:0:-1] if bounce else frames
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
         return str(path)
 
@@ -313,9 +317,11 @@ class DiffusionPipeline(Pipeline):
         super().__init__(model.set_precision(fast_precision()), name)     # bf16 where the CPU has AMX
 
     def denoise(self, n, steps, scheduler, eta, seed, label=-1, guidance_scale=1.0
-                ) -> Iterator[tuple[int, int, Image.Image, Image.Image | None]]:
-        """Yield (step, steps, grid of x_t, None) about STREAM_FRAMES times while the reverse process runs, then
-        (steps, steps, grid of x_0, strip): the strip shows the first (up to 4) images at 10 moments of the run.
+                ) -> Iterator[tuple[int, int, Image.Image, Image.Image, Image.Image | None]]:
+        """Yield (step, steps, grid of x_t, grid of x̂_0, None) about STREAM_FRAMES times while the reverse process
+        runs, then (steps, steps, grid of x_0, grid of the last x̂_0, strip): x̂_0 is the network's guess of the
+        final images at that step; the strip shows the first (up to 4) images at 10 moments of the run, x_t above
+        x̂_0.
         A large request (over LARGE_DIFFUSION_WORK) runs only while no other large one does, so small requests
         never wait behind two of them; every request stops after DIFFUSION_BUDGET_S seconds."""
         ddpm = self.model
@@ -339,17 +345,18 @@ class DiffusionPipeline(Pipeline):
         moments = {round(k * (steps - 1) / 9) for k in range(10)}
         strip, start = [], time.monotonic()
         try:
-            for i, x_t, _ in self.model.denoise(n, steps, scheduler, seed, guidance_scale, label, eta):
+            for i, x_t, x0 in self.model.denoise(n, steps, scheduler, seed, guidance_scale, label, eta):
                 if time.monotonic() - start > DIFFUSION_BUDGET_S:
                     raise RequestError(f"stopped after {DIFFUSION_BUDGET_S:.0f} s with {i + 1} of {steps} steps done: "
                                        "ask for fewer images or steps")
+                x_t, x0 = x_t.clamp(-1, 1).cpu(), x0.clamp(-1, 1).cpu()
                 if i in moments:
-                    strip.append(x_t[:rows].clamp(-1, 1).cpu())
+                    strip.append(torch.cat([x_t[:rows], x0[:rows]]))
                 if i == steps - 1:
-                    columns = torch.stack(strip, dim=1).flatten(0, 1)              # (rows * 10, C, H, W), row-major
-                    yield steps, steps, grid_image(x_t.clamp(-1, 1).cpu()), grid_image(columns, len(strip))
+                    columns = torch.stack(strip, dim=1).flatten(0, 1)          # (2 rows * 10, C, H, W), row-major
+                    yield steps, steps, grid_image(x_t), grid_image(x0), grid_image(columns, len(strip))
                 elif (i + 1) * STREAM_FRAMES // steps > i * STREAM_FRAMES // steps:   # STREAM_FRAMES evenly spread
-                    yield i + 1, steps, grid_image(x_t.clamp(-1, 1).cpu()), None
+                    yield i + 1, steps, grid_image(x_t), grid_image(x0), None
         except ValueError as exc:                # a scheduler that cannot take this many steps, say so
             raise RequestError(str(exc)) from exc
 
@@ -398,6 +405,82 @@ class AttackPipeline(Pipeline):
 
 PIPELINES: dict[str, type[Pipeline]] = {"gan": GANPipeline, "vae": VAEPipeline, "ddpm": DiffusionPipeline,
                                         "cyclegan": CycleGANPipeline, "classifier": AttackPipeline}
+
+
+# ---------------------------------------------------------------------------------------------- foundations
+SQUARE = (-0.5, 1.5)           # the plot range around the truth table's four points
+
+
+@functools.lru_cache(maxsize=64)
+def _foundations_run(gate: str, learner: str, activation: str, seed: int) -> tuple[list, list[int]]:
+    """[(classify, hidden lines) after each epoch], mistakes per epoch: one training run, milliseconds."""
+    targets = foundations.GATES[gate]
+    if learner == "two-layer MLP":
+        network, states, mistakes = foundations.train_xor_mlp(targets, activation, seed=seed)
+        phi = foundations.ACTIVATIONS[activation].function
+
+        def frame(state):
+            logit = lambda x: phi(x @ state["0.weight"].T + state["0.bias"]) @ state["2.weight"][0] + state["2.bias"]
+            return lambda x: foundations.step(logit(x)), list(zip(state["0.weight"], state["0.bias"]))
+        return [frame(state) for state in states], mistakes
+    train = foundations.perceptron_rule if learner == "perceptron rule" else foundations.gradient_descent
+    history = train(targets)
+    frames = [(lambda x, w=w, b=b: foundations.step(x @ w + b), [(w, b)])
+              for w, b in zip(history.weights, history.biases)]
+    return frames, history.errors
+
+
+def _boundary_picture(gate: str, classify, lines, title: str) -> Image.Image:
+    canvas = Canvas(SQUARE, SQUARE).regions(classify)
+    for w, b in lines:
+        canvas.line(w, b, GREEN if len(lines) > 1 else (0, 0, 0))
+    return canvas.points(foundations.INPUTS, foundations.GATES[gate]).axes((0, 1)).title(title).image
+
+
+def foundations_training(gate, learner, activation, seed, epoch) -> tuple[Image.Image, list[Image.Image], str]:
+    """(the decision regions after `epoch`, the regions along the whole run for an animation, a Markdown note).
+    Blue and orange regions: where the model answers 0 and 1; green lines: the MLP's hidden units."""
+    gate = one_of(gate, "gate", tuple(foundations.GATES))
+    learner = one_of(learner, "learner", foundations.LEARNERS)
+    activation = one_of(activation, "activation", tuple(foundations.ACTIVATIONS))
+    seed = whole_number(seed, "seed", 0, MAX_SEED)
+    epoch = whole_number(epoch, "epoch", 0, foundations.MAX_EPOCHS)
+    frames, mistakes = _foundations_run(gate, learner, activation, seed if learner == "two-layer MLP" else 0)
+    shown_epoch = min(epoch, len(frames) - 1)                # the perceptron rule stops once it is right
+    wrong = mistakes[shown_epoch - 1] if shown_epoch else "-"
+    picture = _boundary_picture(gate, *frames[shown_epoch], f"{gate}, {learner}: epoch {shown_epoch}, wrong {wrong}")
+    every = max(1, len(frames) // ANIMATION_FRAMES)
+    animation = [_boundary_picture(gate, *frames[k], f"{gate}, {learner}: epoch {k}")
+                 for k in range(0, len(frames), every)]
+    solved = next((k + 1 for k, m in enumerate(mistakes) if m == 0), None)
+    note = (f"All four points right from epoch {solved}." if solved else
+            f"Never all four right in {len(mistakes)} epochs (fewest wrong: {min(mistakes)}).")
+    if learner == "perceptron rule" and gate == "XOR":
+        note += " The rule cycles: no line separates XOR's classes."
+    return picture, animation, note
+
+
+def activation_picture(name) -> tuple[Image.Image, str]:
+    """φ (blue) and φ' (orange) on [−4, 4], and the formulas."""
+    name = one_of(name, "activation", tuple(foundations.ACTIVATIONS))
+    activation = foundations.ACTIVATIONS[name]
+    a = torch.linspace(-4, 4, 401)
+    canvas = Canvas((-4, 4), (-1.5, 4)).axes((-4, -1, 0, 1, 4))
+    canvas.curve(a, activation.function(a), COLORS[0]).curve(a, activation.derivative(a), COLORS[1])
+    return canvas.title(f"{name}: the function (blue) and its derivative (orange)").image, activation.formula
+
+
+_approximation = functools.lru_cache(maxsize=128)(foundations.approximate)
+
+
+def approximation_picture(target, hidden, activation) -> tuple[Image.Image, str]:
+    """The target on [−π, π] (black) and the fit of one hidden layer of `hidden` units (blue)."""
+    target = one_of(target, "target", tuple(foundations.TARGETS))
+    hidden = whole_number(hidden, "hidden units", 1, MAX_HIDDEN)
+    activation = one_of(activation, "activation", tuple(foundations.ACTIVATIONS))
+    x, y, fit, error = _approximation(target, hidden, activation)
+    canvas = Canvas((-3.2, 3.2), (-1.5, 1.5)).axes((-3, 0, 3)).curve(x, y).curve(x, fit, COLORS[0])
+    return canvas.title(f"{target} with {hidden} {activation} units").image, f"mean squared error {error:.2e}"
 
 
 # --------------------------------------------------------------------------------------------- card figures

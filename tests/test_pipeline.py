@@ -141,7 +141,9 @@ def test_denoising_streams_a_bounded_number_of_frames_and_refuses_too_much_work(
     ddpm = P.load_pipeline("ddpm", "ddpm")
     frames = list(ddpm.denoise(2, 30, "ddim", 0.0, 0))
     assert len(frames) <= P.STREAM_FRAMES + 1 and [f[0] for f in frames] == sorted(f[0] for f in frames)
-    assert frames[-1][0] == 30 and frames[-1][3] is not None and all(f[3] is None for f in frames[:-1])
+    assert frames[-1][0] == 30 and frames[-1][4] is not None and all(f[4] is None for f in frames[:-1])
+    assert all(f[2].size == f[3].size for f in frames)                 # x_t and x̂_0 grids side by side
+    assert frames[-1][4].height == (4 * 30 + 2) * P.SCALE               # strip: 2 images' x_t rows, then x̂_0 rows
     with pytest.raises(R.RequestError, match="n x steps x passes must be at most 16,000"):
         next(ddpm.denoise(17, 1000, "ddim", 0.0, 0))
     with pytest.raises(R.RequestError, match="repeats timesteps"):        # the slider's maximum with DPM-Solver++
@@ -230,3 +232,14 @@ def test_output_files_are_unique_capped_and_removed():
         Path(p).name for p in paths[-3:])
     outputs.close()
     assert not outputs.folder.exists()
+
+
+def test_foundations_answers_follow_the_training_run():
+    picture, animation, note = P.foundations_training("AND", "perceptron rule", "tanh", 0, 300)
+    assert note == "All four points right from epoch 6." and len(animation) == 7     # epochs 0..6, it stopped
+    start, _, _ = P.foundations_training("AND", "perceptron rule", "tanh", 0, 0)
+    assert picture.tobytes() != start.tobytes()
+    _, animation, note = P.foundations_training("XOR", "perceptron rule", "tanh", 0, 300)
+    assert "cycles" in note and len(animation) <= P.ANIMATION_FRAMES + 1
+    with pytest.raises(R.RequestError, match="learner must be one of"):
+        P.foundations_training("AND", {"path": "/etc/passwd"}, "tanh", 0, 1)

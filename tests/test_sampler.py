@@ -57,8 +57,8 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
     assert size(sweep) == (SIDE(9), SIDE(1))
     both, samples = client.predict(handle_file(SNEAKER), 0, api_name="/vae_compare")
     assert size(both) == (SIDE(3), SIDE(1)) and size(samples) == (SIDE(8), SIDE(2))
-    frame, strip, status = client.predict("ddpm", 16, 20, "dpm_solver", 0, 0, -1, 1, api_name="/ddpm_sample")
-    assert size(frame) == (SIDE(4), SIDE(4)) and size(strip) == (SIDE(10), SIDE(4))
+    frame, guess, strip, status = client.predict("ddpm", 16, 20, "dpm_solver", 0, 0, -1, 1, api_name="/ddpm_sample")
+    assert size(frame) == size(guess) == (SIDE(4), SIDE(4)) and size(strip) == (SIDE(10), SIDE(8))
     assert status.startswith("step 20/20 · ") and status.endswith(" s")
     outputs = client.predict("cyclegan", handle_file(SNEAKER), "a2b", api_name="/cyclegan_translate")
     assert [size(p) for p in outputs[:3]] == [(28 * P.SCALE, 28 * P.SCALE)] * 3 and outputs[3] == ""
@@ -66,6 +66,12 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
                                             api_name="/fgsm_attack")
     assert [size(p) for p in images] == [(28 * P.SCALE, 28 * P.SCALE)] * 3
     assert len(before["confidences"]) == len(after["confidences"]) == 3
+    boundary, animation, note = client.predict("XOR", "two-layer MLP", "tanh", 0, 300, api_name="/foundations_train")
+    assert size(boundary) == size(animation) == (360, 360) and note == "All four points right from epoch 37."
+    curve, formula = client.predict("relu", api_name="/foundations_activation")
+    assert size(curve) == (360, 360) and "ReLU'(a)" in formula
+    fit, error = client.predict("sin", 8, "tanh", api_name="/foundations_approximate")
+    assert size(fit) == (360, 360) and error.startswith("mean squared error ")
 
 
 def test_same_seed_same_images_and_another_seed_others(client):
@@ -79,10 +85,14 @@ def test_same_seed_same_images_and_another_seed_others(client):
 def test_denoising_streams_frames_before_the_result(client):
     job = client.submit("ddpm", 4, 40, "ddim", 0.0, 0, -1, 1, api_name="/ddpm_sample")
     job.result()
-    statuses = [output[2] for output in job.outputs()]
+    statuses = [output[3] for output in job.outputs()]
     assert len(statuses) == P.STREAM_FRAMES and statuses[0].startswith("step 2/40") and statuses[-1].startswith("step 40/40")
     first, last = pixels(job.outputs()[0][0]), pixels(job.outputs()[-1][0])
     assert first.std() > last.std() * 0.5 and not np.array_equal(first, last)     # noise first, garments last
+    distance = lambda a, b: np.abs(a.astype(int) - b.astype(int)).mean()
+    middle = len(job.outputs()) // 2
+    x_t, guess = pixels(job.outputs()[middle][0]), pixels(job.outputs()[middle][1])
+    assert distance(guess, last) < distance(x_t, last)       # halfway, x̂_0 is nearer the final images than x_t
 
 
 def test_attacks_change_the_standard_classifier_and_respect_epsilon(client):
@@ -163,6 +173,14 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/fgsm_attack", ("classifier", SNEAKER, "cw", 0.1, 0), "attack must be one of fgsm, fgsm_targeted, pgd"),
     ("/fgsm_attack", ("classifier", SNEAKER, "fgsm_targeted", 0.1, 12), "target must be a whole number from 0 to 9"),
     ("/fgsm_attack", ("dcgan", SNEAKER, "fgsm", 0.1, 0), "is a GAN; this needs a Classifier"),
+    ("/foundations_train", ("NAND", "perceptron rule", "tanh", 0, 10), "gate must be one of AND, OR, XOR"),
+    ("/foundations_train", ("XOR", "svm", "tanh", 0, 10), "learner must be one of perceptron rule"),
+    ("/foundations_train", ("XOR", "two-layer MLP", "gelu", 0, 10), "activation must be one of sigmoid, tanh"),
+    ("/foundations_train", ("XOR", "two-layer MLP", "tanh", 0, 301), "epoch must be a whole number from 0 to 300"),
+    ("/foundations_train", ("XOR", "two-layer MLP", "tanh", -3, 1), "seed must be a whole number from 0"),
+    ("/foundations_activation", ("/etc/passwd",), "activation must be one of sigmoid"),
+    ("/foundations_approximate", ("sin", 65, "tanh"), "hidden units must be a whole number from 1 to 64"),
+    ("/foundations_approximate", ("cos", 4, "tanh"), "target must be one of sin, step"),
 ]
 
 
@@ -198,6 +216,7 @@ def raw_call(url: str, api_name: str, body: str) -> str:
     ("gan_sample", '["dcgan", NaN, 0, -1]', "n must be a whole number"),
     ("ddpm_sample", '["ddpm", 4, 10, "ddim", NaN, 0, -1, 1]', "eta must be a number from 0 to 1"),
     ("fgsm_attack", '["classifier", null, "fgsm", Infinity, 0]', "eps must be a number from 0 to 0.5"),
+    ("foundations_train", '["XOR", "two-layer MLP", "tanh", 0, NaN]', "epoch must be a whole number"),
     ("ddpm_sample", '["ddpm-cond", 4, 10, "ddim", 0, 0, 3, NaN]', "guidance_scale must be a number from 0 to 20"),
 ])
 def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
@@ -335,7 +354,7 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
     our message, never Gradio's generic error."""
     client = Client(sampler_url, verbose=False)
     apis = endpoints(sampler_url)
-    assert len(apis) == 12
+    assert len(apis) == 15
     calls = 0
     for api_name, inputs in apis.items():
         defaults = default_arguments(inputs)

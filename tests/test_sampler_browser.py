@@ -8,9 +8,10 @@ from test_monitor_browser import ARTIFACTS, LOCAL, local_page, require_chromium
 TABS = [   # tab, button, the label of the image output it fills
     ("GAN", "Sample", "samples"),
     ("VAE", "Sample from the prior", "samples: decoder means of z ~ p(z)"),
-    ("Diffusion", "Denoise", "the first images at 10 moments of the run"),
+    ("Diffusion", "Denoise", "the first images at 10 moments of the run: x_t above x̂₀"),
     ("CycleGAN", "Translate", "translation"),
     ("FGSM", "Attack", "adversarial image"),
+    ("Foundations", "Train", "the whole run"),
 ]
 
 

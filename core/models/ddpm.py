@@ -2,9 +2,14 @@
 2022). The network is core/models/unet.py; the samplers are core/schedulers/ (DDPM, DDIM, DPM-Solver++).
 
 Forward process (Eq. 4):  x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε,   ε ~ N(0, I),  t ~ U{0, …, T−1}.
-Training (Algorithm 1):   minimise ‖target − f_θ(x_t, t)‖² (Eq. 14 with the "simple" weighting), where the
-                          prediction type sets the target: ε ("epsilon", the paper), x_0 ("sample"), or
+Training (Algorithm 1):   minimise λ(t) ‖target − f_θ(x_t, t)‖² (Eq. 14 with the "simple" weighting λ = 1), where
+                          the prediction type sets the target: ε ("epsilon", the paper), x_0 ("sample"), or
                           v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 ("v_prediction", Salimans & Ho 2022).
+Min-SNR-γ weighting:      (Hang et al. 2023) with SNR(t) = ᾱ_t / (1 − ᾱ_t), weight each image's loss so that, in
+                          x_0 terms, it is min(SNR, γ) ‖x_0 − x̂_0‖²: the low-noise steps, which are easy, no longer
+                          dominate the gradient. Since ‖ε − ε̂‖² = SNR ‖x_0 − x̂_0‖² and
+                          ‖v − v̂‖² = (SNR + 1) ‖x_0 − x̂_0‖², λ = min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v
+                          and min(SNR, γ) for x_0.
 Sampling (Algorithm 2):   x_T ~ N(0, I), then x_{t−1} from x_t by a scheduler's `step`, down to x_0.
 Guidance:                 with labels dropped to a null label with probability p during training, one network is
                           both conditional and unconditional, and sampling uses
@@ -31,7 +36,7 @@ from core.model import TrainableModel
 from core.models.unet import UNet
 from core.nn import EMA
 from core.schedulers import SCHEDULERS, DDPMScheduler
-from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES
+from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, predicted_x0
 
 MAX_STEPS = 1000                 # sampling steps: at most the training timesteps of the default schedule
 GUIDANCE_RANGE = (0.0, 20.0)     # classifier-free guidance scale w (1: no guidance)
@@ -52,6 +57,7 @@ class DDPMConfig:
     beta_schedule: str = option("linear", "β schedule", choices=BETA_SCHEDULES)
     beta_start: float = option(0.0001, "β_1 of the linear schedules")
     beta_end: float = option(0.02, "β_T of the linear schedules")
+    snr_gamma: float = option(0.0, "min-SNR-γ loss weighting (Hang et al. 2023: γ = 5); 0: the simple loss")
     ema_decay: float = option(0.9995, "decay of the weights' moving average used for sampling (0: no EMA)")
     eval_steps: int = option(20, "DPM-Solver++ steps for the samples and metrics logged during training")
     eval_guidance: float = option(2.0, "guidance scale of the conditional samples logged during training")
@@ -80,6 +86,8 @@ comparable with Inception-FIDs from papers.
         widths = tuple(int(w) for w in str(config.widths).split(","))
         if config.prediction_type not in PREDICTION_TYPES or config.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, beta_schedule one of {BETA_SCHEDULES}")
+        if not config.snr_gamma >= 0:
+            raise ValueError(f"snr_gamma must be 0 (off) or positive, got {config.snr_gamma}")
         self.config = config
         self.unet = UNet(config.channels, widths, config.layers_per_block, config.num_classes, dropout=config.dropout)
         self.ema = EMA(self.unet, config.ema_decay) if config.ema_decay > 0 else None
@@ -113,11 +121,23 @@ comparable with Inception-FIDs from papers.
             drop = torch.rand(len(x0), device=x0.device) < self.config.label_dropout
             labels = torch.where(drop, torch.full_like(batch.labels, self.config.num_classes), batch.labels)
         prediction = self.unet(x_t, t, labels)
-        loss = F.mse_loss(prediction.float(), target)
+        if self.config.snr_gamma > 0:
+            per_image = ((prediction.float() - target) ** 2).mean(dim=(1, 2, 3))
+            loss = (self.loss_weights(t) * per_image).mean()
+        else:
+            loss = F.mse_loss(prediction.float(), target)
         loss = self.optimizer_step(self.optimizer, loss)
         if self.ema is not None:
             self.ema.update(self.unet)
         return {"loss/denoise": loss}
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Min-SNR-γ: λ(t) = min(SNR, γ) / {SNR for ε, SNR + 1 for v, 1 for x_0}, SNR = ᾱ_t / (1 − ᾱ_t)."""
+        abar = self.noise_scheduler.alphas_cumprod.to(t.device)[t]
+        snr = abar / (1 - abar)
+        clipped = snr.clamp(max=self.config.snr_gamma)
+        weights = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}
+        return weights[self.config.prediction_type]
 
     def exported(self) -> "DDPM":
         """The shipped folder: the EMA weights as the model's only weights (half the file, the same samples)."""
@@ -174,8 +194,10 @@ comparable with Inception-FIDs from papers.
     def denoise(self, n: int = 16, steps: int = 20, scheduler="dpm_solver", seed: int = 0, guidance_scale: float = 1.0,
                 label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None
                 ) -> Iterator[tuple[int, Tensor, Tensor]]:
-        """Yield (step index, x_t, x̂_0 or None) after every reverse step; `scheduler` is a name or any object with
-        the diffusers scheduler API (ours or diffusers' own). x_T comes from `seed` unless `noise` is given."""
+        """Yield (step index, x_{t−1}, x̂_0) after every reverse step: x̂_0 is what the network believes the final
+        image to be at that step (its output converted to x_0, before any clipping or thresholding). `scheduler` is
+        a name or any object with the diffusers scheduler API (ours or diffusers' own). x_T comes from `seed` unless
+        `noise` is given."""
         if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
         if not math.isfinite(guidance_scale) or not GUIDANCE_RANGE[0] <= guidance_scale <= GUIDANCE_RANGE[1]:
@@ -193,9 +215,10 @@ comparable with Inception-FIDs from papers.
         for i, t in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(x, t)
             output = self.predict(model_input, t.to(device), labels, guidance_scale)
-            result = scheduler.step(output, t, x, generator=generator, **extra)
-            x = result.prev_sample
-            yield i, x, getattr(result, "pred_original_sample", None)
+            abar = self.noise_scheduler.alphas_cumprod[int(t)]
+            x0 = predicted_x0(self.config.prediction_type, output, x, abar ** 0.5, (1 - abar) ** 0.5)
+            x = scheduler.step(output, t, x, generator=generator, **extra).prev_sample
+            yield i, x, x0
 
     def sample(self, n: int = 16, steps: int = 20, scheduler="dpm_solver", seed: int = 0, guidance_scale: float = 1.0,
                label: int | Tensor | None = None, eta: float = 0.0, return_intermediates: bool = False,

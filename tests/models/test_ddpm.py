@@ -21,16 +21,40 @@ def fixed_model(**options) -> DDPM:
     return model.eval()
 
 
-@pytest.mark.parametrize("prediction_type", ("epsilon", "sample", "v_prediction"))
-def test_training_step_gives_a_finite_loss_and_overfits_one_batch(prediction_type, digits):
+@pytest.mark.parametrize("prediction_type,snr_gamma", [("epsilon", 0.0), ("sample", 0.0), ("v_prediction", 0.0),
+                                                       ("epsilon", 5.0), ("v_prediction", 5.0)])
+def test_training_step_gives_a_finite_loss_and_overfits_one_batch(prediction_type, snr_gamma, digits):
     torch.manual_seed(0)
-    model = DDPM(DDPMConfig(**TINY, prediction_type=prediction_type))
+    model = DDPM(DDPMConfig(**TINY, prediction_type=prediction_type, snr_gamma=snr_gamma))
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=3e-3)
     model.optimizer = optimizer
     batch = next(digits.batches(32, seed=0, epoch=0))
     losses = [float(model.training_step(batch, step)["loss/denoise"]) for step in range(60)]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) < 0.75 * sum(losses[:10])     # t and ε are redrawn each step: a noisy curve
+
+
+@pytest.mark.parametrize("prediction_type", ("epsilon", "sample", "v_prediction"))
+def test_min_snr_weights_make_every_target_the_clipped_x0_loss(prediction_type):
+    """λ(t)·‖target − f‖² equals min(SNR, γ)·‖x_0 − x̂_0‖² for each prediction type (Hang et al. 2023, Sec. 3.4)."""
+    model = DDPM(DDPMConfig(**TINY, prediction_type=prediction_type, snr_gamma=5.0))
+    t = torch.tensor([0, 50, 200, 999])
+    x0, eps, error = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), 0.1 * torch.randn(4, 1, 8, 8)
+    s = model.noise_scheduler
+    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = s.add_noise(x0, eps, t)
+    target = {"epsilon": eps, "sample": x0, "v_prediction": s.get_velocity(x0, eps, t)}[prediction_type]
+    x0_hat = {"epsilon": (x_t - (1 - abar).sqrt() * (eps + error)) / abar.sqrt(), "sample": x0 + error,
+              "v_prediction": abar.sqrt() * x_t - (1 - abar).sqrt() * (target + error)}[prediction_type]
+    snr = (abar / (1 - abar)).flatten()
+    weighted = model.loss_weights(t) * (error ** 2).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(weighted, snr.clamp(max=5.0) * ((x0 - x0_hat) ** 2).sum(dim=(1, 2, 3)),
+                               rtol=1e-3, atol=1e-6)
+
+
+def test_min_snr_gamma_must_not_be_negative():
+    with pytest.raises(ValueError, match="snr_gamma"):
+        DDPM(DDPMConfig(**TINY, snr_gamma=-1.0))
 
 
 def test_label_dropout_trains_the_null_label(digits):
