@@ -33,11 +33,10 @@ from core.checkpoint import CheckpointError
 from core.data import FASHION_CLASSES
 from core.families import FAMILIES
 from core.hub import load_model, read_manifest, resolve
-from core.images import grid_picture
+from core.images import PALETTE, Canvas, grid_picture
 from core.model import TrainableModel, fast_precision
 from core.models import ddpm as diffusion
 from core.models import perceptron as foundations
-from core.plots import COLORS, GREEN, Canvas
 from core.requests import MAX_SEED, RequestError, class_index, one_of, read_image, real_number, shown, \
     to_model_input, whole_number, without_paths
 from core.schedulers import SCHEDULERS
@@ -433,7 +432,7 @@ def _foundations_run(gate: str, learner: str, activation: str, seed: int) -> tup
 def _boundary_picture(gate: str, classify, lines, title: str) -> Image.Image:
     canvas = Canvas(SQUARE, SQUARE).regions(classify)
     for w, b in lines:
-        canvas.line(w, b, GREEN if len(lines) > 1 else (0, 0, 0))
+        canvas.line(w, b, PALETTE[2] if len(lines) > 1 else (0, 0, 0))
     return canvas.points(foundations.INPUTS, foundations.GATES[gate]).axes((0, 1)).title(title).image
 
 
@@ -466,7 +465,7 @@ def activation_picture(name) -> tuple[Image.Image, str]:
     activation = foundations.ACTIVATIONS[name]
     a = torch.linspace(-4, 4, 401)
     canvas = Canvas((-4, 4), (-1.5, 4)).axes((-4, -1, 0, 1, 4))
-    canvas.curve(a, activation.function(a), COLORS[0]).curve(a, activation.derivative(a), COLORS[1])
+    canvas.curve(a, activation.function(a), PALETTE[0]).curve(a, activation.derivative(a), PALETTE[1])
     return canvas.title(f"{name}: the function (blue) and its derivative (orange)").image, activation.formula
 
 
@@ -479,7 +478,7 @@ def approximation_picture(target, hidden, activation) -> tuple[Image.Image, str]
     hidden = whole_number(hidden, "hidden units", 1, MAX_HIDDEN)
     activation = one_of(activation, "activation", tuple(foundations.ACTIVATIONS))
     x, y, fit, error = _approximation(target, hidden, activation)
-    canvas = Canvas((-3.2, 3.2), (-1.5, 1.5)).axes((-3, 0, 3)).curve(x, y).curve(x, fit, COLORS[0])
+    canvas = Canvas((-3.2, 3.2), (-1.5, 1.5)).axes((-3, 0, 3)).curve(x, y).curve(x, fit, PALETTE[0])
     return canvas.title(f"{target} with {hidden} {activation} units").image, f"mean squared error {error:.2e}"
 
 
