@@ -11,10 +11,11 @@ from core.models.classifier import Classifier
 from core.models.cyclegan import CycleGAN
 from core.models.ddpm import DDPM
 from core.models.gan import GAN
+from core.models.simclr import SimCLR
 from core.models.vae import VAE
 
 FAMILIES: dict[str, type[TrainableModel]] = {"classifier": Classifier, "gan": GAN, "ddpm": DDPM, "vae": VAE,
-                                             "cyclegan": CycleGAN}
+                                             "cyclegan": CycleGAN, "simclr": SimCLR}
 
 
 def class_named(class_name: str) -> type[TrainableModel]:

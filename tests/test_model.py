@@ -9,6 +9,7 @@ from core.models.classifier import ClassifierConfig
 from core.models.cyclegan import CycleGANConfig
 from core.models.ddpm import DDPMConfig
 from core.models.gan import ARCHITECTURES, GANConfig
+from core.models.simclr import SimCLRConfig
 from core.models.vae import VAEConfig
 from core.train import train
 
@@ -17,7 +18,8 @@ TINY = {"classifier": [ClassifierConfig(width=4, hidden=8)],
         "gan": [GANConfig(architecture=a, image_size=8, feature_maps=4, latent_dim=8) for a in ARCHITECTURES],
         "vae": [VAEConfig(image_size=8, width=4, hidden=16, latent_dim=2)],
         "ddpm": [DDPMConfig(image_size=8, widths="8,16", eval_steps=2)],
-        "cyclegan": [CycleGANConfig(width=4, residual_blocks=1, domain_a=0, domain_b=1)]}
+        "cyclegan": [CycleGANConfig(width=4, residual_blocks=1, domain_a=0, domain_b=1)],
+        "simclr": [SimCLRConfig(image_size=8, width=4, projection_dim=8)]}
 CASES = [(family, config) for family, configs in TINY.items() for config in configs]
 
 

@@ -188,7 +188,8 @@ SMALL = {"classifier": ["--width", "4", "--hidden", "8"],
          "vae": ["--width", "4", "--hidden", "16", "--latent-dim", "2"],
          "ddpm": ["--widths", "8,16", "--eval-steps", "2"],
          "cyclegan": ["--width", "4", "--residual-blocks", "1", "--domain-a", "0", "--domain-b", "1",
-                      "--classes", "0,1"]}
+                      "--classes", "0,1"],
+         "simclr": ["--width", "4", "--projection-dim", "8"]}
 
 
 @pytest.fixture(scope="module")
