@@ -70,9 +70,9 @@ class Elementwise(nn.Module):
 # ----------------------------------------------------------------------------------------------- single units
 @dataclass
 class History:
-    """Parameters after every epoch (index 0: before training) and the errors made during each epoch."""
-    weights: list[Tensor]        # each (2,) for one unit, or the MLP's state dict flattened per layer
-    biases: list[Tensor]
+    """One unit's parameters after every epoch (index 0: before training) and the mistakes of each epoch."""
+    weights: list[Tensor]        # each (2,)
+    biases: list[Tensor]         # each a scalar
     errors: list[int]
     converged_at: int | None     # the first epoch after which every example is right (None: never)
 

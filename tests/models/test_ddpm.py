@@ -149,3 +149,11 @@ def tmp_config_ddpm(tiny_config):
     import dataclasses
     cfg = dataclasses.replace(tiny_config, max_steps=6, checkpoint_every=3, eval_size=32, mixed_precision="bf16")
     return DDPM(DDPMConfig(**TINY, eval_steps=3)), cfg
+
+
+def test_dpm_solver_thresholds_only_for_epsilon_prediction():
+    """ε-prediction amplifies ε̂'s errors by 1/α_t in x̂_0 and gets dynamic thresholding; v-prediction does not."""
+    assert DDPM(DDPMConfig(**TINY)).scheduler("dpm_solver").config.thresholding
+    v_model = DDPM(DDPMConfig(**TINY, prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2"))
+    assert not v_model.scheduler("dpm_solver").config.thresholding
+    assert v_model.scheduler("dpm_solver", thresholding=True).config.thresholding
