@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--worst", type=int, default=0, metavar="K",
                         help="generators: write worst.png and best.png, the K least and most realistic samples")
     parser.add_argument("--out", default=".", help="folder for worst.png and best.png (default: here)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                        help="generators: sample with the networks in this precision (the sampler app's diffusion "
+                             "runs in bf16 where the CPU has bf16 instructions)")
     args = parser.parse_args(argv)
     try:
         epsilons = [float(e) for e in args.epsilons.split(",")]
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.reference:
             result.update(reference_and_floor(model, folder, args.dataset, args.data_dir))
     else:      # a generator: as many samples as test images, scored on the metric classifier's features
+        model.set_precision(args.mixed_precision)
         samples, yardstick = model.evaluation_samples(len(data)), metric_yardstick()
         result = {**model.evaluate(data, yardstick, samples), "samples": len(data)}
         if args.worst:

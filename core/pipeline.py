@@ -313,7 +313,7 @@ _large_diffusion = threading.Lock()
 
 class DiffusionPipeline(Pipeline):
     def __init__(self, model, name):
-        super().__init__(model.set_precision(fast_precision()), name)     # bf16 where the CPU has AMX
+        super().__init__(model.set_precision(fast_precision()), name)     # bf16 where the CPU has it
 
     def denoise(self, n, steps, scheduler, eta, seed, label=-1, guidance_scale=1.0
                 ) -> Iterator[tuple[int, int, Image.Image, Image.Image, Image.Image | None]]:
