@@ -37,3 +37,17 @@ class EMA(nn.Module):
     def train(self, mode: bool = True):
         """The average always runs in eval mode (batch norm uses its copied running statistics)."""
         return super().train(False)
+
+
+def conv_block(c_in: int, c_out: int) -> list[nn.Module]:
+    """conv3x3 (no bias) → batch norm → ReLU."""
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def conv_encoder(channels: int, width: int) -> list[nn.Module]:
+    """conv3x3(w) ×2 → maxpool → conv3x3(2w) ×2 → maxpool → conv3x3(4w) → global average pool → (B, 4w): the
+    classifier's body and SimCLR's encoder (global pooling takes any image size)."""
+    w = width
+    return [*conv_block(channels, w), *conv_block(w, w), nn.MaxPool2d(2), *conv_block(w, 2 * w),
+            *conv_block(2 * w, 2 * w), nn.MaxPool2d(2), *conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
+            nn.Flatten()]

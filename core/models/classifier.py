@@ -22,6 +22,7 @@ from core.config import TrainConfig, option
 from core.data import Batch, ImageData
 from core.metrics import Yardstick
 from core.model import TrainableModel
+from core.nn import conv_encoder
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,6 @@ class ClassifierConfig:
     augment: bool = option(True, "random 2-pixel shifts and horizontal flips during training")
     adversarial_eps: float = option(0.0, "FGSM adversarial training budget (fraction of pixel range; 0: off)")
     adversarial_alpha: float = option(1.25, "FGSM step as a multiple of eps (Wong et al.: 1.25)")
-
-
-def conv_block(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
 def augment(x: Tensor, shift: int = 2) -> Tensor:
@@ -72,10 +69,8 @@ Attack budgets ε are fractions of the pixel range (ε = 0.1 moves a pixel by at
         super().__init__()
         self.config = config
         w = config.width
-        self.body = nn.Sequential(*conv_block(config.channels, w), *conv_block(w, w), nn.MaxPool2d(2),
-                                  *conv_block(w, 2 * w), *conv_block(2 * w, 2 * w), nn.MaxPool2d(2),
-                                  *conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(4 * w, config.hidden), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*conv_encoder(config.channels, w), nn.Linear(4 * w, config.hidden),
+                                  nn.ReLU(inplace=True))
         self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.hidden, config.num_classes))
 
     def features(self, x: Tensor) -> Tensor:

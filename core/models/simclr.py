@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
 from core.model import TrainableModel
+from core.nn import conv_encoder
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,6 @@ def augment(x: Tensor, config: SimCLRConfig, generator: torch.Generator | None =
     return view.masked_fill(erased[:, None], -1.0).clamp(-1, 1)
 
 
-def conv_block(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-
-
 class SimCLR(TrainableModel):
     """Contrastive representation learning: encoder f (the representation) and projection head g (the loss only)."""
     config_class = SimCLRConfig
@@ -98,9 +95,7 @@ card's table measures it with a linear probe and k nearest neighbours on few lab
         super().__init__()
         self.config = config
         w = config.width
-        self.encoder = nn.Sequential(*conv_block(config.channels, w), *conv_block(w, w), nn.MaxPool2d(2),
-                                     *conv_block(w, 2 * w), *conv_block(2 * w, 2 * w), nn.MaxPool2d(2),
-                                     *conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.encoder = nn.Sequential(*conv_encoder(config.channels, w))          # the classifier's body, (B, 4w)
         self.projection = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True),
                                         nn.Linear(4 * w, config.projection_dim))
 
