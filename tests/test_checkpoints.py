@@ -11,6 +11,7 @@ from core.attacks import robustness_curve
 from core.data import load_dataset
 from core.evaluate import metric_yardstick
 from core.hub import load_model
+from core.model import fast_precision
 from core.models.ddpm import DDPM
 
 CHECKPOINTS = ROOT / "checkpoints"
@@ -80,6 +81,7 @@ def fresh_samples():
         if name not in cache:
             model = load_model(CHECKPOINTS / name)
             if isinstance(model, DDPM):
+                model.set_precision(fast_precision())         # as the cards were measured (bf16 where it is fast)
                 guidance = model.config.eval_guidance if model.conditional else 1.0
                 cache[name] = model, model.sample(128, model.config.eval_steps, seed=11, guidance_scale=guidance)
             else:
