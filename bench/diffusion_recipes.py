@@ -52,6 +52,10 @@ def row(cells: list) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def header(cells: list) -> str:
+    return row(cells) + "\n" + "|---" * len(cells) + "|"
+
+
 def score_row(model, yardstick, test, n: int, steps: int, scheduler: str, thresholding: bool) -> list[str]:
     guidance = 2.0 if model.conditional else 1.0
     options = {"thresholding": thresholding} if scheduler == "dpm_solver" else {}
@@ -88,13 +92,13 @@ def main() -> None:
     if args.steps:
         model = load_model(model_folder(args.runs[0], args.at)).set_precision("no" if args.fp32 else "bf16")
         print(f"{args.runs[0]}: {recipe(vars(model.config))}, {args.n} samples, {torch.get_num_threads()} threads")
-        print(row(["sampler", "steps", *COLUMNS, *(extra if model.conditional else []), "s / 64 images"]))
+        print(header(["sampler", "steps", *COLUMNS, *(extra if model.conditional else []), "s / 64 images"]))
         for steps in (int(s) for s in args.steps.split(",")):
             for scheduler in ("ddim", "dpm_solver"):
                 cells = score_row(model, yardstick, test, args.n, steps, scheduler, thresholding=False)
                 print(row([scheduler, steps, *cells, f"{seconds_for_64(model, steps, scheduler):.2f}"]), flush=True)
         return
-    print(row(["run", "recipe", "training steps", "minutes", "thresholding", *COLUMNS, *extra]))
+    print(header(["run", "recipe", "training steps", "minutes", "thresholding", *COLUMNS, *extra]))
     for run in args.runs:
         folder = model_folder(run, args.at)
         model = load_model(folder).set_precision("no" if args.fp32 else "bf16")
