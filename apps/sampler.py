@@ -428,7 +428,7 @@ $\varepsilon$-ball. `classifier-adv` was trained on FGSM examples (with a random
                 curve_name = gr.Dropdown(list(foundations.ACTIVATIONS), value="sigmoid", label="activation")
                 curve_button = gr.Button("Plot")
                 curve_formula = gr.Markdown()
-            curve = picture_out("φ and φ'")
+            curve = picture_out("the function (blue) and its derivative (orange)")
         with gr.Row():
             with gr.Column():
                 target_curve = gr.Dropdown(list(foundations.TARGETS), value="sin", label="target on [-π, π]")

@@ -12,6 +12,8 @@ TABS = [   # tab, button, the label of the image output it fills
     ("CycleGAN", "Translate", "translation"),
     ("FGSM", "Attack", "adversarial image"),
     ("Foundations", "Train", "the whole run"),
+    ("Foundations", "Plot", "the function (blue) and its derivative (orange)"),
+    ("Foundations", "Fit", "one hidden layer of n units (blue) against the target (black)"),
 ]
 
 
@@ -35,7 +37,7 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
             image.wait_for(timeout=60_000)
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
                                    timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}.png"), full_page=True)   # the last click's
         # an unknown model typed into the GAN tab's model box answers with a toast that says why
         page.get_by_role("tab", name="GAN", exact=True).click()
         box = page.get_by_label("model").first
@@ -48,7 +50,7 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         assert "model must be one of mlp-gan, dcgan, cgan or a Hub repo id" in toast.inner_text()
         # the About section's equations are typeset (KaTeX, served by the app itself)
         page.get_by_role("tab", name="FGSM", exact=True).click()
-        page.get_by_text("About").last.click()
+        page.get_by_text("About").locator("visible=true").last.click()         # the FGSM tab's (the others hide)
         page.locator(".katex").first.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "sampler-about.png"), full_page=True)
         browser.close()
