@@ -24,8 +24,9 @@ def option(default, help: str, **kwargs):
 class TrainConfig:
     """Options of the one training loop (core.train), shared by every family."""
     dataset: str = option("fashion-mnist", "fashion-mnist, mnist, digits (sklearn's 8x8, for quick tries), or folder "
-                          "(a CycleGAN folder pair: --data-dir holding trainA/ trainB/ testA/ testB/)",
-                          choices=("fashion-mnist", "mnist", "digits", "folder"))
+                          "(a CycleGAN folder pair: --data-dir holding trainA/ trainB/ testA/ testB/) or paired-folder "
+                          "(the same, A and B files paired by name, for Pix2Pix)",
+                          choices=("fashion-mnist", "mnist", "digits", "folder", "paired-folder"))
     data_dir: str | None = option(None, "folder with the IDX files (default: search, see core.data) or the folder pair")
     folder_image_size: int = option(28, "folder datasets: images are centred and resized to this side")
     folder_channels: int = option(1, "folder datasets: 1 (grey) or 3 (RGB)", choices=(1, 3))

@@ -31,7 +31,7 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 MIRRORS = {"fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
            "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/"}
-DATASETS = ("fashion-mnist", "mnist", "digits", "folder")
+DATASETS = ("fashion-mnist", "mnist", "digits", "folder", "paired-folder")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -71,23 +71,33 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
 class Batch:
     images: Tensor   # (B, C, H, W) float in [-1, 1]
     labels: Tensor   # (B,) int64
+    inputs: Tensor | None = None   # paired data: the input image of each target image, like `images`
+
+    def to(self, device) -> "Batch":
+        return Batch(self.images.to(device), self.labels.to(device),
+                     None if self.inputs is None else self.inputs.to(device))
 
 
 @dataclass
 class ImageData:
-    """A whole dataset in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """A whole dataset in memory: uint8 images (N, C, H, W) and int64 labels (N,); paired data (image-to-image
+    translation) also holds each image's input, uint8 of the same shape."""
     images: Tensor
     labels: Tensor
     classes: tuple[str, ...]
     name: str = ""
     pad_to: int | None = None      # pad each side with black (-1) up to this size when batches are drawn
     split: str = ""
+    inputs: Tensor | None = None
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if self.inputs is not None and (self.inputs.dtype != torch.uint8 or self.inputs.shape != self.images.shape):
+            raise ValueError(f"inputs must be uint8 of the images' shape {tuple(self.images.shape)}, got "
+                             f"{self.inputs.dtype} {tuple(self.inputs.shape)}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -100,13 +110,12 @@ class ImageData:
 
     def batch(self, index: Tensor | slice) -> Batch:
         """Rows `index` as a Batch, scaled to [-1, 1] (and padded when pad_to is set)."""
-        images = self.images[index].float().div_(127.5).sub_(1.0)
-        if self.pad_to:
-            images = pad_images(images, self.pad_to)
-        return Batch(images, self.labels[index])
+        scaled = lambda x: pad_images(to_float(x[index]), self.pad_to) if self.pad_to else to_float(x[index])
+        return Batch(scaled(self.images), self.labels[index], None if self.inputs is None else scaled(self.inputs))
 
     def select(self, index: Tensor) -> "ImageData":
-        return ImageData(self.images[index], self.labels[index], self.classes, self.name, self.pad_to, self.split)
+        return ImageData(self.images[index], self.labels[index], self.classes, self.name, self.pad_to, self.split,
+                         None if self.inputs is None else self.inputs[index])
 
     def subset(self, classes: list[int | str] | tuple[int | str, ...]) -> "ImageData":
         """Only the rows of the given classes (by index or name), e.g. subset(["sneaker"])."""
@@ -139,9 +148,60 @@ def pad_images(images: Tensor, size: int) -> Tensor:
     return F.pad(images, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=-1.0)
 
 
+def to_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
 def to_uint8(images: Tensor) -> Tensor:
     """[-1, 1] floats -> uint8 [0, 255]."""
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# ------------------------------------------------------------------------------- paired tasks (image-to-image)
+PAIRED_TASKS = ("edges", "inpaint", "pairs")    # pairs: the inputs come with the data (a paired folder)
+EDGE_THRESHOLD = 0.25      # Sobel magnitude (kernels / 4, image in [0, 1]) above which a pixel is an edge
+INPAINT_SIDE = 0.4         # side of the inpainting task's masked square, as a share of the image side
+SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 4   # a unit step gives magnitude 1
+
+
+def edge_map(images: Tensor, threshold: float = EDGE_THRESHOLD) -> Tensor:
+    """The edges -> image task's input: with g = (Sobel_x * I, Sobel_y * I) of the grey image I in [0, 1], a pixel is
+    an edge where |g| > threshold: 1 (white lines) there, -1 (black) elsewhere, in every channel.
+    (B, C, H, W) in [-1, 1] -> the same shape."""
+    grey = (images.float().mean(1, keepdim=True) + 1) / 2
+    kernels = torch.stack([SOBEL, SOBEL.T])[:, None].to(grey.device)
+    gradient = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)
+    edges = torch.where(gradient.square().sum(1, keepdim=True) > threshold ** 2, 1.0, -1.0)
+    return edges.expand_as(images).to(images.dtype).contiguous()
+
+
+def masked_square(images: Tensor, generator: torch.Generator | None = None, side: float = INPAINT_SIDE) -> Tensor:
+    """The inpainting task's input: each image with a square of side round(side * H) at a random position (drawn
+    from `generator`) set to 0, mid grey, which neither the black background nor a garment's light body holds."""
+    b, _, h, w = images.shape
+    k = round(side * min(h, w))
+    top = (torch.rand(b, generator=generator) * (h - k + 1)).long()[:, None, None]
+    left = (torch.rand(b, generator=generator) * (w - k + 1)).long()[:, None, None]
+    rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    inside = (rows >= top) & (rows < top + k) & (cols >= left) & (cols < left + k)
+    return images.masked_fill(inside[:, None].to(images.device), 0.0)
+
+
+def paired_inputs(task: str, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
+    """The input image of each target image of `batch` for a paired task: made from the targets ("edges",
+    "inpaint"), or the inputs the data holds ("pairs", a paired folder)."""
+    if task == "pairs":
+        if batch.inputs is None:
+            raise ValueError("the 'pairs' task needs paired data: --dataset paired-folder --data-dir FOLDER")
+        return batch.inputs
+    if batch.inputs is not None:
+        raise ValueError(f"this data holds its own inputs (a paired folder): train with --task pairs, not {task!r}")
+    if task == "edges":
+        return edge_map(batch.images)
+    if task == "inpaint":
+        return masked_square(batch.images, generator)
+    raise ValueError(f"unknown paired task {task!r}; choose one of {PAIRED_TASKS}")
 
 
 # ---------------------------------------------------------------------------------------------------- finding files
@@ -243,39 +303,56 @@ def image_to_tensor(image, size: int, channels: int = 1) -> Tensor:
     return torch.from_numpy(array.copy()).reshape(size, size, channels).permute(2, 0, 1).contiguous()
 
 
-def load_folder_pair(root: str | Path, split: str = "train", size: int = 28, channels: int = 1) -> ImageData:
-    """An unpaired image-to-image dataset laid out as CycleGAN's: <root>/trainA, trainB, testA, testB of image
-    files of any size. Returns one ImageData with classes ("A", "B") and labels 0 / 1, converted to size x size with
-    `channels` channels; an unreadable file is an error that names it."""
+def read_image_files(folder: Path, size: int, channels: int) -> dict[str, Tensor]:
+    """Every image file in `folder` (by name stem) as (C, size, size) uint8; an unreadable file is an error that
+    names it."""
     from PIL import Image, UnidentifiedImageError
+    if not folder.is_dir():
+        raise DatasetNotFound(f"{folder} does not exist")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetNotFound(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    images = {}
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                images[file.stem] = image_to_tensor(image, size, channels)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"cannot read {file} as an image: {exc}") from exc
+    return images
+
+
+def load_folder_pair(root: str | Path, split: str = "train", size: int = 28, channels: int = 1,
+                     paired: bool = False) -> ImageData:
+    """An image-to-image dataset laid out as CycleGAN's and Pix2Pix's: <root>/trainA, trainB, testA, testB of image
+    files of any size, converted to size x size with `channels` channels.
+    Unpaired (CycleGAN): one ImageData with classes ("A", "B") and labels 0 / 1.
+    Paired (Pix2Pix, `paired`): the B files are the targets and the A file of the same name (any suffix) is each
+    one's input; a file without its partner is an error that names it."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    images, labels = [], []
-    for label, domain in enumerate("AB"):
-        folder = Path(root) / f"{split}{domain}"
-        if not folder.is_dir():
-            raise DatasetNotFound(f"{folder} does not exist: a folder pair needs {split}A/ and {split}B/ under {root}")
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DatasetNotFound(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        for file in files:
-            try:
-                with Image.open(file) as image:
-                    images.append(image_to_tensor(image, size, channels))
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-                raise ValueError(f"cannot read {file} as an image: {exc}") from exc
-            labels.append(label)
-    return ImageData(torch.stack(images), torch.tensor(labels), ("A", "B"), f"folder:{root}", split=split)
+    a, b = (read_image_files(Path(root) / f"{split}{domain}", size, channels) for domain in "AB")
+    if not paired:
+        return ImageData(torch.stack([*a.values(), *b.values()]), torch.tensor([0] * len(a) + [1] * len(b)),
+                         ("A", "B"), f"folder:{root}", split=split)
+    if a.keys() != b.keys():
+        alone = sorted(a.keys() ^ b.keys())
+        raise ValueError(f"paired folders need the same file names in {split}A/ and {split}B/; without a partner: "
+                         f"{', '.join(alone[:5])}{' ...' if len(alone) > 5 else ''}")
+    names = sorted(b)
+    return ImageData(torch.stack([b[n] for n in names]), torch.zeros(len(names), dtype=torch.long), ("image",),
+                     f"paired-folder:{root}", split=split, inputs=torch.stack([a[n] for n in names]))
 
 
 def load_dataset(name: str, split: str = "train", root: str | Path | None = None, pad_to: int | None = None,
                  classes: list[int | str] | None = None, size: int = 28, channels: int = 1) -> ImageData:
-    """The one entry point: 'fashion-mnist', 'mnist', 'digits', or 'folder' (a CycleGAN folder pair at `root`,
-    resized to `size` with `channels`), optionally padded and restricted to classes."""
-    if name == "folder":
+    """The one entry point: 'fashion-mnist', 'mnist', 'digits', 'folder' (a CycleGAN folder pair at `root`,
+    resized to `size` with `channels`) or 'paired-folder' (the same layout, A and B files paired by name),
+    optionally padded and restricted to classes."""
+    if name in ("folder", "paired-folder"):
         if not root:
-            raise ValueError("the folder dataset needs --data-dir pointing at the folder holding trainA/ and trainB/")
-        data = load_folder_pair(root, split, size, channels)
+            raise ValueError(f"the {name} dataset needs --data-dir pointing at the folder holding trainA/ and trainB/")
+        data = load_folder_pair(root, split, size, channels, paired=name == "paired-folder")
     elif name == "digits":
         data = load_digits(split)
     elif name in MIRRORS:

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.set_precision(args.mixed_precision)
         samples, yardstick = model.evaluation_samples(len(data)), metric_yardstick()
         result = {**model.evaluate(data, yardstick, samples), "samples": len(data)}
-        if args.worst:
+        if args.worst and samples is not None:       # (a translation model has no samples of its own)
             print(*extremes(yardstick, samples[0], data, min(args.worst, len(data)), Path(args.out)), sep="\n")
     for title, table in result.get("tables", {}).items():
         print(f"{title}, {args.dataset}\n{table}\n")

@@ -11,11 +11,14 @@ from core.models.classifier import Classifier
 from core.models.cyclegan import CycleGAN
 from core.models.ddpm import DDPM
 from core.models.gan import GAN
+from core.models.pix2pix import Pix2Pix
 from core.models.simclr import SimCLR
+from core.models.stylegan import StyleGAN
 from core.models.vae import VAE
 
 FAMILIES: dict[str, type[TrainableModel]] = {"classifier": Classifier, "gan": GAN, "ddpm": DDPM, "vae": VAE,
-                                             "cyclegan": CycleGAN, "simclr": SimCLR}
+                                             "cyclegan": CycleGAN, "pix2pix": Pix2Pix, "simclr": SimCLR,
+                                             "stylegan": StyleGAN}
 
 
 def class_named(class_name: str) -> type[TrainableModel]:

@@ -54,8 +54,10 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]      # matplotlib's tab10
 
 
-def scatter_plot(points: Tensor, labels: Tensor, names: list[str], size: int = 560, limit: float = 4.0) -> Image.Image:
-    """A 2-D scatter, one colour per class, with a legend: the picture of a 2-D latent space (no matplotlib)."""
+def scatter_plot(points: Tensor, labels: Tensor, names: list[str], size: int = 560, limit: float = 4.0,
+                 marked: tuple[float, float] | None = None, axes: tuple[str, str] = ("z1", "z2")) -> Image.Image:
+    """A 2-D scatter, one colour per class, with a legend: the picture of a 2-D latent space (no matplotlib).
+    `marked`: one point drawn as a large black ring (a query)."""
     picture = Image.new("RGB", (size + 150, size), "white")
     draw = ImageDraw.Draw(picture)
     to_pixel = lambda v: (float(v) + limit) / (2 * limit) * (size - 20) + 10
@@ -69,8 +71,12 @@ def scatter_plot(points: Tensor, labels: Tensor, names: list[str], size: int = 5
     for k, name in enumerate(names):
         draw.rectangle([size + 5, 20 + 18 * k, size + 15, 30 + 18 * k], fill=PALETTE[k % len(PALETTE)])
         draw.text((size + 20, 18 + 18 * k), str(name), fill="black")
-    draw.text((size - 60, size - 25), f"z1, ±{limit:g}", fill="black")
-    draw.text((14, 12), "z2", fill="black")
+    if marked is not None:
+        x, y = (max(-limit, min(limit, float(v))) for v in marked)
+        px, py = to_pixel(x), size - to_pixel(y)
+        draw.ellipse([px - 9, py - 9, px + 9, py + 9], outline="black", width=3)
+    draw.text((size - 60, size - 25), f"{axes[0]}, ±{limit:g}", fill="black")
+    draw.text((14, 12), axes[1], fill="black")
     return picture
 
 

@@ -25,6 +25,10 @@ comparable with published Inception-FIDs.
     covered when it gets at least a quarter of its uniform share (2.5% of samples for 10 classes), with the
     smallest class share, and KL(histogram ‖ uniform) = log K − H(histogram) is 0 for perfect balance.
     Conditional accuracy: the share of samples asked for class k that the classifier labels k.
+Paired figures (image-to-image translation, outputs against their targets, pixels in [0, 1], averaged per image):
+    L1 = mean |y − ŷ|;   PSNR = 10 log₁₀(1 / MSE) dB;
+    SSIM (Wang et al. 2004) = mean over 11x11 Gaussian windows (σ = 1.5, valid positions) of
+        (2 μ_y μ_ŷ + C₁)(2 σ_yŷ + C₂) / ((μ_y² + μ_ŷ² + C₁)(σ_y² + σ_ŷ² + C₂)),   C₁ = 0.01², C₂ = 0.03².
 
 This module loads nothing: the feature network comes in as an argument (a `Yardstick`, built by whoever evaluates;
 core.evaluate.metric_yardstick loads the shipped classifier, its stored scales and thresholds and the training
@@ -170,6 +174,30 @@ def class_coverage(predicted: Tensor, num_classes: int) -> dict[str, float]:
 
 def conditional_accuracy(logits: Tensor, requested: Tensor) -> float:
     return float((logits.argmax(1) == requested).double().mean())
+
+
+def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """SSIM of each image pair (B, C, H, W) in [0, 1] (see the module docstring), averaged over channels: (B,).
+    Images smaller than the window (8x8 digits) use the largest odd window that fits."""
+    x, y = x.double(), y.double()
+    window = min(window, (min(x.shape[-2:]) - 1) // 2 * 2 + 1)
+    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, window, window)
+    blur = lambda t: torch.nn.functional.conv2d(t, kernel, groups=x.shape[1])
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2, blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    index = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return index.mean(dim=(1, 2, 3))
+
+
+def paired_figures(outputs: Tensor, targets: Tensor) -> dict[str, float]:
+    """L1, PSNR (dB) and SSIM of outputs against their targets, both in [-1, 1], averaged over the pairs."""
+    x, y = (outputs.double().clamp(-1, 1) + 1) / 2, (targets.double() + 1) / 2
+    mse = (x - y).square().mean(dim=(1, 2, 3)).clamp(min=1e-10)
+    return {"l1": float((x - y).abs().mean()), "psnr": float((10 * torch.log10(1 / mse)).mean()),
+            "ssim": float(ssim(x, y).mean())}
 
 
 # --------------------------------------------------------------------------------------- reference statistics

@@ -30,13 +30,15 @@ from PIL import Image, ImageDraw
 
 from core.attacks import fgsm, pgd
 from core.checkpoint import CheckpointError
-from core.data import FASHION_CLASSES
+from core.data import FASHION_CLASSES, edge_map, image_to_tensor
 from core.families import FAMILIES
 from core.hub import load_model, read_manifest, resolve
-from core.images import PALETTE, Canvas, grid_picture
+from core.images import PALETTE, Canvas, grid_picture, scatter_plot
 from core.model import TrainableModel, fast_precision
 from core.models import ddpm as diffusion
 from core.models import perceptron as foundations
+from core.models import stylegan as style
+from core.models.simclr import principal_plane
 from core.requests import MAX_SEED, RequestError, class_index, one_of, read_image, real_number, shown, \
     to_model_input, whole_number, without_paths
 from core.schedulers import SCHEDULERS
@@ -216,6 +218,44 @@ class GANPipeline(Pipeline):
         return grid_image(self.model.class_grid(per_class, seed), per_class)
 
 
+# ----------------------------------------------------------------------------------------------------- StyleGAN
+MAX_MIX_SOURCES = 6            # sources along each side of a style-mixing grid
+NOISE_DRAWS = 8                # noise draws shown for one w
+
+
+class StyleGANPipeline(Pipeline):
+    def psi(self, value) -> float:
+        return real_number(value, "psi", *style.PSI_RANGE)
+
+    def sample(self, n, seed, psi) -> Image.Image:
+        n, seed = whole_number(n, "n", 1, MAX_IMAGES), whole_number(seed, "seed", 0, MAX_SEED)
+        return grid_image(self.model.sample(n, seed, self.psi(psi)))
+
+    def style_mix(self, row_seed, column_seed, rows, columns, crossover, psi) -> Image.Image:
+        """Rows take the coarse styles (layers before `crossover`) of sources A = row_seed, row_seed + 1, ...;
+        columns the fine styles of sources B = column_seed, ...; the sources themselves along the top and left."""
+        row_seed = whole_number(row_seed, "row_seed", 0, MAX_SEED - MAX_MIX_SOURCES)
+        column_seed = whole_number(column_seed, "column_seed", 0, MAX_SEED - MAX_MIX_SOURCES)
+        rows, columns = (whole_number(v, name, 1, MAX_MIX_SOURCES) for v, name in ((rows, "rows"), (columns, "columns")))
+        crossover = whole_number(crossover, "crossover", 1, self.model.num_ws - 1)
+        grid = self.model.style_mix(list(range(row_seed, row_seed + rows)),
+                                    list(range(column_seed, column_seed + columns)), crossover, self.psi(psi))
+        return grid_image(grid, columns + 1)
+
+    def noise(self, seed, psi) -> tuple[Image.Image, Image.Image]:
+        """(NOISE_DRAWS images of one w with different noise, [no noise, per-pixel spread over the draws])."""
+        variants, quiet, spread = self.model.noise_variants(whole_number(seed, "seed", 0, MAX_SEED), NOISE_DRAWS,
+                                                            self.psi(psi))
+        return grid_image(variants, NOISE_DRAWS), grid_image(torch.cat([quiet, spread]), 2)
+
+    def interpolate(self, seed_a, seed_b, steps, psi) -> Image.Image:
+        """Two strips: the straight line between the seeds in W (top) and in Z (bottom)."""
+        seed_a, seed_b = whole_number(seed_a, "seed_a", 0, MAX_SEED), whole_number(seed_b, "seed_b", 0, MAX_SEED)
+        steps, psi = whole_number(steps, "steps", 2, MAX_PATH), self.psi(psi)
+        return grid_image(torch.cat([self.model.interpolate(seed_a, seed_b, steps, space, psi)
+                                     for space in ("w", "z")]), steps)
+
+
 # ---------------------------------------------------------------------------------------------------------- VAE
 class VAEPipeline(Pipeline):
     def sample(self, n, seed) -> Image.Image:
@@ -370,6 +410,92 @@ class CycleGANPipeline(Pipeline):
         return single_image(x), single_image(translated), single_image(reconstructed), inverted
 
 
+# ------------------------------------------------------------------------------------------------------ Pix2Pix
+EDGE_SOURCES = ("drawing", "edge map", "picture")   # a sketch pad, an uploaded edge map as is, a picture's edges
+PIX2PIX_OUTPUTS = 4            # outputs per request, one per dropout draw (the generator's noise)
+INK = 40                       # a drawing's pixels brighter than this (of 255, lines light on dark) are ink
+
+
+def sketch_file(value):
+    """The file a sketch pad sends: the flattened `composite` of Gradio's editor value, or a plain upload."""
+    return value.get("composite") if isinstance(value, dict) and "composite" in value else value
+
+
+def drawn_edges(image: Image.Image, crop: bool) -> torch.Tensor:
+    """A drawing or an edge map (dark lines on light or light lines on dark) as the edges model reads one: white
+    lines on black, 28x28, in {-1, 1}. A transparent background (a sketch pad's) counts as white. `crop`: cut to the
+    drawn lines first, so a small drawing fills the frame as a Fashion-MNIST item does."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    x, _ = to_model_input(image)
+    if crop:
+        grey = Image.fromarray(((x[0] + 1) * 127.5).round().byte().numpy())
+        box = grey.point(lambda v: 255 if v > INK else 0).getbbox()
+        if box is None:
+            raise RequestError("the drawing is empty: draw the outline of a garment (dark lines on the white pad)")
+        x = image_to_tensor(grey.crop(box), 28).float() / 127.5 - 1
+    return torch.where(x > INK / 127.5 - 1, 1.0, -1.0)
+
+
+class Pix2PixPipeline(Pipeline):
+    def translate(self, sketch, upload, source, seed) -> tuple[Image.Image, Image.Image, str]:
+        """(the edge map the model saw, PIX2PIX_OUTPUTS outputs, a note). `source`: "drawing" reads the sketch pad,
+        "edge map" takes the upload as an edge map, "picture" computes the upload's edges (core.data.edge_map)."""
+        source = one_of(source, "source", EDGE_SOURCES)
+        seed = whole_number(seed, "seed", 0, MAX_SEED)
+        if self.model.config.task != "edges":
+            raise RequestError(f"this tab draws edge maps, but {self.name} was trained for the "
+                               f"{self.model.config.task!r} task")
+        note = ""
+        if source == "picture":
+            x, inverted = to_model_input(read_image(upload))
+            edges = edge_map(x[None])[0]
+            note = "The picture had a light background and was inverted first. " if inverted else ""
+        else:
+            edges = drawn_edges(read_image(sketch_file(sketch) if source == "drawing" else upload),
+                                crop=source == "drawing")
+        outputs = self.model.translate(edges[None].expand(PIX2PIX_OUTPUTS, -1, -1, -1), seed=seed)
+        note += (f"{PIX2PIX_OUTPUTS} outputs from seed {seed}: they differ only by the generator's dropout noise, "
+                 "which Pix2Pix keeps on at sampling.")
+        return single_image(edges), grid_image(outputs, nrow=PIX2PIX_OUTPUTS), note
+
+
+# ------------------------------------------------------------------------------------------------------- SimCLR
+NEIGHBOURS = 8                 # gallery images shown for a query
+PLANE_LIMIT = 4.0              # the projection is scaled so that the gallery's spread along each axis is 1
+
+
+class SimCLRPipeline(Pipeline):
+    """Similarity search in the model's gallery, and the gallery's 2-D principal plane (both computed at load)."""
+
+    def __init__(self, model, name):
+        super().__init__(model, name)
+        if model.config.gallery == 0:
+            raise RequestError(f"{name!r} holds no gallery of images to search")
+        self.bank = model.gallery_features()
+        self.mean, self.basis = principal_plane(self.bank)
+        plane = (self.bank - self.mean) @ self.basis
+        self.scale = plane.std(0)
+        self.plane = plane / self.scale
+
+    def nearest(self, upload) -> tuple[Image.Image, Image.Image, Image.Image, str]:
+        """(what the model saw, its NEIGHBOURS nearest gallery images, the principal plane with the query ringed, a
+        note naming the neighbours' classes)."""
+        x, inverted = to_model_input(read_image(upload))
+        index, similarity = self.model.nearest(x[None], NEIGHBOURS, self.bank)
+        index, similarity = index[0], similarity[0]
+        gallery = self.model.gallery_images[index].float() / 127.5 - 1
+        query = ((self.model.representations(x[None]) - self.mean) @ self.basis / self.scale)[0]
+        labels = self.model.gallery_labels
+        picture = scatter_plot(self.plane, labels, list(FASHION_CLASSES), limit=PLANE_LIMIT, marked=tuple(query.tolist()),
+                               axes=("PC1", "PC2"))
+        names = [f"{FASHION_CLASSES[int(labels[i])]} ({float(s):.2f})" for i, s in zip(index, similarity)]
+        note = ("The upload had a light background and was inverted first. " if inverted else "") + \
+            f"Nearest of {len(labels):,} test images (cosine similarity): " + ", ".join(names) + "."
+        return single_image(x), grid_image(gallery, NEIGHBOURS), picture, note
+
+
 # ------------------------------------------------------------------------------------------ classifier attacks
 def top_classes(logits: torch.Tensor, k: int = 3) -> dict[str, float]:
     probabilities = logits.softmax(-1)
@@ -403,7 +529,9 @@ class AttackPipeline(Pipeline):
 
 
 PIPELINES: dict[str, type[Pipeline]] = {"gan": GANPipeline, "vae": VAEPipeline, "ddpm": DiffusionPipeline,
-                                        "cyclegan": CycleGANPipeline, "classifier": AttackPipeline}
+                                        "stylegan": StyleGANPipeline, "cyclegan": CycleGANPipeline,
+                                        "pix2pix": Pix2PixPipeline, "simclr": SimCLRPipeline,
+                                        "classifier": AttackPipeline}
 
 
 # ---------------------------------------------------------------------------------------------- foundations

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from core.cards import write_model_card
 from core.config import TrainConfig, add_options, from_json, pick_options, save_json, to_json
-from core.data import Batch, ImageData, load_dataset
+from core.data import ImageData, load_dataset
 from core.evaluate import metric_yardstick
 from core.families import FAMILIES
 from core.images import save_grid
@@ -225,7 +225,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
                 batch = next(batches, None)
                 if batch is None:
                     break
-                batch = Batch(batch.images.to(accelerator.device), batch.labels.to(accelerator.device))
+                batch = batch.to(accelerator.device)
                 window.data_seconds += time.perf_counter() - fetch
                 set_learning_rates(optimizers, lr_factor(cfg, step, total))
                 model.train()

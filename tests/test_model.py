@@ -9,7 +9,9 @@ from core.models.classifier import ClassifierConfig
 from core.models.cyclegan import CycleGANConfig
 from core.models.ddpm import DDPMConfig
 from core.models.gan import ARCHITECTURES, GANConfig
+from core.models.pix2pix import Pix2PixConfig
 from core.models.simclr import SimCLRConfig
+from core.models.stylegan import StyleGANConfig
 from core.models.vae import VAEConfig
 from core.train import train
 
@@ -19,7 +21,9 @@ TINY = {"classifier": [ClassifierConfig(width=4, hidden=8)],
         "vae": [VAEConfig(image_size=8, width=4, hidden=16, latent_dim=2)],
         "ddpm": [DDPMConfig(image_size=8, widths="8,16", eval_steps=2)],
         "cyclegan": [CycleGANConfig(width=4, residual_blocks=1, domain_a=0, domain_b=1)],
-        "simclr": [SimCLRConfig(image_size=8, width=4, projection_dim=8)]}
+        "pix2pix": [Pix2PixConfig(image_size=8, width=4)],
+        "simclr": [SimCLRConfig(image_size=8, width=4, projection_dim=8)],
+        "stylegan": [StyleGANConfig(image_size=8, width=2, latent_dim=8, mapping_layers=2)]}
 CASES = [(family, config) for family, configs in TINY.items() for config in configs]
 
 

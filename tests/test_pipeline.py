@@ -243,3 +243,68 @@ def test_foundations_answers_follow_the_training_run():
     assert "cycles" in note and len(animation) <= P.ANIMATION_FRAMES + 1
     with pytest.raises(R.RequestError, match="learner must be one of"):
         P.foundations_training("AND", {"path": "/etc/passwd"}, "tanh", 0, 1)
+
+
+def test_a_drawing_becomes_a_cropped_edge_map_like_the_training_inputs(tmp_path, monkeypatch):
+    """A sketch pad's picture (dark strokes on a transparent canvas) comes out as white lines on black, cut to what
+    was drawn; an empty pad is refused; a picture's edges are the training inputs' (core.data.edge_map)."""
+    from PIL import ImageDraw
+    from core.data import edge_map
+    from core.models.pix2pix import Pix2Pix, Pix2PixConfig
+    canvas = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).rectangle((100, 60, 180, 220), outline=(0, 0, 0, 255), width=12)   # a small outline
+    edges = P.drawn_edges(canvas, crop=True)[0] > 0
+    assert edges.shape == (28, 28) and set(P.drawn_edges(canvas, crop=True).unique().tolist()) == {-1.0, 1.0}
+    columns = edges.any(0).nonzero().flatten()
+    assert edges[0].any() and edges[-1].any()              # cropped: the tall outline spans the frame's height,
+    assert 12 <= len(columns) <= 16 and 5 <= columns[0] <= 8   # half as wide, centred
+    assert not edges[8:20, 12:16].any()                    # its inside stays black
+    with pytest.raises(R.RequestError, match="the drawing is empty"):
+        P.drawn_edges(Image.new("RGBA", (280, 280), (0, 0, 0, 0)), crop=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    canvas.save(cache / "drawing.png")
+    service = P.Pix2PixPipeline(Pix2Pix(Pix2PixConfig(width=4)).eval(), "tiny")
+    seen, outputs, note = service.translate({"composite": {"path": str(cache / "drawing.png")}, "layers": []},
+                                            None, "drawing", 3)
+    assert seen.size == (28 * P.SCALE,) * 2 and outputs.size == ((P.PIX2PIX_OUTPUTS * 30 + 2) * P.SCALE, 32 * P.SCALE)
+    assert "dropout" in note
+    sneaker = str(ROOT / "apps" / "examples" / "7-sneaker.png")
+    seen, _, _ = service.translate(None, sneaker, "picture", 0)
+    x, _ = R.to_model_input(Image.open(sneaker))
+    expected = P.single_image(edge_map(x[None])[0])
+    assert np.array_equal(np.asarray(seen), np.asarray(expected))
+    with pytest.raises(R.RequestError, match="source must be one of drawing, edge map, picture"):
+        service.translate(None, sneaker, "photo", 0)
+    with pytest.raises(R.RequestError, match="not uploaded to this app"):
+        service.translate({"composite": {"path": "/etc/passwd"}}, None, "drawing", 0)
+    inpainter = P.Pix2PixPipeline(Pix2Pix(Pix2PixConfig(width=4, task="inpaint")).eval(), "inpainter")
+    with pytest.raises(R.RequestError, match="trained for the 'inpaint' task"):
+        inpainter.translate(None, sneaker, "picture", 0)
+
+
+def test_the_shipped_edge_examples_are_the_examples_edge_maps():
+    from core.data import edge_map
+    shipped = sorted((ROOT / "apps" / "examples" / "edges").glob("*.png"))
+    assert [p.name for p in shipped] == sorted(p.name for p in (ROOT / "apps" / "examples").glob("*.png"))
+    for path in shipped:
+        x, _ = R.to_model_input(Image.open(ROOT / "apps" / "examples" / path.name))
+        made = ((edge_map(x[None])[0, 0] + 1) * 127.5).round().byte().numpy()
+        assert np.array_equal(np.asarray(Image.open(path)), made), path.name
+
+
+def test_similar_images_come_from_the_gallery_with_the_query_on_the_plane():
+    from core.data import ImageData
+    from core.models.simclr import SimCLR, SimCLRConfig
+    torch.manual_seed(0)
+    gallery = ImageData(torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8), torch.arange(40) % 10,
+                        tuple(str(k) for k in range(10)))
+    model = SimCLR(SimCLRConfig(width=4, projection_dim=8)).eval()
+    service = P.SimCLRPipeline(model.with_gallery(gallery, per_class=3).eval(), "tiny")
+    seen, neighbours, plane, note = service.nearest(str(ROOT / "apps" / "examples" / "7-sneaker.png"))
+    assert seen.size == (28 * P.SCALE,) * 2 and neighbours.size == ((P.NEIGHBOURS * 30 + 2) * P.SCALE, 32 * P.SCALE)
+    assert plane.size[0] > 500 and note.count(")") == P.NEIGHBOURS + 1 and note.startswith("Nearest of 30 ")
+    assert service.plane.std(0).tolist() == pytest.approx([1.0, 1.0])
+    with pytest.raises(R.RequestError, match="holds no gallery"):
+        P.SimCLRPipeline(model, "bare")

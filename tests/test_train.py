@@ -189,7 +189,9 @@ SMALL = {"classifier": ["--width", "4", "--hidden", "8"],
          "ddpm": ["--widths", "8,16", "--eval-steps", "2"],
          "cyclegan": ["--width", "4", "--residual-blocks", "1", "--domain-a", "0", "--domain-b", "1",
                       "--classes", "0,1"],
-         "simclr": ["--width", "4", "--projection-dim", "8"]}
+         "pix2pix": ["--width", "4"],
+         "simclr": ["--width", "4", "--projection-dim", "8"],
+         "stylegan": ["--width", "2", "--latent-dim", "8", "--mapping-layers", "2"]}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ Adam, τ = 0.5 (the paper's best for small batches on CIFAR-10, Appendix B.9), a
 the intensity jitter stands in for it. Augmentations run on whole batches as tensor ops (an affine grid for the crops
 and flips), with no Python loop over images.
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ class SimCLRConfig:
     jitter: float = option(0.4, "strength of the contrast and brightness jitter")
     noise: float = option(0.1, "largest standard deviation of the added Gaussian noise")
     erase: float = option(0.5, "probability of erasing a random rectangle (Zhong et al. 2020)")
+    gallery: int = option(0, "labelled images stored with the model to search by similarity (0 while training; "
+                             "the shipped model holds test images, see `with_gallery`)")
 
 
 def nt_xent(z: Tensor, temperature: float) -> Tensor:
@@ -98,6 +101,34 @@ card's table measures it with a linear probe and k nearest neighbours on few lab
         self.encoder = nn.Sequential(*conv_encoder(config.channels, w))          # the classifier's body, (B, 4w)
         self.projection = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True),
                                         nn.Linear(4 * w, config.projection_dim))
+        side = config.image_size
+        self.register_buffer("gallery_images", torch.zeros(config.gallery, config.channels, side, side, dtype=torch.uint8))
+        self.register_buffer("gallery_labels", torch.zeros(config.gallery, dtype=torch.long))
+
+    def with_gallery(self, data: ImageData, per_class: int) -> "SimCLR":
+        """A copy of this model that also holds the first `per_class` images of each class of `data` (uint8, in
+        the weights file), so that a loaded model can find similar images without the dataset."""
+        index = torch.cat([(data.labels == k).nonzero().flatten()[:per_class] for k in range(len(data.classes))])
+        index = index.sort().values
+        copy = SimCLR(dataclasses.replace(self.config, gallery=len(index)))
+        copy.load_state_dict({**self.state_dict(), "gallery_images": data.images[index],
+                              "gallery_labels": data.labels[index]})
+        return copy.to(self.gallery_images.device)
+
+    def gallery_features(self) -> Tensor:
+        """The representations of the gallery images (G, 4·width)."""
+        if self.config.gallery == 0:
+            raise ValueError("this model holds no gallery: make one with with_gallery(data, per_class)")
+        return self.representations(self.gallery_images.float() / 127.5 - 1)
+
+    def nearest(self, images: Tensor, k: int = 8, bank: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The k gallery images most similar to each image (cosine similarity of the representations):
+        (indices (B, k), similarities (B, k)), most similar first. `bank`: gallery_features(), if already known."""
+        bank = F.normalize(self.gallery_features() if bank is None else bank, dim=1)
+        similarity = F.normalize(self.representations(images), dim=1) @ bank.T
+        top = similarity.topk(min(k, len(bank)), dim=1)
+        return top.indices, top.values
+
 
     def forward(self, x: Tensor) -> Tensor:
         """h = f(x), the representation (B, 4·width)."""
@@ -150,3 +181,11 @@ def knn_accuracy(features: Tensor, labels: Tensor, k: int = 20, bank: Tensor | N
         votes = F.one_hot(neighbours, classes).sum(1)
         right += int((votes.argmax(1) == labels[start:start + chunk]).sum())
     return right / len(query)
+
+
+def principal_plane(features: Tensor) -> tuple[Tensor, Tensor]:
+    """PCA to 2-D: (mean (D,), basis (D, 2)) of the features; x ↦ (x − mean) @ basis are the coordinates along the
+    two directions of largest variance (the right singular vectors of the centred features)."""
+    mean = features.mean(0)
+    _, _, v = torch.linalg.svd(features - mean, full_matrices=False)
+    return mean, v[:2].T

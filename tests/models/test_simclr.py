@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from core.config import TrainConfig
-from core.models.simclr import SimCLR, SimCLRConfig, augment, knn_accuracy, nt_xent
+from core.hub import load_model
+from core.models.simclr import SimCLR, SimCLRConfig, augment, knn_accuracy, nt_xent, principal_plane
 
 TINY = SimCLRConfig(image_size=8, width=8, projection_dim=8)
 
@@ -83,3 +84,31 @@ def test_training_lowers_the_contrastive_loss_and_the_folder_round_trips(digits,
     loaded = SimCLR.from_pretrained(tmp_path / "simclr")
     images = digits.batch(slice(0, 32)).images
     torch.testing.assert_close(loaded.representations(images), model.representations(images))
+
+
+def test_a_gallery_travels_in_the_weights_and_each_image_finds_itself(digits_test, tmp_path):
+    model = SimCLR(SimCLRConfig(image_size=8, width=4, projection_dim=8))
+    with pytest.raises(ValueError, match="holds no gallery"):
+        model.gallery_features()
+    shipped = model.with_gallery(digits_test, per_class=6)
+    assert shipped.config.gallery == 60 and torch.bincount(shipped.gallery_labels).tolist() == [6] * 10
+    picked = shipped.gallery_images[:5].float() / 127.5 - 1
+    index, similarity = shipped.nearest(picked, k=3)
+    assert index[:, 0].tolist() == [0, 1, 2, 3, 4]                     # each gallery image is its own nearest
+    torch.testing.assert_close(similarity[:, 0], torch.ones(5))
+    assert (similarity[:, :-1] >= similarity[:, 1:]).all()              # most similar first
+    shipped.save_pretrained(tmp_path / "simclr")
+    loaded = load_model(tmp_path / "simclr")
+    assert torch.equal(loaded.gallery_images, shipped.gallery_images)
+    torch.testing.assert_close(loaded.gallery_features(), shipped.gallery_features())
+
+
+def test_the_principal_plane_is_the_top_two_directions_of_variance():
+    torch.manual_seed(0)
+    axes = torch.linalg.qr(torch.randn(6, 6))[0]
+    features = (torch.randn(500, 6) * torch.tensor([5.0, 3.0, 0.5, 0.4, 0.3, 0.2])) @ axes.T + 7
+    mean, basis = principal_plane(features)
+    torch.testing.assert_close(mean, features.mean(0))
+    assert basis.shape == (6, 2)
+    overlap = (basis.T @ axes[:, :2]).abs()                              # the two planted directions, in order
+    assert overlap[0, 0] > 0.99 and overlap[1, 1] > 0.99
