@@ -29,12 +29,14 @@ from core import pipeline
 from core.data import FASHION_CLASSES
 from core.models import ddpm as diffusion
 from core.models import perceptron as foundations
+from core.models import stylegan as style
 from core.pipeline import load_pipeline
 from core.requests import MAX_SEED, RequestError
 
 WORKERS = 2                                  # share of the cores one model call gets (quick calls and diffusion
 torch.set_num_threads(max(1, (os.cpu_count() or WORKERS) // WORKERS))   # runs go side by side)
 EXAMPLES = sorted(str(path) for path in (ROOT / "apps" / "examples").glob("*.png"))
+EDGE_EXAMPLES = sorted(str(path) for path in (ROOT / "apps" / "examples" / "edges").glob("*.png"))
 OUTPUTS = pipeline.OutputFiles()
 atexit.register(OUTPUTS.close)               # the answers' files go with the server
 ADMISSION = pipeline.Admission()
@@ -94,6 +96,27 @@ def gan_interpolate(model, seed_a, seed_b, steps, spherical, label):
 @guarded
 def gan_class_grid(model, per_class, seed):
     return png(load_pipeline(model, "gan").class_grid(per_class, seed))
+
+
+@guarded
+def stylegan_sample(model, n, seed, psi):
+    return png(load_pipeline(model, "stylegan").sample(n, seed, psi))
+
+
+@guarded
+def stylegan_mix(model, row_seed, column_seed, rows, columns, crossover, psi):
+    return png(load_pipeline(model, "stylegan").style_mix(row_seed, column_seed, rows, columns, crossover, psi))
+
+
+@guarded
+def stylegan_noise(model, seed, psi):
+    variants, quiet_and_spread = load_pipeline(model, "stylegan").noise(seed, psi)
+    return png(variants), png(quiet_and_spread)
+
+
+@guarded
+def stylegan_interpolate(model, seed_a, seed_b, steps, psi):
+    return png(load_pipeline(model, "stylegan").interpolate(seed_a, seed_b, steps, psi))
 
 
 @guarded
@@ -186,6 +209,18 @@ def cyclegan_translate(model, image, direction):
 
 
 @guarded
+def pix2pix_translate(model, sketch, image, source, seed):
+    seen, outputs, note = load_pipeline(model, "pix2pix").translate(sketch, image, source, seed)
+    return png(seen), png(outputs), note
+
+
+@guarded
+def simclr_nearest(model, image):
+    seen, neighbours, plane, note = load_pipeline(model, "simclr").nearest(image)
+    return png(seen), png(neighbours), png(plane), note
+
+
+@guarded
 def fgsm_attack(model, image, attack, eps, target):
     original, perturbation, adversarial, before, after = load_pipeline(model, "classifier").attack(image, attack, eps,
                                                                                                  target)
@@ -203,8 +238,9 @@ def class_picker(model, family):
 
 # ------------------------------------------------------------------------------------------------------ layout
 def model_box(family: str, default: str, label: str = "model") -> gr.Dropdown:
-    names = pipeline.model_names(family)
-    return gr.Dropdown(names, value=default if default in names else names[0], label=label, allow_custom_value=True,
+    names = pipeline.model_names(family)          # (a manifest may list no model of a family: type a Hub id)
+    return gr.Dropdown(names, value=default if default in names else (names or [None])[0], label=label,
+                       allow_custom_value=True,
                        info="a shipped checkpoint, or type a Hub repo id (owner/name@revision)")
 
 
@@ -272,6 +308,46 @@ with R3GAN's relativistic loss $f(D(G(z)) - D(x))$ plus R1 and R2 penalties. Int
         event(path_button, gan_interpolate, [gan_model, seed_a, seed_b, path_steps, spherical, gan_label],
               [path_strip, path_animation], "gan_interpolate")
         event(grid_button, gan_class_grid, [grid_model, per_class, gan_seed], class_grid, "gan_class_grid")
+
+    with gr.Tab("StyleGAN"):
+        layers = style.style_layers(style.StyleGANConfig().image_size)
+        with gr.Row():
+            sg_model = model_box("stylegan", "stylegan")
+            sg_seed = seed_box()
+            sg_psi = gr.Slider(*style.PSI_RANGE, value=1.0, step=0.05, label="truncation ψ (0: the mean style w̄)")
+            sg_n = count(32)
+        sg_button = gr.Button("Sample", variant="primary")
+        sg_grid = picture_out("samples")
+        with gr.Row():
+            mix_rows, mix_columns = (gr.Slider(1, pipeline.MAX_MIX_SOURCES, value=4, step=1, label=f"{side} sources")
+                                     for side in ("coarse (rows)", "fine (columns)"))
+            mix_row_seed, mix_column_seed = seed_box("first row seed", 10), seed_box("first column seed", 20)
+            crossover = gr.Slider(1, layers - 1, value=3, step=1,
+                                  label=f"crossover: rows give layers below it (of {layers}), columns the rest")
+        mix_button = gr.Button("Mix styles")
+        mix_grid = picture_out("style mixing: top row and left column are the sources")
+        noise_button = gr.Button("Resample the noise inputs")
+        with gr.Row():
+            noise_variants = picture_out(f"one w, {pipeline.NOISE_DRAWS} noise draws")
+            noise_spread = picture_out("without noise | where the noise acts (per-pixel spread)")
+        with gr.Row():
+            sg_seed_b = seed_box("seed B", 2)
+            sg_steps = gr.Slider(2, pipeline.MAX_PATH, value=10, step=1, label="images along the path")
+            sg_path_button = gr.Button("Interpolate from seed to seed B")
+        sg_path = picture_out("straight lines in W (top) and in Z (bottom)")
+        about(r"""**StyleGAN** (Karras et al. 2019; StyleGAN2 networks, Karras et al. 2020): a mapping network turns
+$z$ into a style $w$; each convolution of the synthesis network is modulated by an affine map of $w$ and demodulated,
+$w''_{ijk} = s_i w_{ijk} / \sqrt{\sum_{i,k} (s_i w_{ijk})^2 + \epsilon}$, and per-pixel noise adds stochastic detail.
+Mixing feeds different layers different styles: the early (coarse) layers set shape and class, the late (fine) ones
+shading and texture. Truncation: $w' = \bar w + \psi (w - \bar w)$ trades variety for typicality. W is less
+entangled than Z, so straight lines in W change the image more evenly.""", pipeline.model_names("stylegan"))
+        event(sg_button, stylegan_sample, [sg_model, sg_n, sg_seed, sg_psi], sg_grid, "stylegan_sample")
+        event(mix_button, stylegan_mix, [sg_model, mix_row_seed, mix_column_seed, mix_rows, mix_columns, crossover,
+                                         sg_psi], mix_grid, "stylegan_mix")
+        event(noise_button, stylegan_noise, [sg_model, sg_seed, sg_psi], [noise_variants, noise_spread],
+              "stylegan_noise")
+        event(sg_path_button, stylegan_interpolate, [sg_model, sg_seed, sg_seed_b, sg_steps, sg_psi], sg_path,
+              "stylegan_interpolate")
 
     with gr.Tab("VAE"):
         with gr.Row():
@@ -381,6 +457,61 @@ $\mathbb E_a\|F(G(a)) - a\|_1 + \mathbb E_b\|G(F(b)) - b\|_1$ (weight 10), plus 
               pipeline.model_names("cyclegan"))
         event(cycle_button, cyclegan_translate, [cycle_model, cycle_image, direction],
               [cycle_seen, cycle_out, cycle_back, cycle_note], "cyclegan_translate")
+
+    with gr.Tab("Pix2Pix"):
+        with gr.Row():
+            with gr.Column():
+                sketch = gr.Sketchpad(label="draw an outline (pick the brush)",
+                                      type="filepath", format="png", canvas_size=(280, 280), height=320,
+                                      brush=gr.Brush(default_size=8, colors=["#000000"], color_mode="fixed"),
+                                      layers=False)
+            with gr.Column():
+                pix_image = gr.Image(label="or upload a picture (its edges are computed) or an edge map",
+                                     type="filepath", sources=["upload", "clipboard"], height=200,
+                                     value=EDGE_EXAMPLES[7] if EDGE_EXAMPLES else None)
+                pix_source = gr.Radio([("my drawing", "drawing"), ("the upload, as an edge map", "edge map"),
+                                       ("the upload's edges", "picture")], value="edge map", label="translate")
+                if EDGE_EXAMPLES:
+                    gr.Examples([[path, "edge map"] for path in EDGE_EXAMPLES], inputs=[pix_image, pix_source],
+                                label="edge maps of Fashion-MNIST test images", examples_per_page=10,
+                                visible_columns=[0])
+            with gr.Column():
+                pix_model = model_box("pix2pix", "pix2pix-edges")
+                pix_seed = seed_box()
+                pix_button = gr.Button("Translate", variant="primary")
+                pix_note = gr.Markdown()
+        with gr.Row():
+            pix_seen = single_out("the edge map the model saw")
+            pix_out = picture_out("outputs (one per dropout draw)", 130)
+        about(r"""**Pix2Pix** (Isola et al. 2017): a U-Net generator $G$ learns to map an input $x$ (here the Sobel edge
+map of a garment) to its image $y$, against a PatchGAN discriminator $D$ that judges (input, image) pairs patch by
+patch: $\min_G \max_D\ \mathbb E[\log D(x, y)] + \mathbb E[\log(1 - D(x, G(x)))] + \lambda\, \mathbb E\|y - G(x)\|_1$
+with $\lambda = 100$. The L1 term alone gives the blurry average of all plausible garments; the adversarial term
+makes the output sharp. The generator's only noise is dropout, kept on at sampling, so different seeds differ a
+little.""", pipeline.model_names("pix2pix"))
+        event(pix_button, pix2pix_translate, [pix_model, sketch, pix_image, pix_source, pix_seed],
+              [pix_seen, pix_out, pix_note], "pix2pix_translate")
+        sketch.change(lambda: "drawing", None, pix_source, api_visibility="private")   # drawing selects it
+
+    with gr.Tab("SimCLR"):
+        with gr.Row():
+            with gr.Column():
+                sim_image = image_input("image (any size; converted to 28x28 grey)", 2)
+            with gr.Column():
+                sim_model = model_box("simclr", "simclr")
+                sim_button = gr.Button("Find similar images", variant="primary")
+                sim_note = gr.Markdown()
+        with gr.Row():
+            sim_seen = single_out("what the model saw")
+            sim_neighbours = picture_out(f"the {pipeline.NEIGHBOURS} nearest test images in the representation", 130)
+        sim_plane = picture_out("the test images' representations on their two principal axes; the query ringed")
+        about(r"""**SimCLR** (Chen et al. 2020) learns a representation $h = f(x)$ without labels: two random
+augmentations of each image (crop, flip, contrast, noise, erasing) go through $f$ and a projection head $g$, and the
+NT-Xent loss $\ell(i, j) = -\log \frac{\exp(\mathrm{sim}(z_i, z_j)/\tau)}{\sum_{k \ne i} \exp(\mathrm{sim}(z_i, z_k)/\tau)}$
+pulls the two views of an image together and pushes the other $2N - 2$ views of the batch away. Nothing here was
+trained with a label: the classes only colour the plot.""", pipeline.model_names("simclr"))
+        event(sim_button, simclr_nearest, [sim_model, sim_image], [sim_seen, sim_neighbours, sim_plane, sim_note],
+              "simclr_nearest")
 
     with gr.Tab("FGSM"):
         with gr.Row():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class EMA(nn.Module):
@@ -51,3 +51,17 @@ def conv_encoder(channels: int, width: int) -> list[nn.Module]:
     return [*conv_block(channels, w), *conv_block(w, w), nn.MaxPool2d(2), *conv_block(w, 2 * w),
             *conv_block(2 * w, 2 * w), nn.MaxPool2d(2), *conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
             nn.Flatten()]
+
+
+def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation (Shoemake 1985; White 2016 for GAN latents): stays at the norm N(0, I) samples have."""
+    cos = ((z0 / z0.norm()) * (z1 / z1.norm())).sum().clamp(-1, 1)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-4:
+        return lerp(z0, z1, t)
+    t = t[:, None]
+    return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
+
+
+def lerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    return z0 + t[:, None] * (z1 - z0)

@@ -67,7 +67,7 @@ def test_stored_scales_and_thresholds_describe_the_test_set(fashion_test):
     assert 0 < card["real_train10k_vs_test_fid"] < 1 and card["real_train10k_vs_test_off_manifold"] < 0.02
 
 
-GENERATORS = ("dcgan", "mlp-gan", "cgan", "vae", "vae-vamp", "vae-2d", "autoencoder", "ddpm", "ddpm-cond")
+GENERATORS = ("dcgan", "mlp-gan", "cgan", "stylegan", "vae", "vae-vamp", "vae-2d", "autoencoder", "ddpm", "ddpm-cond")
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +227,39 @@ def test_shipped_cyclegan_translates_sneakers_and_ankle_boots(fashion_test):
     for direction in ("a2b", "b2a"):
         assert measured[f"{direction}_domain_accuracy"] >= 0.85
         assert measured[f"{direction}_domain_accuracy"] == pytest.approx(card[f"{direction}_domain_accuracy"], abs=0.01)
+
+
+def test_pix2pix_turns_edge_maps_into_the_garments_its_card_reports(fashion_test):
+    """Fresh translations of 2,000 test edge maps re-measure the card's L1; the metric classifier recognises the
+    source image's class in most outputs; the card compares with the L1-only U-Net."""
+    model = load_model(CHECKPOINTS / "pix2pix-edges")
+    inputs, targets, labels = model.test_inputs(fashion_test.select(torch.arange(2000)))
+    outputs = model.translate(inputs, seed=0)
+    card = json.loads((CHECKPOINTS / "pix2pix-edges" / "eval.json").read_text())
+    assert metrics.paired_figures(outputs, targets)["l1"] == pytest.approx(card["l1"], abs=0.005)
+    _, logits = recognised(outputs)
+    assert metrics.conditional_accuracy(logits, labels) > 0.8 and card["conditional_accuracy"] > 0.8
+    assert any("L1 only" in table for table in card["tables"].values())
+
+
+def test_simclr_neighbours_share_the_query_class_without_ever_seeing_a_label(fashion_test):
+    """The shipped gallery holds the first 200 test images of each class; 1,000 other test images' 8 nearest
+    gallery images vote for their class far above chance (10%)."""
+    model = load_model(CHECKPOINTS / "simclr")
+    assert torch.bincount(model.gallery_labels).tolist() == [200] * 10
+    queries = fashion_test.select(torch.arange(9000, 10_000)).batch(slice(None))
+    index, _ = model.nearest(queries.images, k=8)
+    votes = torch.nn.functional.one_hot(model.gallery_labels[index], 10).sum(1)
+    assert (votes.argmax(1) == queries.labels).float().mean() > 0.7
+
+
+def test_stylegan_covers_every_class_and_truncation_trades_variety_for_realism(fashion_test, fresh_samples):
+    """Fresh samples cover all 10 classes; at ψ = 0.5 more of them lie on the real manifold (precision) and they
+    cover less of it (recall) than at ψ = 1; the card holds the comparison with the DCGAN."""
+    model, images = fresh_samples("stylegan")
+    yardstick = metric_yardstick()
+    free, truncated = (yardstick.score(x, data=fashion_test) for x in (images, model.sample(len(images), 11, psi=0.5)))
+    assert free["classes_covered"] == 10
+    assert truncated["precision"] > free["precision"] and truncated["recall"] < free["recall"]
+    card = json.loads((CHECKPOINTS / "stylegan" / "eval.json").read_text())
+    assert card["samples"] == 10_000 and any("dcgan" in table for table in card["tables"].values())

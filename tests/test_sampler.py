@@ -18,6 +18,7 @@ from core import pipeline as P
 from core import requests as R
 
 SNEAKER = str(ROOT / "apps" / "examples" / "7-sneaker.png")
+SNEAKER_EDGES = str(ROOT / "apps" / "examples" / "edges" / "7-sneaker.png")
 BOOT = str(ROOT / "apps" / "examples" / "9-ankle-boot.png")
 SIDE = lambda cells: (cells * 30 + 2) * P.SCALE          # a grid of `cells` 28-pixel images with 2-pixel gaps
 
@@ -62,6 +63,18 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
     assert status.startswith("step 20/20 · ") and status.endswith(" s")
     outputs = client.predict("cyclegan", handle_file(SNEAKER), "a2b", api_name="/cyclegan_translate")
     assert [size(p) for p in outputs[:3]] == [(28 * P.SCALE, 28 * P.SCALE)] * 3 and outputs[3] == ""
+    seen, outputs, note = client.predict("pix2pix-edges", None, handle_file(SNEAKER_EDGES), "edge map", 0,
+                                         api_name="/pix2pix_translate")
+    assert size(seen) == (28 * P.SCALE, 28 * P.SCALE) and size(outputs) == (SIDE(P.PIX2PIX_OUTPUTS), SIDE(1))
+    assert "dropout" in note
+    assert size(client.predict("stylegan", 16, 0, 0.7, api_name="/stylegan_sample")) == (SIDE(4), SIDE(4))
+    assert size(client.predict("stylegan", 10, 20, 3, 5, 3, 1.0, api_name="/stylegan_mix")) == (SIDE(6), SIDE(4))
+    variants, spread = client.predict("stylegan", 0, 1.0, api_name="/stylegan_noise")
+    assert size(variants) == (SIDE(P.NOISE_DRAWS), SIDE(1)) and size(spread) == (SIDE(2), SIDE(1))
+    assert size(client.predict("stylegan", 1, 2, 7, 1.0, api_name="/stylegan_interpolate")) == (SIDE(7), SIDE(2))
+    seen, neighbours, plane, note = client.predict("simclr", handle_file(SNEAKER), api_name="/simclr_nearest")
+    assert size(seen) == (28 * P.SCALE, 28 * P.SCALE) and size(neighbours) == (SIDE(P.NEIGHBOURS), SIDE(1))
+    assert size(plane)[0] > 500 and note.startswith("Nearest of ")
     *images, before, after = client.predict("classifier", handle_file(SNEAKER), "fgsm", 0.05, 0,
                                             api_name="/fgsm_attack")
     assert [size(p) for p in images] == [(28 * P.SCALE, 28 * P.SCALE)] * 3
@@ -169,6 +182,22 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/ddpm_sample", ("ddpm-cond", 4, 20, "ddim", 0, 0, 3, 21), "guidance_scale must be a number from 0 to 20"),
     ("/cyclegan_translate", ("cyclegan", SNEAKER, "sideways"), "direction must be one of a2b, b2a"),
     ("/cyclegan_translate", ("cyclegan", "huge", "a2b"), "the image is 10000x10000 pixels"),
+    ("/pix2pix_translate", ("pix2pix-edges", None, SNEAKER, "photo", 0), "source must be one of drawing, edge map"),
+    ("/pix2pix_translate", ("pix2pix-edges", None, SNEAKER, "picture", -1), "seed must be a whole number from 0"),
+    ("/pix2pix_translate", ("pix2pix-edges", None, None, "drawing", 0), "no image"),
+    ("/pix2pix_translate", ("pix2pix-edges", None, "huge", "picture", 0), "the image is 10000x10000 pixels"),
+    ("/pix2pix_translate", ("pix2pix-edges", None, "text", "edge map", 0), "the file is not a readable image"),
+    ("/pix2pix_translate", ("cyclegan", None, SNEAKER, "picture", 0), "is a CycleGAN; this needs a Pix2Pix"),
+    ("/stylegan_sample", ("stylegan", 8, 0, 2.0), "psi must be a number from -1 to 1.5"),
+    ("/stylegan_sample", ("dcgan", 8, 0, 1.0), "is a GAN; this needs a StyleGAN"),
+    ("/stylegan_mix", ("stylegan", 0, 0, 7, 2, 3, 1.0), "rows must be a whole number from 1 to 6"),
+    ("/stylegan_mix", ("stylegan", 0, 0, 2, 2, 7, 1.0), "crossover must be a whole number from 1 to 6"),
+    ("/stylegan_mix", ("stylegan", 2**31 - 2, 0, 2, 2, 3, 1.0), "row_seed must be a whole number from 0"),
+    ("/stylegan_noise", ("stylegan", 0, "high"), "psi must be a number"),
+    ("/stylegan_interpolate", ("stylegan", 1, 2, 33, 1.0), "steps must be a whole number from 2 to 32"),
+    ("/simclr_nearest", ("simclr", "truncated"), "the file is not a readable image"),
+    ("/simclr_nearest", ("simclr", None), "no image"),
+    ("/simclr_nearest", ("ddpm", SNEAKER), "is a DDPM; this needs a SimCLR"),
     ("/fgsm_attack", ("classifier", SNEAKER, "fgsm", 0.9, 0), "eps must be a number from 0 to 0.5"),
     ("/fgsm_attack", ("classifier", SNEAKER, "cw", 0.1, 0), "attack must be one of fgsm, fgsm_targeted, pgd"),
     ("/fgsm_attack", ("classifier", SNEAKER, "fgsm_targeted", 0.1, 12), "target must be a whole number from 0 to 9"),
@@ -218,6 +247,7 @@ def raw_call(url: str, api_name: str, body: str) -> str:
     ("fgsm_attack", '["classifier", null, "fgsm", Infinity, 0]', "eps must be a number from 0 to 0.5"),
     ("foundations_train", '["XOR", "two-layer MLP", "tanh", 0, NaN]', "epoch must be a whole number"),
     ("ddpm_sample", '["ddpm-cond", 4, 10, "ddim", 0, 0, 3, NaN]', "guidance_scale must be a number from 0 to 20"),
+    ("stylegan_sample", '["stylegan", 4, 0, NaN]', "psi must be a number from -1 to 1.5"),
 ])
 def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     stream = raw_call(sampler_url, api_name, '{"data": %s}' % data)
@@ -227,7 +257,8 @@ def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
 @pytest.mark.parametrize("api_name, before, after", [
     ("vae_reconstruct", '"vae", ', ""), ("vae_latent_plane", "", ""), ("vae_compare", "", ", 0"),
     ("vae_traverse", '"vae", ', ", 0, 3, 9"), ("vae_interpolate", '"vae", ', ', {"path": "%s"}, 8'),
-    ("cyclegan_translate", '"cyclegan", ', ', "a2b"'), ("fgsm_attack", '"classifier", ', ', "fgsm", 0.1, 0')])
+    ("cyclegan_translate", '"cyclegan", ', ', "a2b"'), ("fgsm_attack", '"classifier", ', ', "fgsm", 0.1, 0'),
+    ("pix2pix_translate", '"pix2pix-edges", null, ', ', "picture", 0'), ("simclr_nearest", '"simclr", ', "")])
 def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, after):
     """An untagged dict passes Gradio's checks when inputs are unprocessed: our code must refuse
     every path outside the upload cache and the examples, with one message that says nothing about the file."""
@@ -243,6 +274,15 @@ def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, a
     # the untagged dict reaches our check; a bare string is refused by Gradio's own validation (its generic error)
     ours = {m for m in messages if '"error": null' not in m}
     assert len(ours) == 1 and "not uploaded to this app" in ours.pop() and len(messages) <= 2
+
+
+def test_a_sketch_naming_a_server_path_is_refused(sampler_url):
+    """The sketch pad's value is Gradio's editor data: an untagged composite path fails its validation before our
+    code runs (the generic error), a tagged one outside the cache too; neither answer carries the file."""
+    for composite in ('{"path": "/etc/passwd"}', '{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}'):
+        body = '{"data": ["pix2pix-edges", {"composite": %s, "background": null, "layers": []}, null, "drawing", 0]}'
+        stream = raw_call(sampler_url, "pix2pix_translate", body % composite)
+        assert "event: error" in stream and "root:" not in stream, stream
 
 
 def test_files_outside_the_upload_folder_are_refused(sampler_url):
@@ -354,7 +394,7 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
     our message, never Gradio's generic error."""
     client = Client(sampler_url, verbose=False)
     apis = endpoints(sampler_url)
-    assert len(apis) == 15
+    assert len(apis) == 21
     calls = 0
     for api_name, inputs in apis.items():
         defaults = default_arguments(inputs)

@@ -1,6 +1,7 @@
 """apps/sampler.py in headless Chromium (Debian's /usr/bin/chromium through playwright; never `playwright install`):
-every tab renders and answers a click with an image, a bad request shows its toast, and nothing is fetched from
-outside 127.0.0.1. Screenshots of every tab go to tests/artifacts/ (git-ignored)."""
+every tab renders and answers a click with an image, strokes drawn on the Pix2Pix sketch pad are translated, a bad
+request shows its toast, and nothing is fetched from outside 127.0.0.1. Screenshots of every tab go to
+tests/artifacts/ (git-ignored)."""
 from playwright.sync_api import sync_playwright
 
 from test_monitor_browser import ARTIFACTS, LOCAL, local_page, require_chromium
@@ -9,7 +10,11 @@ TABS = [   # tab, button, the label of the image output it fills
     ("GAN", "Sample", "samples"),
     ("VAE", "Sample from the prior", "samples: decoder means of z ~ p(z)"),
     ("Diffusion", "Denoise", "the first images at 10 moments of the run: x_t above x̂₀"),
+    ("StyleGAN", "Mix styles", "style mixing: top row and left column are the sources"),
+    ("StyleGAN", "Resample the noise inputs", "one w, 8 noise draws"),
     ("CycleGAN", "Translate", "translation"),
+    ("Pix2Pix", "Translate", "outputs (one per dropout draw)"),
+    ("SimCLR", "Find similar images", "the 8 nearest test images in the representation"),
     ("FGSM", "Attack", "adversarial image"),
     ("Foundations", "Train", "the whole run"),
     ("Foundations", "Plot", "the function (blue) and its derivative (orange)"),
@@ -38,6 +43,24 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
                                    timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}.png"), full_page=True)   # the last click's
+        # strokes on the Pix2Pix sketch pad select "my drawing"; Translate answers with the edge map of the drawing
+        page.get_by_role("tab", name="Pix2Pix", exact=True).click()
+        page.get_by_role("button", name="Brush", exact=True).click()
+        pad = page.locator("canvas").locator("visible=true").first.bounding_box()
+        at = lambda fx, fy: (pad["x"] + pad["width"] * fx, pad["y"] + pad["height"] * fy)
+        page.mouse.move(*at(0.35, 0.2))
+        page.mouse.down()
+        for corner in ((0.65, 0.2), (0.65, 0.8), (0.35, 0.8), (0.35, 0.2)):
+            page.mouse.move(*at(*corner), steps=10)
+        page.mouse.up()
+        drawing = page.get_by_label("my drawing")
+        page.wait_for_function("radio => radio.checked", arg=drawing.element_handle(), timeout=30_000)
+        seen = output_image(page, "the edge map the model saw")
+        before = seen.get_attribute("src")
+        page.get_by_role("button", name="Translate", exact=True).click()
+        page.wait_for_function("([img, before]) => img.src !== before && img.complete && img.naturalWidth > 0",
+                               arg=[seen.element_handle(), before], timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "sampler-pix2pix-drawing.png"), full_page=True)
         # an unknown model typed into the GAN tab's model box answers with a toast that says why
         page.get_by_role("tab", name="GAN", exact=True).click()
         box = page.get_by_label("model").first

@@ -27,7 +27,7 @@ from core import losses
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
 from core.model import TrainableModel
-from core.nn import EMA
+from core.nn import EMA, lerp, slerp
 
 ARCHITECTURES = ("mlp", "dcgan")
 
@@ -104,20 +104,6 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             out = out + (self.embed(labels) * h).sum(1)          # projection: embed(y)ᵀ φ(x)
         return out
-
-
-def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
-    """Spherical interpolation (Shoemake 1985; White 2016 for GAN latents): stays at the norm N(0, I) samples have."""
-    cos = ((z0 / z0.norm()) * (z1 / z1.norm())).sum().clamp(-1, 1)
-    omega = torch.arccos(cos)
-    if omega.abs() < 1e-4:
-        return lerp(z0, z1, t)
-    t = t[:, None]
-    return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
-
-
-def lerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
-    return z0 + t[:, None] * (z1 - z0)
 
 
 class GAN(TrainableModel):

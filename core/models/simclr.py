@@ -91,7 +91,8 @@ class SimCLR(TrainableModel):
 A SimCLR encoder (Chen et al. 2020) trained from scratch with genlab (`core/models/simclr.py`) on unlabelled
 images: two augmentations of each image are pulled together and pushed away from every other image of the batch by
 the NT-Xent loss. The representation is the encoder's 4·width-dimensional output (before the projection head); the
-card's table measures it with a linear probe and k nearest neighbours on few labels.
+card's table measures it with a linear probe and k nearest neighbours on few labels. `knn_accuracy` is the
+leave-one-out 20-nearest-neighbour accuracy within the test set (cosine similarity, majority vote).
 """
 
     def __init__(self, config: SimCLRConfig = SimCLRConfig()):
@@ -101,9 +102,11 @@ card's table measures it with a linear probe and k nearest neighbours on few lab
         self.encoder = nn.Sequential(*conv_encoder(config.channels, w))          # the classifier's body, (B, 4w)
         self.projection = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(inplace=True),
                                         nn.Linear(4 * w, config.projection_dim))
-        side = config.image_size
-        self.register_buffer("gallery_images", torch.zeros(config.gallery, config.channels, side, side, dtype=torch.uint8))
-        self.register_buffer("gallery_labels", torch.zeros(config.gallery, dtype=torch.long))
+        if config.gallery:                                                      # (none while training)
+            side = config.image_size
+            self.register_buffer("gallery_images", torch.zeros(config.gallery, config.channels, side, side,
+                                                               dtype=torch.uint8))
+            self.register_buffer("gallery_labels", torch.zeros(config.gallery, dtype=torch.long))
 
     def with_gallery(self, data: ImageData, per_class: int) -> "SimCLR":
         """A copy of this model that also holds the first `per_class` images of each class of `data` (uint8, in
@@ -113,7 +116,7 @@ card's table measures it with a linear probe and k nearest neighbours on few lab
         copy = SimCLR(dataclasses.replace(self.config, gallery=len(index)))
         copy.load_state_dict({**self.state_dict(), "gallery_images": data.images[index],
                               "gallery_labels": data.labels[index]})
-        return copy.to(self.gallery_images.device)
+        return copy.to(next(self.parameters()).device)
 
     def gallery_features(self) -> Tensor:
         """The representations of the gallery images (G, 4·width)."""

@@ -45,7 +45,7 @@ from core import losses
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData, pad_images
 from core.model import TrainableModel
-from core.nn import EMA
+from core.nn import EMA, slerp
 
 MAX_SIZE = 64
 PSI_RANGE = (-1.0, 1.5)        # truncation ψ that sampling accepts (1: none, 0: every sample is w̄'s image)
@@ -357,7 +357,8 @@ genlab's classifier's features (core.metrics).
         return torch.cat(rows).clamp(-1, 1)
 
     def interpolate(self, seed_a: int, seed_b: int, steps: int = 8, space: str = "w", psi: float = 1.0) -> Tensor:
-        """Images along the straight line between two latents in W (the paper's choice) or Z; fixed noise."""
+        """Images along the path between two seeds: a straight line in W, or a slerp in Z (the paths of the paper's
+        perceptual path lengths, Sec. 4.2); the noise inputs fixed."""
         if space not in ("w", "z"):
             raise ValueError(f"space must be 'w' or 'z', got {space!r}")
         z = torch.cat([self.latent(1, seed_a), self.latent(1, seed_b)])
@@ -366,7 +367,7 @@ genlab's classifier's features (core.metrics).
             w = self.mapped(z, psi)
             path = w[0] + t * (w[1] - w[0])
         else:
-            path = self.mapped(z[0] + t * (z[1] - z[0]), psi)
+            path = self.mapped(slerp(z[0], z[1], t[:, 0]), psi)
         return self.synthesize(path, "random", seed_a).clamp(-1, 1)
 
     def eval_images(self, data: ImageData) -> Tensor:

@@ -5,7 +5,8 @@ from torch import nn
 from core.config import TrainConfig
 from core.evaluate import metric_yardstick
 from core.losses import NO_BATCH_NORM
-from core.models.gan import GAN, GANConfig, slerp
+from core.models.gan import GAN, GANConfig
+from core.nn import slerp
 
 LOSSES = ("bce", "wgan-gp", "r3gan", "hinge")
 
