@@ -303,9 +303,9 @@ def image_to_tensor(image, size: int, channels: int = 1) -> Tensor:
     return torch.from_numpy(array.copy()).reshape(size, size, channels).permute(2, 0, 1).contiguous()
 
 
-def read_image_files(folder: Path, size: int, channels: int) -> dict[str, Tensor]:
-    """Every image file in `folder` (by name stem) as (C, size, size) uint8; an unreadable file is an error that
-    names it."""
+def read_image_files(folder: Path, size: int, channels: int) -> dict[Path, Tensor]:
+    """Every image file in `folder`, by path, as (C, size, size) uint8; an unreadable file is an error that names
+    it."""
     from PIL import Image, UnidentifiedImageError
     if not folder.is_dir():
         raise DatasetNotFound(f"{folder} does not exist")
@@ -316,10 +316,19 @@ def read_image_files(folder: Path, size: int, channels: int) -> dict[str, Tensor
     for file in files:
         try:
             with Image.open(file) as image:
-                images[file.stem] = image_to_tensor(image, size, channels)
+                images[file] = image_to_tensor(image, size, channels)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise ValueError(f"cannot read {file} as an image: {exc}") from exc
     return images
+
+
+def by_stem(files: dict[Path, Tensor]) -> dict[str, Tensor]:
+    """The images keyed by file name without its suffix; two files of one name (a.png, a.jpg) are an error."""
+    stems = {path.stem: image for path, image in files.items()}
+    if len(stems) < len(files):
+        raise ValueError(f"two files in {next(iter(files)).parent} share a name (such as a.png and a.jpg): a "
+                         "paired folder pairs files by name")
+    return stems
 
 
 def load_folder_pair(root: str | Path, split: str = "train", size: int = 28, channels: int = 1,
@@ -335,6 +344,7 @@ def load_folder_pair(root: str | Path, split: str = "train", size: int = 28, cha
     if not paired:
         return ImageData(torch.stack([*a.values(), *b.values()]), torch.tensor([0] * len(a) + [1] * len(b)),
                          ("A", "B"), f"folder:{root}", split=split)
+    a, b = by_stem(a), by_stem(b)                                # shoe.png (A) pairs with shoe.jpg (B)
     if a.keys() != b.keys():
         alone = sorted(a.keys() ^ b.keys())
         raise ValueError(f"paired folders need the same file names in {split}A/ and {split}B/; without a partner: "

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from core.attacks import fgsm, pgd
 from core.checkpoint import CheckpointError
-from core.data import FASHION_CLASSES, edge_map, image_to_tensor
+from core.data import FASHION_CLASSES, edge_map, image_to_tensor, to_float, to_uint8
 from core.families import FAMILIES
 from core.hub import load_model, read_manifest, resolve
 from core.images import PALETTE, Canvas, grid_picture, scatter_plot
@@ -430,11 +430,11 @@ def drawn_edges(image: Image.Image, crop: bool) -> torch.Tensor:
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
     x, _ = to_model_input(image)
     if crop:
-        grey = Image.fromarray(((x[0] + 1) * 127.5).round().byte().numpy())
+        grey = Image.fromarray(to_uint8(x)[0].numpy())
         box = grey.point(lambda v: 255 if v > INK else 0).getbbox()
         if box is None:
             raise RequestError("the drawing is empty: draw the outline of a garment (dark lines on the white pad)")
-        x = image_to_tensor(grey.crop(box), 28).float() / 127.5 - 1
+        x = to_float(image_to_tensor(grey.crop(box), 28))
     return torch.where(x > INK / 127.5 - 1, 1.0, -1.0)
 
 
@@ -463,7 +463,7 @@ class Pix2PixPipeline(Pipeline):
 
 # ------------------------------------------------------------------------------------------------------- SimCLR
 NEIGHBOURS = 8                 # gallery images shown for a query
-PLANE_LIMIT = 4.0              # the projection is scaled so that the gallery's spread along each axis is 1
+PLANE_LIMIT = 4.0              # the plot's range, ± this many of the gallery's standard deviations on each axis
 
 
 class SimCLRPipeline(Pipeline):
@@ -485,11 +485,11 @@ class SimCLRPipeline(Pipeline):
         x, inverted = to_model_input(read_image(upload))
         index, similarity = self.model.nearest(x[None], NEIGHBOURS, self.bank)
         index, similarity = index[0], similarity[0]
-        gallery = self.model.gallery_images[index].float() / 127.5 - 1
+        gallery = to_float(self.model.gallery_images[index])
         query = ((self.model.representations(x[None]) - self.mean) @ self.basis / self.scale)[0]
         labels = self.model.gallery_labels
-        picture = scatter_plot(self.plane, labels, list(FASHION_CLASSES), limit=PLANE_LIMIT, marked=tuple(query.tolist()),
-                               axes=("PC1", "PC2"))
+        picture = scatter_plot(self.plane, labels, list(FASHION_CLASSES), limit=PLANE_LIMIT,
+                               marked=tuple(query.tolist()), axes=("PC1", "PC2"))
         names = [f"{FASHION_CLASSES[int(labels[i])]} ({float(s):.2f})" for i, s in zip(index, similarity)]
         note = ("The upload had a light background and was inverted first. " if inverted else "") + \
             f"Nearest of {len(labels):,} test images (cosine similarity): " + ", ".join(names) + "."

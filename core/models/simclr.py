@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.config import TrainConfig, option
-from core.data import Batch, ImageData
+from core.data import Batch, ImageData, to_float
 from core.model import TrainableModel
 from core.nn import conv_encoder
 
@@ -122,7 +122,7 @@ leave-one-out 20-nearest-neighbour accuracy within the test set (cosine similari
         """The representations of the gallery images (G, 4·width)."""
         if self.config.gallery == 0:
             raise ValueError("this model holds no gallery: make one with with_gallery(data, per_class)")
-        return self.representations(self.gallery_images.float() / 127.5 - 1)
+        return self.representations(to_float(self.gallery_images))
 
     def nearest(self, images: Tensor, k: int = 8, bank: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The k gallery images most similar to each image (cosine similarity of the representations):

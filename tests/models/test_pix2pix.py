@@ -137,6 +137,10 @@ def test_a_paired_folder_pairs_files_by_name(tmp_path):
     make_paired_folder(tmp_path / "broken", missing_partner=True)
     with pytest.raises(ValueError, match="without a partner: lonely"):
         load_dataset("paired-folder", "train", tmp_path / "broken")
+    Image.new("L", (40, 40), 0).save(tmp_path / "trainA" / "3.jpg")       # a second 3 beside 3.png
+    with pytest.raises(ValueError, match="share a name"):
+        load_dataset("paired-folder", "train", tmp_path)
+    assert len(load_dataset("folder", "train", tmp_path)) == 21             # unpaired: every file counts
 
 
 def test_training_on_a_paired_folder_round_trips(tmp_path, tiny_config):
