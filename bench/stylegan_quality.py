@@ -31,6 +31,7 @@ from core.hub import load_model
 from core.images import save_grid
 from core.models.gan import GAN
 from core.models.stylegan import StyleGAN
+from core.nn import slerp
 
 EPSILON = 1e-2
 PAIRS = 2000
@@ -46,13 +47,6 @@ def minutes(folder: Path) -> str:
     return f"{before[-1]['elapsed'] / 60:.0f}" if before else "-"
 
 
-def slerp_rows(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Row-wise spherical interpolation: row k between z0[k] and z1[k] at t[k] (t: (N, 1))."""
-    cos = (torch.nn.functional.normalize(z0, dim=1) * torch.nn.functional.normalize(z1, dim=1)).sum(1, keepdim=True)
-    omega = torch.arccos(cos.clamp(-1, 1))
-    return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
-
-
 def trimmed_mean(values: torch.Tensor) -> float:
     low, high = values.quantile(0.01), values.quantile(0.99)
     return float(values[(values >= low) & (values <= high)].mean())
@@ -62,16 +56,16 @@ def trimmed_mean(values: torch.Tensor) -> float:
 def path_length(model, yardstick, space: str) -> float:
     generator = torch.Generator().manual_seed(1)
     z0, z1 = (torch.randn(PAIRS, model.config.latent_dim, generator=generator) for _ in range(2))
-    t = torch.rand(PAIRS, 1, generator=generator) * (1 - EPSILON)
+    t = torch.rand(PAIRS, generator=generator) * (1 - EPSILON)                     # one point on each path
     if isinstance(model, StyleGAN):
         if space == "w":
             w0, w1 = model.mapped(z0), model.mapped(z1)
-            ends = [w0 + t * (w1 - w0), w0 + (t + EPSILON) * (w1 - w0)]
+            ends = [w0 + tt[:, None] * (w1 - w0) for tt in (t, t + EPSILON)]
         else:
-            ends = [model.mapped(slerp_rows(z0, z1, t)), model.mapped(slerp_rows(z0, z1, t + EPSILON))]
+            ends = [model.mapped(slerp(z0, z1, tt)) for tt in (t, t + EPSILON)]
         images = [model.synthesize(w, "random", noise_seed=2) for w in ends]
     else:
-        images = [model.generate(slerp_rows(z0, z1, tt)) for tt in (t, t + EPSILON)]
+        images = [model.generate(slerp(z0, z1, tt)) for tt in (t, t + EPSILON)]
     a, b = (yardstick.features(x)[0] for x in images)
     return trimmed_mean((a - b).square().sum(1) / EPSILON ** 2)
 

@@ -54,13 +54,16 @@ def conv_encoder(channels: int, width: int) -> list[nn.Module]:
 
 
 def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
-    """Spherical interpolation (Shoemake 1985; White 2016 for GAN latents): stays at the norm N(0, I) samples have."""
-    cos = ((z0 / z0.norm()) * (z1 / z1.norm())).sum().clamp(-1, 1)
-    omega = torch.arccos(cos)
-    if omega.abs() < 1e-4:
-        return lerp(z0, z1, t)
+    """Spherical interpolation (Shoemake 1985; White 2016 for GAN latents): stays at the norm N(0, I) samples have.
+    z0, z1: (D,) for one path at the N points t (N,), or (N, D) for N paths, row k at t[k]; returns (N, D).
+    (Nearly) parallel endpoints fall back to the straight line."""
+    if t.ndim != 1 or (z0.ndim == 2 and len(z0) != len(t)):
+        raise ValueError(f"t must be (N,) with one value per row of z0, got t {tuple(t.shape)}, z0 {tuple(z0.shape)}")
+    cos = (nn.functional.normalize(z0, dim=-1) * nn.functional.normalize(z1, dim=-1)).sum(-1, keepdim=True)
+    omega = torch.arccos(cos.clamp(-1, 1))
     t = t[:, None]
-    return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
+    spherical = (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega).clamp(min=1e-8)
+    return torch.where(omega < 1e-4, z0 + t * (z1 - z0), spherical)
 
 
 def lerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:

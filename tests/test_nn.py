@@ -1,8 +1,9 @@
 """core.nn: blocks shared by several families."""
+import pytest
 import torch
 from torch import nn
 
-from core.nn import EMA
+from core.nn import EMA, slerp
 
 
 def test_ema_moves_toward_the_network():
@@ -31,3 +32,17 @@ def test_ema_copies_buffers_and_is_saved_with_its_owner():
     holder = nn.Module()
     holder.ema = ema
     assert {"ema.updates", "ema.average.weight", "ema.average.running_mean"} <= set(holder.state_dict())
+
+
+def test_slerp_of_many_paths_is_each_path_alone_and_parallel_ends_fall_back_to_a_line():
+    torch.manual_seed(0)
+    z0, z1, t = torch.randn(5, 16), torch.randn(5, 16), torch.rand(5)
+    rows = slerp(z0, z1, t)
+    for k in range(5):
+        torch.testing.assert_close(rows[k], slerp(z0[k], z1[k], t[k:k + 1])[0])
+    line = slerp(z0[0], 2 * z0[0], torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(line, torch.stack([z0[0], 1.5 * z0[0], 2 * z0[0]]))
+    with pytest.raises(ValueError, match="t must be"):
+        slerp(z0, z1, t[:, None])                     # (N, 1) would broadcast into N x N paths
+    with pytest.raises(ValueError, match="t must be"):
+        slerp(z0, z1, t[:3])

@@ -22,7 +22,6 @@ import random
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core import losses, metrics

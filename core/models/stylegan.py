@@ -332,7 +332,8 @@ genlab's classifier's features (core.metrics).
         w = self.mapped(self.latent(1, seed), psi).expand(draws, -1)
         variants = torch.cat([self.synthesize(w[k:k + 1], "random", seed * 1000 + k) for k in range(draws)])
         spread = variants.std(dim=0, keepdim=True)
-        return variants.clamp(-1, 1), self.synthesize(w[:1], "none").clamp(-1, 1), spread / spread.max().clamp(min=1e-8) * 2 - 1
+        spread = spread / spread.max().clamp(min=1e-8) * 2 - 1
+        return variants.clamp(-1, 1), self.synthesize(w[:1], "none").clamp(-1, 1), spread
 
     def sample(self, n: int, seed: int = 0, psi: float = 1.0, noise: str = "random") -> Tensor:
         """n images in [-1, 1] (clamped) from z(seed), truncation ψ; the noise inputs drawn from the same seed."""

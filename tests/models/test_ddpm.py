@@ -4,7 +4,6 @@ import diffusers
 import pytest
 import torch
 
-from core.data import Batch
 from core.hub import load_model
 from core.models.ddpm import DDPM, DDPMConfig
 from core.schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
