@@ -309,15 +309,16 @@ def compare_autoencoders(upload, seed, ae: str = "autoencoder", vae: str = "vae"
 # ---------------------------------------------------------------------------------------------------- diffusion
 def diffusion_work(n, steps, scheduler, eta, seed, guidance_scale) -> int:
     """The checked cost of a denoising request: images x steps x network passes (classifier-free guidance runs the
-    network twice). Cheap, so it also serves admission before a request is queued."""
+    network twice, a second-order scheduler twice per step). Cheap, so it also serves admission before a request is queued."""
     n, steps = whole_number(n, "n", 1, MAX_IMAGES), whole_number(steps, "steps", 1, diffusion.MAX_STEPS)
     one_of(scheduler, "scheduler", tuple(SCHEDULERS)), real_number(eta, "eta", *diffusion.ETA_RANGE)
     whole_number(seed, "seed", 0, MAX_SEED)
     passes = 1 if real_number(guidance_scale, "guidance_scale", *diffusion.GUIDANCE_RANGE) == 1.0 else 2
+    passes *= SCHEDULERS[scheduler].order                                # Heun: two network passes per step
     if n * steps * passes > MAX_DIFFUSION_WORK:
         raise RequestError(f"n x steps x passes must be at most {MAX_DIFFUSION_WORK:,} (guidance ≠ 1 runs the network "
-                           f"twice; e.g. 16 images at 1000 steps, or 64 at 125 with guidance), got {n} x {steps} x "
-                           f"{passes} = {n * steps * passes:,}")
+                           f"twice, Heun twice per step; e.g. 16 images at 1000 steps, or 64 at 125 with guidance), "
+                           f"got {n} x {steps} x {passes} = {n * steps * passes:,}")
     return n * steps * passes
 
 

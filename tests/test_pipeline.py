@@ -175,8 +175,16 @@ def test_diffusion_cost_counts_guidance_passes():
     assert P.diffusion_work(16, 1000, "ddim", 0.0, 0, 1.0) == 16_000
     with pytest.raises(R.RequestError, match="n x steps x passes must be at most 16,000.*16 x 1000 x 2 = 32,000"):
         P.diffusion_work(16, 1000, "ddim", 0.0, 0, 2.0)
+    with pytest.raises(R.RequestError, match="16 x 1000 x 2 = 32,000"):        # Heun: two passes per step
+        P.diffusion_work(16, 1000, "heun", 0.0, 0, 1.0)
+    assert P.diffusion_work(16, 500, "heun", 0.0, 0, 1.0) == 16_000
     with pytest.raises(R.RequestError, match="scheduler must be one of"):
-        P.diffusion_work(1, 1, "euler", 0.0, 0, 1.0)
+        P.diffusion_work(1, 1, "lms", 0.0, 0, 1.0)
+
+
+def test_a_diffusion_model_asked_for_a_flow_sampler_says_so():
+    with pytest.raises(R.RequestError, match="a diffusion model samples with a scheduler of"):
+        next(P.load_pipeline("ddpm", "ddpm").denoise(1, 2, "euler", 0.0, 0))
 
 
 def test_admission_limits_each_client_and_frees_its_places():

@@ -195,3 +195,46 @@ def test_dpm_solver_recovers_x0_of_a_perfect_model():
         eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()            # the ε that makes x̂_0 = x0 exactly
         x = s.step(eps, t, x).prev_sample
     torch.testing.assert_close(x, x0, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------- flow matching
+FLOW_NAMES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+
+
+@pytest.mark.parametrize("name", FLOW_NAMES)
+@pytest.mark.parametrize("shift", (1.0, 3.0))
+@pytest.mark.parametrize("steps", (1, 2, 10, 50, 1000))
+def test_flow_match_trajectory_matches_diffusers(name, shift, steps):
+    """σ's, timesteps and every step (Heun's guess and correction calls alike) bit for bit."""
+    mine, ref = pair(name, shift=shift)
+    assert torch.equal(mine.sigmas, ref.sigmas)
+    calls = steps if mine.order == 1 else 2 * steps - 1        # Heun: a guess and a correction but at the last
+    assert compare_trajectory(name, dict(shift=shift), steps, {}) == calls and mine.order == ref.order
+
+
+@pytest.mark.parametrize("name", FLOW_NAMES)
+def test_flow_match_forward_path_and_configs_match_diffusers(name, tmp_path):
+    mine, ref = pair(name, shift=2.5)
+    x0, eps = torch.randn(3, 1, 5, 5), torch.randn(3, 1, 5, 5)
+    for t in ref.timesteps[[0, 400, 999]]:                 # diffusers' scale_noise takes one of its timesteps
+        ref._step_index = ref._begin_index = None
+        close(mine.scale_noise(x0, t, eps), ref.scale_noise(x0, t[None], eps))
+    mine.save_pretrained(tmp_path / "ours")
+    assert getattr(diffusers, name).from_pretrained(tmp_path / "ours").config.shift == 2.5
+    ref.save_pretrained(tmp_path / "theirs")
+    assert getattr(ours, name).from_pretrained(tmp_path / "theirs").config == {"num_train_timesteps": 1000, "shift": 2.5}
+    with pytest.raises(ValueError, match="shift must be positive"):
+        getattr(ours, name)(shift=0.0)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        getattr(ours, name)().step(x0, 1000.0, x0)
+    done = getattr(ours, name)()
+    done.set_timesteps(1)
+    done.step(x0, 1000.0, x0)
+    with pytest.raises(ValueError, match="all 1 steps are done"):
+        done.step(x0, 1.0, x0)
+
+
+def test_flow_and_diffusion_configs_do_not_leak_into_each_other():
+    flow = ours.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    assert dict(ours.DDIMScheduler.from_config(flow.config).config) == dict(ours.DDIMScheduler().config)
+    assert ours.FlowMatchHeunDiscreteScheduler.from_config(ours.DDIMScheduler().config).config.shift == 1.0

@@ -11,6 +11,13 @@ Min-SNR-γ weighting:      (Hang et al. 2023) with SNR(t) = ᾱ_t / (1 − ᾱ_t
                           ‖v − v̂‖² = (SNR + 1) ‖x_0 − x̂_0‖², λ = min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v
                           and min(SNR, γ) for x_0.
 Sampling (Algorithm 2):   x_T ~ N(0, I), then x_{t−1} from x_t by a scheduler's `step`, down to x_0.
+Flow matching:            (Lipman et al. 2023; rectified flow, Liu et al. 2023) with prediction type
+                          "flow_prediction" the same U-Net learns another path from data to noise, the straight line
+                          x_σ = (1 − σ) x_0 + σ ε, σ ∈ [0, 1] (the network sees t = σ T), and predicts its velocity:
+                          minimise ‖(ε − x_0) − v_θ(x_σ, σ T)‖², σ drawn uniformly (Liu et al.) or logit-normal,
+                          σ = sigmoid(u), u ~ N(0, 1) (Esser et al. 2024, Sec. 3.1: more weight on the middle, where
+                          the velocity is hardest to guess). Sampling integrates dx/dσ = v_θ from σ = 1 to 0 with the
+                          Euler or Heun scheduler (core/schedulers/flow_match.py); x̂_0 = x_σ − σ v̂.
 Guidance:                 with labels dropped to a null label with probability p during training, one network is
                           both conditional and unconditional, and sampling uses
                           ε̃ = ε_θ(x_t, ∅) + w (ε_θ(x_t, y) − ε_θ(x_t, ∅))      (Ho & Salimans, Eq. 6; w = 1 + their w)
@@ -35,12 +42,16 @@ from core.data import Batch, ImageData
 from core.model import TrainableModel
 from core.models.unet import UNet
 from core.nn import EMA
-from core.schedulers import SCHEDULERS, DDPMScheduler
+from core.schedulers import DIFFUSION_SCHEDULERS, FLOW_SCHEDULERS, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, predicted_x0
+from core.schedulers.flow_match import flow_x0
 
 MAX_STEPS = 1000                 # sampling steps: at most the training timesteps of the default schedule
 GUIDANCE_RANGE = (0.0, 20.0)     # classifier-free guidance scale w (1: no guidance)
 ETA_RANGE = (0.0, 1.0)           # DDIM's η: 0 deterministic, 1 DDPM-like
+FLOW = "flow_prediction"         # the prediction type of flow matching (diffusers' name)
+OBJECTIVES = (*PREDICTION_TYPES, FLOW)
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 @dataclass(frozen=True)
@@ -52,17 +63,23 @@ class DDPMConfig:
     dropout: float = option(0.0, "dropout in the residual blocks (Ho et al.: 0.1 on CIFAR-10)")
     num_classes: int = option(0, "0: unconditional; K > 0: class-conditional with classifier-free guidance")
     label_dropout: float = option(0.1, "probability of training a label as the null label (Ho & Salimans: 0.1-0.2)")
-    prediction_type: str = option("epsilon", "what the network predicts", choices=PREDICTION_TYPES)
+    prediction_type: str = option("epsilon", "what the network predicts: ε, x_0, v, or the velocity ε − x_0 of flow "
+                                             "matching (flow_prediction)", choices=OBJECTIVES)
     num_train_timesteps: int = option(1000, "T")
     beta_schedule: str = option("linear", "β schedule", choices=BETA_SCHEDULES)
     beta_start: float = option(0.0001, "β_1 of the linear schedules")
     beta_end: float = option(0.02, "β_T of the linear schedules")
     snr_gamma: float = option(0.0, "min-SNR-γ loss weighting (Hang et al. 2023: γ = 5); 0: the simple loss")
+    time_sampling: str = option("uniform", "flow_prediction: how training draws σ (logit_normal: Esser et al. 2024)",
+                                choices=TIME_SAMPLINGS)
+    shift: float = option(1.0, "flow_prediction: the samplers' σ shift s σ / (1 + (s − 1) σ) (1: none)")
     ema_decay: float = option(0.9995, "decay of the weights' moving average used for sampling (0: no EMA)")
-    eval_steps: int = option(20, "DPM-Solver++ steps for the samples and metrics logged during training")
+    eval_steps: int = option(20, "steps of the default sampler for the samples and metrics logged during training")
     eval_guidance: float = option(2.0, "guidance scale of the conditional samples logged during training")
 
     def scheduler_config(self) -> dict:
+        if self.prediction_type == FLOW:
+            return dict(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
         return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
                     beta_end=self.beta_end, beta_schedule=self.beta_schedule, prediction_type=self.prediction_type)
 
@@ -74,24 +91,30 @@ class DDPM(TrainableModel):
     card_description = """
 A denoising diffusion probabilistic model (Ho et al. 2020) trained from scratch with genlab (`core/models/ddpm.py`,
 U-Net in `core/models/unet.py`). The weights are the exponential moving average kept during training. Any of
-genlab's schedulers, or diffusers' `DDPMScheduler`, `DDIMScheduler` and `DPMSolverMultistepScheduler`, samples it;
-`scheduler_config.json` holds the training noise schedule. FID, KID, precision and recall use the features of
-genlab's Fashion-MNIST classifier (`checkpoints/classifier`): they compare genlab models with each other and are not
-comparable with Inception-FIDs from papers.
+genlab's schedulers, or diffusers' `DDPMScheduler`, `DDIMScheduler` and `DPMSolverMultistepScheduler`, samples it
+(a flow-matching model, prediction type `flow_prediction`: `FlowMatchEulerDiscreteScheduler` and
+`FlowMatchHeunDiscreteScheduler`); `scheduler_config.json` holds the training noise schedule. FID, KID, precision
+and recall use the features of genlab's Fashion-MNIST classifier (`checkpoints/classifier`): they compare genlab
+models with each other and are not comparable with Inception-FIDs from papers.
 """
     card_samples_caption = "Samples at the run's fixed noise (for a conditional model, row k is class k)."
 
     def __init__(self, config: DDPMConfig = DDPMConfig()):
         super().__init__()
         widths = tuple(int(w) for w in str(config.widths).split(","))
-        if config.prediction_type not in PREDICTION_TYPES or config.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, beta_schedule one of {BETA_SCHEDULES}")
+        if config.prediction_type not in OBJECTIVES or config.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"prediction_type must be one of {OBJECTIVES}, beta_schedule one of {BETA_SCHEDULES}")
         if not config.snr_gamma >= 0:
             raise ValueError(f"snr_gamma must be 0 (off) or positive, got {config.snr_gamma}")
+        if config.prediction_type == FLOW and config.snr_gamma:
+            raise ValueError("min-SNR weighting is defined for diffusion (ε, x_0, v); use snr_gamma 0 with flow matching")
+        if config.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {config.time_sampling!r}")
         self.config = config
         self.unet = UNet(config.channels, widths, config.layers_per_block, config.num_classes, dropout=config.dropout)
         self.ema = EMA(self.unet, config.ema_decay) if config.ema_decay > 0 else None
-        self.noise_scheduler = DDPMScheduler(**config.scheduler_config())
+        training_path = FlowMatchEulerDiscreteScheduler if config.prediction_type == FLOW else DDPMScheduler
+        self.noise_scheduler = training_path(**config.scheduler_config())
         side = 10 if config.num_classes else 8
         self.register_buffer("fixed_noise", self.noise(side * side, seed=1234))
 
@@ -99,6 +122,20 @@ comparable with Inception-FIDs from papers.
     @property
     def conditional(self) -> bool:
         return self.config.num_classes > 0
+
+    @property
+    def flow(self) -> bool:
+        """A flow-matching model (prediction type flow_prediction) rather than a diffusion model."""
+        return self.config.prediction_type == FLOW
+
+    @property
+    def samplers(self) -> dict:
+        """The schedulers that can sample this model, by name."""
+        return FLOW_SCHEDULERS if self.flow else DIFFUSION_SCHEDULERS
+
+    @property
+    def default_sampler(self) -> str:
+        return "euler" if self.flow else "dpm_solver"
 
     def noise(self, n: int, seed: int) -> Tensor:
         c = self.config
@@ -109,13 +146,21 @@ comparable with Inception-FIDs from papers.
         return {"unet": self.optimizer}
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        """Algorithm 1: t ~ U, ε ~ N(0, I), x_t by Eq. 4, one gradient step on ‖target − f_θ(x_t, t, y)‖²."""
+        """Algorithm 1: t ~ U, ε ~ N(0, I), x_t by Eq. 4, one gradient step on ‖target − f_θ(x_t, t, y)‖².
+        Flow matching: σ drawn by `time_sampling`, x_σ on the straight path, target ε − x_0, t = σ T."""
         x0 = batch.images
-        t = torch.randint(0, self.config.num_train_timesteps, (len(x0),), device=x0.device)
         eps = torch.randn_like(x0)
-        x_t = self.noise_scheduler.add_noise(x0, eps, t)
-        target = {"epsilon": eps, "sample": x0,
-                  "v_prediction": self.noise_scheduler.get_velocity(x0, eps, t)}[self.config.prediction_type]
+        if self.flow:
+            logit_normal = self.config.time_sampling == "logit_normal"
+            sigma = torch.sigmoid(torch.randn(len(x0))) if logit_normal else torch.rand(len(x0))
+            sigma = sigma.to(x0.device)
+            t = sigma * self.config.num_train_timesteps
+            x_t, target = self.noise_scheduler.scale_noise(x0, t, eps), eps - x0
+        else:
+            t = torch.randint(0, self.config.num_train_timesteps, (len(x0),), device=x0.device)
+            x_t = self.noise_scheduler.add_noise(x0, eps, t)
+            target = {"epsilon": eps, "sample": x0,
+                      "v_prediction": self.noise_scheduler.get_velocity(x0, eps, t)}[self.config.prediction_type]
         labels = None
         if self.conditional:         # classifier-free guidance: train the null label K on a fraction of the batch
             drop = torch.rand(len(x0), device=x0.device) < self.config.label_dropout
@@ -157,18 +202,28 @@ comparable with Inception-FIDs from papers.
     def denoiser(self) -> UNet:
         return self.ema.average if self.ema is not None else self.unet
 
-    def scheduler(self, name: str = "dpm_solver", **options):
-        """A genlab scheduler ("ddpm", "ddim", "dpm_solver") on this model's training noise schedule. DDPM and DDIM
+    def scheduler(self, name: str | None = None, **options):
+        """A genlab scheduler on this model's training noise schedule: "ddpm", "ddim", "dpm_solver" (default) for a
+        diffusion model, "euler" (default) or "heun" for a flow-matching one. DDPM and DDIM
         clip x̂_0 to [-1, 1] (diffusers' default). DPM-Solver++ uses dynamic thresholding for an ε-prediction model,
         as diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps
         (α_T ≈ 0.006 for the linear schedule) turns small errors in ε̂ into saturated speckle. A v-prediction model
         needs none (x̂_0 = α_t x_t − σ_t v̂ amplifies nothing) and samples better without it
         (bench/diffusion_recipes.py: recall 0.45 against 0.37 with it)."""
-        if name not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}")
+        name = self.default_sampler if name is None else name
+        if name not in self.samplers:
+            kind = "flow-matching" if self.flow else "diffusion"
+            raise ValueError(f"a {kind} model samples with a scheduler of {sorted(self.samplers)}, got {name!r}")
         threshold = name == "dpm_solver" and self.config.prediction_type == "epsilon"
         defaults = {"thresholding": True} if threshold else {}
-        return SCHEDULERS[name].from_config(self.config.scheduler_config(), **{**defaults, **options})
+        return self.samplers[name].from_config(self.config.scheduler_config(), **{**defaults, **options})
+
+    def predicted_x0(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """x̂_0 from the network's output at (x_t, t): Ho et al. Eq. 15 and its v / x_0 forms, or x_σ − σ v̂."""
+        if self.flow:
+            return flow_x0(output, x_t, float(t) / self.config.num_train_timesteps)
+        abar = self.noise_scheduler.alphas_cumprod[int(t)]
+        return predicted_x0(self.config.prediction_type, output, x_t, abar ** 0.5, (1 - abar) ** 0.5)
 
     def predict(self, x_t: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float) -> Tensor:
         """f_θ(x_t, t, y) with classifier-free guidance, in the model's precision; one batched forward pass for
@@ -194,36 +249,40 @@ comparable with Inception-FIDs from papers.
         return labels
 
     @torch.no_grad()
-    def denoise(self, n: int = 16, steps: int = 20, scheduler="dpm_solver", seed: int = 0, guidance_scale: float = 1.0,
+    def denoise(self, n: int = 16, steps: int = 20, scheduler=None, seed: int = 0, guidance_scale: float = 1.0,
                 label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None
                 ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Yield (step index, x_{t−1}, x̂_0) after every reverse step: x̂_0 is what the network believes the final
         image to be at that step (its output converted to x_0, before any clipping or thresholding). `scheduler` is
-        a name or any object with the diffusers scheduler API (ours or diffusers' own). x_T comes from `seed` unless
-        `noise` is given."""
+        a name (None: the model's default) or any object with the diffusers scheduler API (ours or diffusers' own).
+        A second-order scheduler (Heun) runs the network twice per step and yields once per step. x_T comes from
+        `seed` unless `noise` is given."""
         if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
         if not math.isfinite(guidance_scale) or not GUIDANCE_RANGE[0] <= guidance_scale <= GUIDANCE_RANGE[1]:
             raise ValueError(f"guidance_scale must lie in [{GUIDANCE_RANGE[0]:g}, {GUIDANCE_RANGE[1]:g}], got {guidance_scale}")
         if not ETA_RANGE[0] <= eta <= ETA_RANGE[1]:
             raise ValueError(f"eta must lie in [{ETA_RANGE[0]:g}, {ETA_RANGE[1]:g}], got {eta}")
-        scheduler = self.scheduler(scheduler) if isinstance(scheduler, str) else scheduler
+        scheduler = self.scheduler(scheduler) if scheduler is None or isinstance(scheduler, str) else scheduler
         device = self.fixed_noise.device
         labels = self.labels_for(n, label)
         labels = labels.to(device) if labels is not None else None
         generator = torch.Generator().manual_seed(seed)
-        x = (noise if noise is not None else self.noise(n, seed)).to(device) * scheduler.init_noise_sigma
+        start = noise if noise is not None else self.noise(n, seed)
+        x = start.to(device) * getattr(scheduler, "init_noise_sigma", 1.0)     # (diffusers' flow schedulers have none)
         scheduler.set_timesteps(steps)
         extra = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
+        done = 0
         for i, t in enumerate(scheduler.timesteps):
-            model_input = scheduler.scale_model_input(x, t)
+            model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
             output = self.predict(model_input, t.to(device), labels, guidance_scale)
-            abar = self.noise_scheduler.alphas_cumprod[int(t)]
-            x0 = predicted_x0(self.config.prediction_type, output, x, abar ** 0.5, (1 - abar) ** 0.5)
+            x0 = self.predicted_x0(output, x, t)
             x = scheduler.step(output, t, x, generator=generator, **extra).prev_sample
-            yield i, x, x0
+            if getattr(scheduler, "state_in_first_order", True) or i == len(scheduler.timesteps) - 1:
+                yield done, x, x0
+                done += 1
 
-    def sample(self, n: int = 16, steps: int = 20, scheduler="dpm_solver", seed: int = 0, guidance_scale: float = 1.0,
+    def sample(self, n: int = 16, steps: int = 20, scheduler=None, seed: int = 0, guidance_scale: float = 1.0,
                label: int | Tensor | None = None, eta: float = 0.0, return_intermediates: bool = False,
                batch_size: int = 256) -> Tensor | tuple[Tensor, Tensor]:
         """n images in [-1, 1]. With return_intermediates, also x_t after every step, (steps, n, C, H, W), for an
@@ -247,16 +306,16 @@ comparable with Inception-FIDs from papers.
 
     # ----------------------------------------------------------------------------------------------- evaluation
     def eval_images(self, data: ImageData) -> Tensor:
-        """The fixed noise through DPM-Solver++; conditional models: row k is class k at the eval guidance scale."""
+        """The fixed noise through the default sampler; conditional models: row k is class k at the eval guidance."""
         side = int(math.isqrt(len(self.fixed_noise)))
         labels = torch.arange(side).repeat_interleave(side) if self.conditional else None
         guidance = self.config.eval_guidance if self.conditional else 1.0
-        for _, x, _ in self.denoise(len(self.fixed_noise), self.config.eval_steps, "dpm_solver", 0, guidance, labels,
+        for _, x, _ in self.denoise(len(self.fixed_noise), self.config.eval_steps, None, 0, guidance, labels,
                                     noise=self.fixed_noise):
             pass
         return x.clamp(-1, 1).cpu()
 
     def evaluation_samples(self, n: int) -> tuple[Tensor, Tensor | None]:
-        """DPM-Solver++ with eval_steps steps (and the eval guidance scale), seed 0."""
+        """The default sampler with eval_steps steps (and the eval guidance scale), seed 0."""
         guidance = self.config.eval_guidance if self.conditional else 1.0
-        return self.sample(n, self.config.eval_steps, "dpm_solver", 0, guidance), self.labels_for(n, None)
+        return self.sample(n, self.config.eval_steps, None, 0, guidance), self.labels_for(n, None)

@@ -1,9 +1,15 @@
-"""Noise schedulers written from scratch with the diffusers API: DDPM, DDIM and DPM-Solver++ (2M)."""
+"""Noise schedulers written from scratch with the diffusers API: DDPM, DDIM and DPM-Solver++ (2M) for diffusion models,
+Euler and Heun for flow-matching models."""
 from core.schedulers.base import Scheduler, SchedulerOutput
 from core.schedulers.ddim import DDIMScheduler
 from core.schedulers.ddpm import DDPMScheduler
 from core.schedulers.dpm_solver import DPMSolverMultistepScheduler
+from core.schedulers.flow_match import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
+DIFFUSION_SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
+FLOW_SCHEDULERS = {"euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler}
+SCHEDULERS = {**DIFFUSION_SCHEDULERS, **FLOW_SCHEDULERS}
 
-__all__ = ["Scheduler", "SchedulerOutput", "DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "SCHEDULERS"]
+__all__ = ["Scheduler", "SchedulerOutput", "DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
+           "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "SCHEDULERS", "DIFFUSION_SCHEDULERS",
+           "FLOW_SCHEDULERS"]

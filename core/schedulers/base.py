@@ -31,7 +31,8 @@ SPACINGS = ("leading", "trailing", "linspace")
 NEUTRAL = {"trained_betas": None, "rescale_betas_zero_snr": False, "use_karras_sigmas": False,
            "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
            "flow_shift": 1.0, "lambda_min_clipped": -math.inf, "variance_type": None, "use_dynamic_shifting": False,
-           "time_shift_type": "exponential"}
+           "time_shift_type": "exponential", "invert_sigmas": False, "shift_terminal": None, "stochastic_sampling": False,
+           "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
 
 
 @dataclass
@@ -130,12 +131,7 @@ class Scheduler:
     config_name = CONFIG_NAME
 
     def __init__(self, **options):
-        unknown = {k: v for k, v in options.items() if k not in self.defaults and not k.startswith("_")}
-        for key, value in unknown.items():
-            if key not in NEUTRAL or value != NEUTRAL[key]:
-                raise ValueError(f"{type(self).__name__}: option {key}={value!r} is not implemented in genlab "
-                                 f"(supported: {', '.join(self.defaults)})")
-        self.config = SchedulerConfig({**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}})
+        self.config = self.read_options(options)
         c = self.config
         if c.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {c.prediction_type!r}")
@@ -149,6 +145,15 @@ class Scheduler:
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+    def read_options(self, options: dict) -> SchedulerConfig:
+        """The defaults updated by `options`; an option genlab does not implement fails unless it is neutral."""
+        unknown = {k: v for k, v in options.items() if k not in self.defaults and not k.startswith("_")}
+        for key, value in unknown.items():
+            if key not in NEUTRAL or value != NEUTRAL[key]:
+                raise ValueError(f"{type(self).__name__}: option {key}={value!r} is not implemented in genlab "
+                                 f"(supported: {', '.join(self.defaults)})")
+        return SchedulerConfig({**self.defaults, **{k: v for k, v in options.items() if k in self.defaults}})
 
     # ------------------------------------------------------------------------------- diffusers-compatible config
     @classmethod

@@ -1,0 +1,128 @@
+"""Flow-matching samplers with the diffusers API: Euler and Heun on the rectified-flow path.
+
+Flow matching (Lipman et al. 2023) with the straight path of rectified flow (Liu et al. 2023) joins an image x_0 and
+noise ε by
+    x_σ = (1 − σ) x_0 + σ ε,   σ ∈ [0, 1],
+whose velocity dx_σ/dσ = ε − x_0 is what the network learns to predict: v̂(x_σ, σ). Sampling integrates the ODE
+dx/dσ = v̂ from σ = 1 (pure noise) down to σ = 0. The network sees the timestep t = σ T (T = num_train_timesteps), and
+x̂_0 = x_σ − σ v̂ is its guess of the final image.
+    Euler:  x_{σ'} = x_σ + (σ' − σ) v̂(x_σ, σ)
+    Heun:   the Euler step to x̃ at σ', then x_{σ'} = x_σ + (σ' − σ) · ½ (v̂(x_σ, σ) + v̂(x̃, σ'))      (Karras et al.
+            2022, Algorithm 1 without churn); the last step, to σ' = 0, stays Euler. 2n − 1 network passes for n steps.
+The n σ's are evenly spaced from 1 to 1/T; `shift` s maps σ ↦ s σ / (1 + (s − 1) σ) (Esser et al. 2024, Eq. 23),
+s > 1 spending more of the steps at high noise. As in diffusers, set_timesteps spaces the steps between the already
+shifted ends and shifts again, so for s ≠ 1 the smallest σ is shifted twice; genlab keeps that, and the two
+libraries agree bit for bit (tests/test_schedulers.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core.schedulers.base import Scheduler, SchedulerOutput
+
+
+def shifted(sigmas, shift: float):
+    """σ ↦ s σ / (1 + (s − 1) σ): the identity at s = 1; keeps 0 and 1 fixed."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def flow_x0(model_output: Tensor, sample: Tensor, sigma) -> Tensor:
+    """x̂_0 = x_σ − σ v̂: where the straight path through x_σ with velocity v̂ started."""
+    return sample - sigma * model_output
+
+
+class FlowMatchEulerDiscreteScheduler(Scheduler):
+    defaults = dict(num_train_timesteps=1000, shift=1.0)
+
+    def __init__(self, **options):
+        self.config = self.read_options(options)
+        c = self.config
+        if not c.shift > 0:
+            raise ValueError(f"shift must be positive, got {c.shift}")
+        sigmas = shifted(torch.from_numpy(np.linspace(1, c.num_train_timesteps, c.num_train_timesteps,
+                                                      dtype=np.float32)[::-1].copy()) / c.num_train_timesteps, c.shift)
+        self.sigmas, self.timesteps = sigmas, sigmas * c.num_train_timesteps       # training grid, σ descending
+        self.sigma_max, self.sigma_min = self.sigmas[0].item(), self.sigmas[-1].item()
+        self.num_inference_steps: int | None = None
+        self.step_index = 0
+
+    def _inference_sigmas(self, n: int) -> Tensor:
+        self._check_steps(n)
+        self.num_inference_steps, self.step_index = n, 0
+        T = self.config.num_train_timesteps
+        sigmas = np.linspace(self.sigma_max * T, self.sigma_min * T, n) / T
+        return torch.from_numpy(shifted(sigmas, self.config.shift)).to(dtype=torch.float32)
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """n σ's from 1 down to the smallest training σ, then σ = 0 appended (the end of the last step)."""
+        sigmas = self._inference_sigmas(num_inference_steps).to(device)
+        self.timesteps = sigmas * self.config.num_train_timesteps
+        self.sigmas = torch.cat([sigmas, torch.zeros(1, device=sigmas.device)])
+
+    def scale_noise(self, sample: Tensor, timestep: Tensor, noise: Tensor) -> Tensor:
+        """The forward path x_σ = (1 − σ) x_0 + σ ε at σ = timestep / T (one per image, or one for all)."""
+        sigma = torch.as_tensor(timestep, dtype=sample.dtype, device=sample.device) / self.config.num_train_timesteps
+        sigma = sigma.reshape(-1, *([1] * (sample.ndim - 1))) if sigma.ndim else sigma
+        return sigma * noise + (1.0 - sigma) * sample
+
+    def _advance(self) -> tuple[Tensor, Tensor]:
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step")
+        if self.step_index >= len(self.sigmas) - 1:
+            raise ValueError(f"all {self.num_inference_steps} steps are done: call set_timesteps again")
+        self.step_index += 1
+        return self.sigmas[self.step_index - 1], self.sigmas[self.step_index]
+
+    def step(self, model_output: Tensor, timestep: float | Tensor, sample: Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """x_σ → x_{σ'} by one Euler step (diffusers: dt = sigma_next − sigma). The steps go in the order of
+        `timesteps`; `timestep` is accepted for the API."""
+        sigma, sigma_next = self._advance()
+        prev_sample = (sample.to(torch.float32) + (sigma_next - sigma) * model_output).to(model_output.dtype)
+        return SchedulerOutput(prev_sample) if return_dict else (prev_sample,)
+
+
+class FlowMatchHeunDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
+    order = 2
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.derivative = self.dt = self.start = None
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """As Euler's, with every σ after the first visited twice (the Euler guess, then the correction):
+        timesteps t_0, t_1, t_1, …, t_{n−1}, t_{n−1}; sigmas σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0."""
+        sigmas = self._inference_sigmas(num_inference_steps).to(device)
+        timesteps = sigmas * self.config.num_train_timesteps
+        self.timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
+        sigmas = torch.cat([sigmas, torch.zeros(1, device=sigmas.device)])
+        self.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+        self.derivative = self.dt = self.start = None
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """True when the next call starts a step (an Euler guess); False when it corrects one."""
+        return self.dt is None
+
+    def step(self, model_output: Tensor, timestep: float | Tensor, sample: Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """First call of a step: the Euler guess x̃ at σ' (kept: derivative d = v̂, dt = σ' − σ, start x_σ). Second
+        call, with v̂(x̃, σ'): x_{σ'} = x_σ + dt · ½ (d + v̂(x̃, σ')). diffusers' names: denoised = x̂_0,
+        derivative = (x − x̂_0)/σ = v̂, prev_derivative = d, sample (stored) = x_σ."""
+        sample = sample.to(torch.float32)
+        if self.state_in_first_order:
+            sigma, sigma_next = self._advance()
+            denoised = flow_x0(model_output, sample, sigma)
+            derivative = (sample - denoised) / sigma
+            self.derivative, self.dt, self.start = derivative, sigma_next - sigma, sample
+            dt = self.dt
+        else:
+            sigma_next = self._advance()[0]                      # the σ' of this step, visited a second time
+            denoised = flow_x0(model_output, sample, sigma_next)
+            derivative = 0.5 * (self.derivative + (sample - denoised) / sigma_next)
+            dt, sample = self.dt, self.start
+            self.derivative = self.dt = self.start = None
+        prev_sample = (sample + derivative * dt).to(model_output.dtype)
+        return SchedulerOutput(prev_sample) if return_dict else (prev_sample,)
