@@ -236,6 +236,19 @@ def class_picker(model, family):
     return gr.update(interactive=conditional, value=-1 if not conditional else gr.skip())
 
 
+SAMPLER_LABELS = {"dpm_solver": "DPM-Solver++", "ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler (flow matching)",
+                  "heun": "Heun (flow matching)"}
+
+
+def scheduler_picker(model):
+    """The scheduler choices that suit the model: a diffusion or a flow-matching one (private: not an endpoint)."""
+    try:
+        names = pipeline.sampler_names(model)
+    except RequestError:
+        return gr.skip()
+    return gr.update(choices=[(SAMPLER_LABELS[n], n) for n in names], value=names[0])
+
+
 # ------------------------------------------------------------------------------------------------------ layout
 def model_box(family: str, default: str, label: str = "model") -> gr.Dropdown:
     names = pipeline.model_names(family)          # (a manifest may list no model of a family: type a Hub id)
@@ -405,8 +418,9 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
     with gr.Tab("Diffusion"):
         with gr.Row():
             ddpm_model = model_box("ddpm", "ddpm")
-            scheduler = gr.Dropdown([("DPM-Solver++", "dpm_solver"), ("DDIM", "ddim"), ("DDPM", "ddpm")],
+            scheduler = gr.Dropdown([(SAMPLER_LABELS[n], n) for n in ("dpm_solver", "ddim", "ddpm")],
                                     value="dpm_solver", label="scheduler")
+            ddpm_model.change(scheduler_picker, ddpm_model, scheduler, api_visibility="private")
             steps = gr.Slider(1, diffusion.MAX_STEPS, value=20, step=1, label="steps")
             eta = gr.Slider(*diffusion.ETA_RANGE, value=0, step=0.05, label="η (DDIM only: 0 deterministic, 1 DDPM-like)")
         with gr.Row():
@@ -431,7 +445,10 @@ $1/\alpha_t$ (about 150 at the noisiest step of the linear schedule): on our CPU
 ten as saturated speckle. Sampling runs the reverse process from pure noise: DDPM (ancestral, 1000 steps in the
 paper), DDIM (Song et al. 2020, $\eta = 0$ deterministic) or DPM-Solver++ (Lu et al. 2022, 10-20 steps suffice).
 The conditional model uses classifier-free guidance (Ho & Salimans 2022):
-$\hat v = v_\theta(x_t) + w(v_\theta(x_t, y) - v_\theta(x_t))$.""",
+$\hat v = v_\theta(x_t) + w(v_\theta(x_t, y) - v_\theta(x_t))$. A **flow-matching** model (Lipman et al. 2023;
+Liu et al. 2023; give its Hub id) learns the straight path $x_\sigma = (1-\sigma)x_0 + \sigma\varepsilon$ and its
+velocity $\varepsilon - x_0$; Euler or Heun integrate that velocity from $\sigma = 1$ to $0$, and
+$\hat x_0 = x_\sigma - \sigma v_\theta$.""",
               pipeline.model_names("ddpm"))
         event(ddpm_button, ddpm_sample, [ddpm_model, ddpm_n, steps, scheduler, eta, ddpm_seed, ddpm_label, guidance],
               [ddpm_frame, ddpm_guess, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion", limit=2,

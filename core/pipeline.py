@@ -166,13 +166,26 @@ def _load(spec: str, family: str) -> "Pipeline":
     return PIPELINES[family](model.eval().requires_grad_(False), spec)
 
 
-def is_conditional(spec, family: str) -> bool:
-    """Whether a model takes a class label, read from its config.json (nothing is loaded)."""
+def model_config(spec, family: str) -> dict:
+    """A model's config.json as a dict (nothing is loaded)."""
     try:
         config = json.loads((resolve(checked_spec(spec, family), allow_local=False) / "config.json").read_text())
     except (CheckpointError, OSError, json.JSONDecodeError, TypeError) as exc:
         raise RequestError(f"cannot read the config of {spec!r}: {without_paths(exc)}") from exc
-    return bool(config.get("num_classes")) if isinstance(config, dict) else False
+    return config if isinstance(config, dict) else {}
+
+
+def is_conditional(spec, family: str) -> bool:
+    """Whether a model takes a class label."""
+    return bool(model_config(spec, family).get("num_classes"))
+
+
+def sampler_names(spec) -> tuple[str, ...]:
+    """The schedulers that can sample a diffusion-family model, its default first: Euler and Heun for a
+    flow-matching model, DPM-Solver++, DDIM and DDPM for a diffusion model."""
+    if model_config(spec, "ddpm").get("prediction_type") == diffusion.FLOW:
+        return ("euler", "heun")
+    return ("dpm_solver", "ddim", "ddpm")
 
 
 def label_or_none(value, model, name: str = "label") -> int | None:

@@ -125,6 +125,14 @@ def test_models_load_once_and_the_family_is_checked():
     assert P.is_conditional("ddpm-cond", "ddpm")
 
 
+def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path):
+    assert P.sampler_names("ddpm") == ("dpm_solver", "ddim", "ddpm")
+    (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "flow_prediction"}')
+    monkeypatch.setattr(P, "resolve", lambda spec, allow_local: tmp_path)         # as if pulled from the Hub
+    assert P.sampler_names("someone/flow") == ("euler", "heun")
+    assert set(P.sampler_names("someone/flow")) | {"dpm_solver", "ddim", "ddpm"} == set(P.SCHEDULERS)
+
+
 def test_latent_plane_rings_the_cell_of_the_encoding():
     """The red ring's centre lies in the grid cell whose quantiles are nearest Φ(μ(x)), for several images."""
     cell = 30 * P.SCALE
