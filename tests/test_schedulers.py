@@ -238,3 +238,26 @@ def test_flow_and_diffusion_configs_do_not_leak_into_each_other():
     flow = ours.FlowMatchEulerDiscreteScheduler(shift=3.0)
     assert dict(ours.DDIMScheduler.from_config(flow.config).config) == dict(ours.DDIMScheduler().config)
     assert ours.FlowMatchHeunDiscreteScheduler.from_config(ours.DDIMScheduler().config).config.shift == 1.0
+
+
+# -------------------------------------------------------------------------------------------- zero terminal SNR
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
+@pytest.mark.parametrize("prediction_type", ("v_prediction", "sample"))      # ε is undefined at SNR 0
+@pytest.mark.parametrize("steps", (10, 50))
+def test_zero_terminal_snr_matches_diffusers(name, beta_schedule, prediction_type, steps):
+    options = dict(beta_schedule=beta_schedule, prediction_type=prediction_type, rescale_betas_zero_snr=True,
+                   timestep_spacing="trailing")                              # Lin et al.: start at t = T
+    mine, ref = pair(name, **options)
+    close(mine.alphas_cumprod, ref.alphas_cumprod)
+    assert compare_trajectory(name, options, steps, {}) == steps
+
+
+@pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
+def test_zero_terminal_snr_ends_at_pure_noise_and_keeps_the_first_step(beta_schedule):
+    """Lin et al. Algorithm 1: √ᾱ_T = 0 (x_T is noise alone), √ᾱ_1 unchanged, ᾱ_t still decreasing."""
+    plain, rescaled = ours.DDPMScheduler(beta_schedule=beta_schedule), \
+        ours.DDPMScheduler(beta_schedule=beta_schedule, rescale_betas_zero_snr=True)
+    assert plain.alphas_cumprod[-1] > 0 and rescaled.alphas_cumprod[-1] == 0
+    torch.testing.assert_close(rescaled.alphas_cumprod[0], plain.alphas_cumprod[0])
+    assert (rescaled.alphas_cumprod.diff() <= 0).all()

@@ -10,6 +10,9 @@ Min-SNR-γ weighting:      (Hang et al. 2023) with SNR(t) = ᾱ_t / (1 − ᾱ_t
                           dominate the gradient. Since ‖ε − ε̂‖² = SNR ‖x_0 − x̂_0‖² and
                           ‖v − v̂‖² = (SNR + 1) ‖x_0 − x̂_0‖², λ = min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v
                           and min(SNR, γ) for x_0.
+Zero terminal SNR:        (Lin et al. 2024) the linear and cosine schedules leave √ᾱ_T > 0, so x_T in training still
+                          holds a trace of x_0 that sampling's pure noise lacks; rescaling β to √ᾱ_T = 0 removes that
+                          mismatch (then only v or x_0 prediction are defined at t = T; samplers start at t = T).
 Sampling (Algorithm 2):   x_T ~ N(0, I), then x_{t−1} from x_t by a scheduler's `step`, down to x_0.
 Flow matching:            (Lipman et al. 2023; rectified flow, Liu et al. 2023) with prediction type
                           "flow_prediction" the same U-Net learns another path from data to noise, the straight line
@@ -69,6 +72,7 @@ class DDPMConfig:
     beta_schedule: str = option("linear", "β schedule", choices=BETA_SCHEDULES)
     beta_start: float = option(0.0001, "β_1 of the linear schedules")
     beta_end: float = option(0.02, "β_T of the linear schedules")
+    zero_terminal_snr: bool = option(False, "rescale β so that x_T is pure noise (Lin et al. 2024; v or x_0 prediction)")
     snr_gamma: float = option(0.0, "min-SNR-γ loss weighting (Hang et al. 2023: γ = 5); 0: the simple loss")
     time_sampling: str = option("uniform", "flow_prediction: how training draws σ (logit_normal: Esser et al. 2024)",
                                 choices=TIME_SAMPLINGS)
@@ -81,7 +85,8 @@ class DDPMConfig:
         if self.prediction_type == FLOW:
             return dict(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
         return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
-                    beta_end=self.beta_end, beta_schedule=self.beta_schedule, prediction_type=self.prediction_type)
+                    beta_end=self.beta_end, beta_schedule=self.beta_schedule, prediction_type=self.prediction_type,
+                    rescale_betas_zero_snr=self.zero_terminal_snr)
 
 
 class DDPM(TrainableModel):
@@ -108,6 +113,8 @@ models with each other and are not comparable with Inception-FIDs from papers.
             raise ValueError(f"snr_gamma must be 0 (off) or positive, got {config.snr_gamma}")
         if config.prediction_type == FLOW and config.snr_gamma:
             raise ValueError("min-SNR weighting is defined for diffusion (ε, x_0, v); use snr_gamma 0 with flow matching")
+        if config.zero_terminal_snr and config.prediction_type not in ("v_prediction", "sample"):
+            raise ValueError("zero terminal SNR needs v or x_0 prediction: at t = T, x̂_0 = (x_T − σ ε̂)/0 (Lin et al.)")
         if config.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {config.time_sampling!r}")
         self.config = config
@@ -216,6 +223,8 @@ models with each other and are not comparable with Inception-FIDs from papers.
             raise ValueError(f"a {kind} model samples with a scheduler of {sorted(self.samplers)}, got {name!r}")
         threshold = name == "dpm_solver" and self.config.prediction_type == "epsilon"
         defaults = {"thresholding": True} if threshold else {}
+        if self.config.zero_terminal_snr and name in ("ddpm", "ddim"):
+            defaults["timestep_spacing"] = "trailing"             # start at t = T, the pure noise (Lin et al.)
         return self.samplers[name].from_config(self.config.scheduler_config(), **{**defaults, **options})
 
     def predicted_x0(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:

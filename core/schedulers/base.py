@@ -28,7 +28,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
 # diffusers options genlab does not implement, accepted only at their neutral value, so a diffusers file loads
-NEUTRAL = {"trained_betas": None, "rescale_betas_zero_snr": False, "use_karras_sigmas": False,
+NEUTRAL = {"trained_betas": None, "use_karras_sigmas": False,
            "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
            "flow_shift": 1.0, "lambda_min_clipped": -math.inf, "variance_type": None, "use_dynamic_shifting": False,
            "time_shift_type": "exponential", "invert_sigmas": False, "shift_terminal": None, "stochastic_sampling": False,
@@ -69,6 +69,19 @@ def betas_for(num_train_timesteps: int, beta_start: float, beta_end: float, beta
         return torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
                             dtype=torch.float32)
     raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+
+
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1: the usual
+    schedules end at SNR(T) = ᾱ_T/(1 − ᾱ_T) > 0 (√ᾱ_T ≈ 0.07 for the linear one), so training never shows the network
+    the pure noise that sampling starts from. Shift √ᾱ_t so that √ᾱ_T = 0 and scale it so that √ᾱ_1 is kept, then
+    read β back from the new ᾱ. With SNR(T) = 0, ε-prediction is undefined at t = T (x̂_0 = (x_T − σ ε̂)/0): use v."""
+    alphas_bar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt -= last
+    alphas_bar_sqrt *= first / (first - last)
+    alphas_bar = alphas_bar_sqrt ** 2
+    return 1 - torch.cat([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
 
 
 def spaced_timesteps(num_train_timesteps: int, n: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
@@ -138,6 +151,8 @@ class Scheduler:
         if c.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {c.timestep_spacing!r}")
         self.betas = betas_for(c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule)
+        if c.rescale_betas_zero_snr:
+            self.betas = rescale_zero_terminal_snr(self.betas)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.num_inference_steps: int | None = None

@@ -20,7 +20,7 @@ class DDIMScheduler(Scheduler):
     defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                     clip_sample=True, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
                     thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0, sample_max_value=1.0,
-                    timestep_spacing="leading")
+                    timestep_spacing="leading", rescale_betas_zero_snr=False)
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -24,7 +24,7 @@ class DPMSolverMultistepScheduler(Scheduler):
                     solver_order=2, prediction_type="epsilon", thresholding=False, dynamic_thresholding_ratio=0.995,
                     sample_max_value=1.0, algorithm_type="dpmsolver++", solver_type="midpoint",
                     lower_order_final=True, euler_at_final=False, final_sigmas_type="zero",
-                    timestep_spacing="linspace", steps_offset=0)
+                    timestep_spacing="linspace", steps_offset=0, rescale_betas_zero_snr=False)
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -34,6 +34,8 @@ class DPMSolverMultistepScheduler(Scheduler):
                              "with solver_type 'midpoint' or 'heun'")
         if c.final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {c.final_sigmas_type!r}")
+        if c.rescale_betas_zero_snr:          # ᾱ_T = 0 would make σ̃_T infinite: diffusers' smallest float16 instead
+            self.alphas_cumprod[-1] = 2 ** -24
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         self.timesteps = torch.from_numpy(np.linspace(0, c.num_train_timesteps - 1, c.num_train_timesteps,
                                                       dtype=np.float32)[::-1].copy())

@@ -228,3 +228,18 @@ def test_flow_run_exports_a_scheduler_config_that_diffusers_reads(tiny_config, t
     assert loaded.flow and loaded.config.shift == 2.0
     torch.testing.assert_close(loaded.sample(2, steps=3, scheduler=scheduler, seed=1),
                                model.sample(2, steps=3, scheduler="heun", seed=1))
+
+
+@pytest.mark.parametrize("scheduler", ("dpm_solver", "ddim", "ddpm"))
+def test_zero_terminal_snr_trains_on_pure_noise_and_samples_from_t_equal_T(scheduler, digits):
+    model = fixed_model(prediction_type="v_prediction", zero_terminal_snr=True)
+    assert model.noise_scheduler.alphas_cumprod[-1] == 0                   # x_T holds nothing of x_0
+    sampler = model.scheduler(scheduler)
+    sampler.set_timesteps(5)
+    assert int(sampler.timesteps[0]) == 999                                  # sampling starts at t = T
+    images = model.sample(2, steps=5, scheduler=scheduler, seed=0)
+    assert torch.isfinite(images).all() and images.std() > 0
+    model.optimizer = torch.optim.Adam(model.unet.parameters())
+    assert torch.isfinite(model.training_step(next(digits.batches(16, seed=0, epoch=0)), 0)["loss/denoise"])
+    with pytest.raises(ValueError, match="zero terminal SNR needs v or x_0 prediction"):
+        DDPM(DDPMConfig(**TINY, zero_terminal_snr=True))
