@@ -38,7 +38,8 @@ def recipe(config: dict) -> str:
     if config["prediction_type"] == "flow_prediction":
         return f"flow matching, {config.get('time_sampling', 'uniform')} σ"
     snr = f", min-SNR-{config['snr_gamma']:g}" if config.get("snr_gamma") else ""
-    return f"{config['prediction_type']}, {config['beta_schedule']}{snr}"
+    zero = ", zero terminal SNR" if config.get("zero_terminal_snr") else ""
+    return f"{config['prediction_type']}, {config['beta_schedule']}{zero}{snr}"
 
 
 def sampler_settings(model) -> list[tuple[str, str, int, dict]]:
