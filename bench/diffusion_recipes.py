@@ -9,10 +9,11 @@ for the same steps at the same batch size, so equal steps are equal compute; the
 wall clock (one CPU thread per run, two runs side by side).
 
 Recipe table: one row per run and sampler setting (a diffusion model: DPM-Solver++ 20 steps with and without dynamic
-thresholding; a flow-matching model: Euler 20 steps and Heun 10 steps, 19 network passes), with FID, precision, recall and off-manifold share of n samples (seed 0) on the metric classifier's stage features
-(core.metrics), plus conditional accuracy at guidance 2 for a class-conditional model. Few-step table: one row per
-(sampler, steps), DDIM and DPM-Solver++ without thresholding (flow matching: Euler and Heun), with the seconds to draw 64 images on this machine's
-threads. The U-Net runs in bf16 autocast unless --fp32.
+thresholding; a flow-matching model: Euler 20 steps and Heun 10 steps, 19 network passes), with FID, precision,
+recall and off-manifold share of n samples (seed 0) on the metric classifier's stage features (core.metrics), plus
+conditional accuracy at guidance 2 for a class-conditional model. Few-step table: one row per (sampler, steps), DDIM
+and DPM-Solver++ without thresholding (flow matching: Euler and Heun), with the seconds to draw 64 images on this
+machine's threads. The U-Net runs in bf16 autocast unless --fp32.
 """
 import argparse
 import json

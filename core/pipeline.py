@@ -322,7 +322,8 @@ def compare_autoencoders(upload, seed, ae: str = "autoencoder", vae: str = "vae"
 # ---------------------------------------------------------------------------------------------------- diffusion
 def diffusion_work(n, steps, scheduler, eta, seed, guidance_scale) -> int:
     """The checked cost of a denoising request: images x steps x network passes (classifier-free guidance runs the
-    network twice, a second-order scheduler twice per step). Cheap, so it also serves admission before a request is queued."""
+    network twice, a second-order scheduler twice per step). Cheap, so it also serves admission before a request is
+    queued."""
     n, steps = whole_number(n, "n", 1, MAX_IMAGES), whole_number(steps, "steps", 1, diffusion.MAX_STEPS)
     one_of(scheduler, "scheduler", tuple(SCHEDULERS)), real_number(eta, "eta", *diffusion.ETA_RANGE)
     whole_number(seed, "seed", 0, MAX_SEED)
