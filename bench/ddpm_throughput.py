@@ -1,11 +1,12 @@
 """Our U-Net and schedulers against diffusers', side by side in one run (issue: DDPM benchmark).
 
-    python bench/ddpm_throughput.py [--repeats 3] [--threads 2]
+    python bench/ddpm_throughput.py [--repeats 3] [--threads 2] [--parts networks,schedulers]
 
 1. Training images/s at batch 128 (forward, MSE, backward, Adam step) of core.models.unet.UNet and a diffusers
    UNet2DModel with the same block layout and the same parameter count, in float32 and in bf16 autocast.
 2. Seconds to sample 64 images with 50 DDIM steps, each network driven by its own library's DDIMScheduler.
-3. Microseconds per scheduler `step` on a 64x1x32x32 tensor, ours vs diffusers, for DDPM, DDIM and DPM-Solver++.
+3. Microseconds per scheduler `step` on a 64x1x32x32 tensor, ours vs diffusers, for DDPM, DDIM and DPM-Solver++
+   (each a 50-step schedule, set_timesteps included), and the cost of the noise draw that a DDPM step must make.
 4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
    machine's measured matmul peak (a 2048^3 matmul in float32 and bf16).
 Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine.
@@ -88,16 +89,19 @@ def matmul_peak(dtype) -> float:
     return 2 * 2048 ** 3 / seconds / 1e9
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def noise_draw_time(repeats: int, n: int = 50) -> float:
+    """µs for the one draw of z ~ N(0, I) that a stochastic step makes (both libraries make the same draw from the
+    same generator, which bit-for-bit parity requires): the floor of a DDPM step's time."""
+    generator = torch.Generator().manual_seed(0)
+    run = lambda: [torch.randn(64, 1, 32, 32, generator=generator) for _ in range(n)]
+    run()
+    return best(run, repeats) / n * 1e6
+
+
+def network_rows(args) -> list[str]:
     nets = networks()
     params = {k: sum(p.numel() for p in net.parameters()) for k, (net, _) in nets.items()}
-    print(f"{torch.get_num_threads()} threads; parameters: ours {params['ours']:,}, diffusers {params['diffusers']:,}")
+    print(f"parameters: ours {params['ours']:,}, diffusers {params['diffusers']:,}")
     results = {}
     for bf16 in (False, True):
         runs = {k: train_steps(net, fwd, bf16) for k, (net, fwd) in nets.items()}
@@ -117,29 +121,51 @@ def main() -> None:
                 timings[k].append(best(run, 1))
         for k, t in timings.items():
             results[("sample", bf16, k)] = min(t)
-    print("\n| | precision | ours | diffusers |\n|---|---|---|---|")
-    for bf16 in (False, True):
-        p = "bf16 autocast" if bf16 else "float32"
-        print(f"| training images/s, batch 128 | {p} | {results[('train', bf16, 'ours')]:.0f} | "
-              f"{results[('train', bf16, 'diffusers')]:.0f} |")
-    for bf16 in (False, True):
-        p = "bf16 autocast" if bf16 else "float32"
-        print(f"| seconds for 64 images, DDIM 50 steps | {p} | {results[('sample', bf16, 'ours')]:.2f} | "
-              f"{results[('sample', bf16, 'diffusers')]:.2f} |")
-    for name in ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"):
-        mine = step_time(getattr(schedulers, name)(), args.repeats)
-        theirs = step_time(getattr(diffusers, name)(), args.repeats)
-        print(f"| {name}.step µs, 64x1x32x32 | float32 | {mine:.0f} | {theirs:.0f} |")
+    rows = []
+    for kind, label, unit in (("train", "training images/s, batch 128", "{:.0f}"),
+                              ("sample", "seconds for 64 images, DDIM 50 steps", "{:.2f}")):
+        for bf16 in (False, True):
+            ours, theirs = results[(kind, bf16, "ours")], results[(kind, bf16, "diffusers")]
+            rows.append(f"| {label} | {'bf16 autocast' if bf16 else 'float32'} | {unit.format(ours)} | "
+                        f"{unit.format(theirs)} | {ours / theirs:.2f}x |")
     net, forward = nets["ours"]
     x, t = torch.randn(128, 1, SIZE, SIZE), torch.randint(0, 1000, (128,))
     with FlopCounterMode(display=False) as counter:
         F.mse_loss(forward(x, t), x).backward()
     flops = counter.get_total_flops()
-    print(f"\nour U-Net: {flops / 128 / 1e9:.3f} GFLOP per training image (forward + backward)")
+    print(f"our U-Net: {flops / 128 / 1e9:.3f} GFLOP per training image (forward + backward)")
     for bf16, peak in ((False, matmul_peak(torch.float32)), (True, matmul_peak(torch.bfloat16))):
         achieved = flops / 128 * results[("train", bf16, "ours")] / 1e9
         print(f"{'bf16' if bf16 else 'fp32'}: {achieved:.0f} GFLOP/s achieved in training vs a {peak:.0f} GFLOP/s "
               f"matmul peak ({100 * achieved / peak:.0f}%)")
+    return rows
+
+
+def scheduler_rows(args) -> list[str]:
+    rows = []
+    for name in ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"):
+        mine, theirs = [], []
+        for _ in range(args.repeats):                  # alternate, so a noisy moment hits both
+            mine.append(step_time(getattr(schedulers, name)(), 1))
+            theirs.append(step_time(getattr(diffusers, name)(), 1))
+        rows.append(f"| {name}.step µs, 64x1x32x32 | float32 | {min(mine):.0f} | {min(theirs):.0f} | "
+                    f"{min(mine) / min(theirs):.2f}x |")
+    rows.append(f"| of which the noise draw z ~ N(0, I) (DDPM) | float32 | {noise_draw_time(args.repeats):.0f} | | |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--parts", default="networks,schedulers", help="networks (1, 2, 4), schedulers (3), or both")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{torch.get_num_threads()} threads")
+    parts = args.parts.split(",")
+    rows = (network_rows(args) if "networks" in parts else []) + (scheduler_rows(args) if "schedulers" in parts else [])
+    print("\n| | precision | ours | diffusers | ours / diffusers |\n|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,12 @@ Precision has one carrier, `model.precision` ("no" or "bf16"). Whoever drives th
 --mixed-precision, an app for sampling); `run_training_step` enters `autocast()` around the whole training step, so
 every forward pass of every family runs in that precision without the family having to remember it, and
 `optimizer_step` leaves autocast for the backward pass and the optimizer step, which stay float32. Sampling code enters
-`autocast()` itself. This module imports nothing of the loop: models sit below core.train, not above it.
+`autocast()` itself.
+
+Memory format: a family whose class sets `channels_last = True` is trained with its 4-D weights, and so its
+convolutions' activations, in channels_last (NHWC) memory format, which oneDNN's CPU convolutions run faster
+(bench/dcgan_vs_peer.py, bench/channels_last.py). Values are the same as in NCHW up to float rounding; the exported
+weights are written in the usual layout. This module imports nothing of the loop: models sit below core.train, not above it.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ class TrainableModel(HubModel):
     uses_yardstick: bool = True        # evaluate() scores images with the metric classifier's features
     accelerator: "Accelerator | None" = None
     precision: str = "no"
+    channels_last: bool = False        # the loop trains it in channels_last memory format (set where measured faster)
 
     def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError

@@ -1,5 +1,8 @@
 """core.model: the contract every family follows. The precision the loop sets is the one every forward pass of every
 family runs in, with no family left to remember it."""
+import json
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -56,6 +59,42 @@ def test_every_training_forward_pass_runs_in_the_runs_precision(family, config, 
                       pad_to=16 if family == "cyclegan" else None)        # the PatchGAN needs at least 16x16
     train(model, cfg, family)
     assert len(seen) > 4 and set(seen) == {precision == "bf16"}
+
+
+def channels_last_weights(model: torch.nn.Module) -> list[bool]:
+    """For each 4-D weight whose memory formats differ (more than one input channel, a kernel over 1x1): NHWC or not."""
+    return [w.is_contiguous(memory_format=torch.channels_last) for w in model.parameters()
+            if w.ndim == 4 and w.shape[1] > 1 and w.shape[2] * w.shape[3] > 1]
+
+
+FAST_IN_NHWC = [(f, c) for f, c in CASES if FAMILIES[f].channels_last]
+
+
+@pytest.mark.parametrize("family, config", FAST_IN_NHWC, ids=[f for f, _ in FAST_IN_NHWC])
+def test_channels_last_families_train_in_it_with_the_same_losses_and_save_as_usual(family, config, tmp_path):
+    """The loop puts a `channels_last` family's weights in NHWC; its first losses are NCHW's up to float rounding
+    (dropout off: a mask is drawn in memory order, so it differs between the formats); the exported folder loads
+    back with the trained weights."""
+    first_losses = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = FAMILIES[family](replace(config, dropout=0.0) if hasattr(config, "dropout") else config)
+        model.channels_last = channels_last
+        seen = []
+        record = lambda module, args: seen.extend(channels_last_weights(module)) if module.training else None
+        for module in model.modules():
+            if not list(module.children()) and channels_last_weights(module):
+                module.register_forward_pre_hook(record)
+        cfg = TrainConfig(dataset="digits", batch_size=32, max_steps=1, log_every=1, eval_size=32, checkpoint_every=0,
+                          runs_dir=str(tmp_path), run_name=f"nhwc-{channels_last}", cpu=True)
+        run_dir = train(model, cfg, family)
+        assert len(seen) > 2 and set(seen) == {channels_last}
+        record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        first_losses[channels_last] = {k: v for k, v in record.items() if k.startswith("loss")}
+        reloaded = FAMILIES[family].from_pretrained(run_dir / "model")
+        for name, tensor in model.exported().state_dict().items():
+            assert torch.equal(reloaded.state_dict()[name], tensor), name
+    assert first_losses[True] == pytest.approx(first_losses[False], rel=1e-4, abs=1e-6)
 
 
 def test_backward_and_optimizer_step_leave_autocast(tmp_path):

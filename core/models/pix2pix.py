@@ -113,6 +113,7 @@ class Pix2Pix(TrainableModel):
     """Pix2Pix: paired image-to-image translation (an input image -> its target)."""
     config_class = Pix2PixConfig
     pipeline_tag = "image-to-image"
+    channels_last = True          # trains 1.11x fp32, 1.09x bf16 faster than NCHW (bench/channels_last.py)
     card_description = """
 A Pix2Pix model (Isola et al. 2017) trained from scratch with genlab (`core/models/pix2pix.py`): a U-Net generator
 and a PatchGAN discriminator, trained with the conditional GAN loss plus λ = 100 times the L1 distance to the target.

@@ -86,6 +86,7 @@ class SimCLR(TrainableModel):
     """Contrastive representation learning: encoder f (the representation) and projection head g (the loss only)."""
     config_class = SimCLRConfig
     pipeline_tag = "image-feature-extraction"
+    channels_last = True          # trains 1.75x fp32, 1.46x bf16 faster than NCHW (bench/channels_last.py)
     uses_yardstick = False
     card_description = """
 A SimCLR encoder (Chen et al. 2020) trained from scratch with genlab (`core/models/simclr.py`) on unlabelled

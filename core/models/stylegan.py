@@ -246,6 +246,7 @@ class StyleGAN(TrainableModel):
     """StyleGAN2, scaled to 28x28 grey images."""
     config_class = StyleGANConfig
     pipeline_tag = "unconditional-image-generation"
+    channels_last = True          # trains 1.23x fp32, 1.40x bf16 faster than NCHW (bench/channels_last.py)
     card_description = """
 A StyleGAN (Karras et al. 2019, with the StyleGAN2 generator and discriminator of Karras et al. 2020) trained from
 scratch with genlab (`core/models/stylegan.py`): a mapping network z -> w, a synthesis network from a learned constant

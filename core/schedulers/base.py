@@ -107,12 +107,13 @@ def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
 def predicted_x0(prediction_type: str, model_output: Tensor, sample: Tensor, alpha, sigma) -> Tensor:
     """x̂_0 from the network's output, solving x_t = α x_0 + σ ε (α = √ᾱ_t, σ = √(1 − ᾱ_t)) for x_0:
     ε-prediction x̂_0 = (x_t − σ ε̂)/α (Ho et al. Eq. 15); x_0-prediction as is; v-prediction x̂_0 = α x_t − σ v̂
-    (Salimans & Ho 2022, Sec. 4). Written in diffusers' order of operations, so results agree bit for bit."""
+    (Salimans & Ho 2022, Sec. 4). Written in diffusers' order of operations, so results agree bit for bit; the
+    in-place steps act on fresh tensors (x_t + (−σ ε̂) rounds as x_t − σ ε̂) and save a sampler's step allocations."""
     if prediction_type == "epsilon":
-        return (sample - sigma * model_output) / alpha
+        return (model_output * -sigma).add_(sample).div_(alpha)
     if prediction_type == "sample":
         return model_output
-    return alpha * sample - sigma * model_output
+    return (alpha * sample).sub_(sigma * model_output)
 
 
 def predicted_eps(prediction_type: str, model_output: Tensor, sample: Tensor, alpha, sigma, x0: Tensor) -> Tensor:
@@ -217,13 +218,15 @@ class Scheduler:
         """Identity: these schedulers feed x_t to the network unscaled (Karras-style schedulers do not)."""
         return sample
 
-    def _limit_x0(self, x0: Tensor) -> Tensor:
-        """Dynamic thresholding if enabled, else clipping to ±clip_sample_range if enabled."""
+    def _limit_x0(self, x0: Tensor, fresh: bool = False) -> Tensor:
+        """Dynamic thresholding if enabled, else clipping to ±clip_sample_range if enabled (in place when `fresh`:
+        x0 is a tensor of the step's own, not the model output)."""
         c = self.config
         if c.get("thresholding"):
             return threshold_sample(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
         if c.get("clip_sample"):
-            return x0.clamp(-c.clip_sample_range, c.clip_sample_range)
+            r = c.clip_sample_range
+            return x0.clamp_(-r, r) if fresh else x0.clamp(-r, r)
         return x0
 
     def _check_steps(self, n: int) -> None:

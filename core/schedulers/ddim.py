@@ -32,9 +32,25 @@ class DDIMScheduler(Scheduler):
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(spaced_timesteps(c.num_train_timesteps, num_inference_steps,
                                                            c.timestep_spacing, c.steps_offset)).to(device)
+        self._rows = {}
 
-    def _alpha_prod(self, t: int) -> Tensor:
-        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
+    def _coefficients(self, eta: float) -> dict[int, tuple[float, ...]]:
+        """Each visited t's scalars for this η, for the whole schedule at once, in diffusers' float32 order of
+        operations (only +, −, ×, ÷ and √, which round the same element-wise as one at a time), so that `step` is
+        left with the image-sized arithmetic. diffusers' names: alpha_prod_t = ᾱ_t, alpha_prod_t_prev = ᾱ_{t'},
+        beta_prod_t = 1 − ᾱ_t, std_dev_t = σ_t (Eq. 16)."""
+        if eta not in self._rows:
+            t = self.timesteps.cpu()
+            prev = t - self.config.num_train_timesteps // self.num_inference_steps
+            alpha_prod_t = self.alphas_cumprod[t]
+            alpha_prod_t_prev = torch.where(prev >= 0, self.alphas_cumprod[prev.clamp(min=0)], self.final_alpha_cumprod)
+            beta_prod_t = 1 - alpha_prod_t
+            variance = (1 - alpha_prod_t_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_t_prev)
+            std_dev_t = eta * variance ** 0.5
+            rows = torch.stack([alpha_prod_t ** 0.5, beta_prod_t ** 0.5, alpha_prod_t_prev ** 0.5,
+                                (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5, std_dev_t], 1)
+            self._rows[eta] = dict(zip(t.tolist(), map(tuple, rows.tolist())))
+        return self._rows[eta]
 
     def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
@@ -44,24 +60,22 @@ class DDIMScheduler(Scheduler):
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step")
         t = int(timestep)
-        prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
-        alpha_prod_t, alpha_prod_t_prev = self._alpha_prod(t), self._alpha_prod(prev_t)
-        beta_prod_t = 1 - alpha_prod_t
+        rows = self._coefficients(eta)
+        if t not in rows:
+            raise ValueError(f"timestep {t} is not in this scheduler's timesteps; call set_timesteps first")
+        alpha, sigma, alpha_prev, direction, std_dev_t = rows[t]
         # x̂_0 and ε̂ from the model output, whichever of ε, x_0, v it predicts
-        p, alpha, sigma = self.config.prediction_type, alpha_prod_t ** 0.5, beta_prod_t ** 0.5
+        p = self.config.prediction_type
         x0 = predicted_x0(p, model_output, sample, alpha, sigma)
         eps = predicted_eps(p, model_output, sample, alpha, sigma, x0)
-        x0 = self._limit_x0(x0)
-        # σ_t, Eq. 16
-        variance = (1 - alpha_prod_t_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_t_prev)
-        std_dev_t = eta * variance ** 0.5
+        x0 = self._limit_x0(x0, fresh=x0 is not model_output)
         if use_clipped_model_output:          # re-derive ε̂ from the clipped x̂_0 (as in Song et al.'s code)
-            eps = (sample - alpha_prod_t ** 0.5 * x0) / beta_prod_t ** 0.5
-        # Eq. 12
-        prev_sample = alpha_prod_t_prev ** 0.5 * x0 + (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5 * eps
+            eps = (sample - alpha * x0) / sigma
+        # Eq. 12: √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ (+ σ_t z)
+        prev_sample = (alpha_prev * x0).add_(direction * eps)        # in place on a fresh tensor: the same rounding
         if eta > 0:
             noise = variance_noise if variance_noise is not None else step_noise(model_output, generator)
-            prev_sample = prev_sample + std_dev_t * noise
+            prev_sample.add_(std_dev_t * noise)
         if not return_dict:
             return (prev_sample, x0)
         return SchedulerOutput(prev_sample, x0)

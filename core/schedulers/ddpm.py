@@ -28,8 +28,8 @@ class DDPMScheduler(Scheduler):
         super().__init__(**options)
         if self.config.variance_type not in VARIANCE_TYPES:
             raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {self.config.variance_type!r}")
-        self.one = torch.tensor(1.0)
         self._previous: dict[int, int] = {}
+        self._rows = self._coefficients(self.timesteps.numpy(), self.timesteps.numpy() - 1)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Visit `num_inference_steps` of the T training timesteps (T: the paper's sampler; fewer: a strided one)."""
@@ -39,6 +39,7 @@ class DDPMScheduler(Scheduler):
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(timesteps).to(device)
         self._previous = dict(zip(timesteps.tolist(), np.append(timesteps[1:], -1).tolist()))
+        self._rows = self._coefficients(timesteps, np.append(timesteps[1:], -1))
 
     def previous_timestep(self, timestep: int) -> int:
         if self.num_inference_steps is None:
@@ -47,35 +48,41 @@ class DDPMScheduler(Scheduler):
             raise ValueError(f"timestep {timestep} is not in this scheduler's timesteps; call set_timesteps first")
         return self._previous[timestep]
 
-    def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
-             generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
-        """x_t → x_{t'} by Eqs. 6-7. diffusers' names: alpha_prod_t = ᾱ_t, alpha_prod_t_prev = ᾱ_{t'},
-        beta_prod_t = 1 − ᾱ_t, current_alpha_t = α̃ = ᾱ_t/ᾱ_{t'}, current_beta_t = β̃, pred_original_sample = x̂_0,
-        pred_original_sample_coeff and current_sample_coeff = the two weights of μ̃."""
-        t = int(timestep)
-        prev_t = self.previous_timestep(t)
-        c = self.config
-        # 1. ᾱ_t, ᾱ_{t'} and the step's own α̃, β̃
+    def _coefficients(self, timesteps: np.ndarray, previous: np.ndarray) -> dict[int, tuple[float, ...]]:
+        """Each step's scalars, for all of a schedule's steps t → t' at once, in diffusers' float32 order of
+        operations (only +, −, ×, ÷ and √, which round the same element-wise as one at a time), so that `step` is
+        left with the image-sized arithmetic. diffusers' names: alpha_prod_t = ᾱ_t, alpha_prod_t_prev = ᾱ_{t'},
+        beta_prod_t = 1 − ᾱ_t, current_alpha_t = α̃ = ᾱ_t/ᾱ_{t'}, current_beta_t = β̃, pred_original_sample_coeff and
+        current_sample_coeff = the two weights of μ̃ (Eq. 7), variance = σ²."""
+        t, prev = torch.from_numpy(np.asarray(timesteps)), torch.from_numpy(np.asarray(previous))
         alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        alpha_prod_t_prev = torch.where(prev >= 0, self.alphas_cumprod[prev.clamp(min=0)], torch.tensor(1.0))
         beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
         current_alpha_t = alpha_prod_t / alpha_prod_t_prev
         current_beta_t = 1 - current_alpha_t
-        # 2. x̂_0 from the model output (Eq. 15 for ε), then 3. clip or threshold it
-        x0 = self._limit_x0(predicted_x0(c.prediction_type, model_output, sample, alpha_prod_t ** 0.5,
-                                         beta_prod_t ** 0.5))
-        # 4-5. the posterior mean μ̃(x_t, x̂_0), Eq. 7
         x0_coeff = alpha_prod_t_prev ** 0.5 * current_beta_t / beta_prod_t
         xt_coeff = current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t
-        prev_sample = x0_coeff * x0 + xt_coeff * sample
-        # 6. add σ z, except at t = 0
+        if self.config.variance_type == "fixed_small":
+            variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)
+        else:
+            variance = current_beta_t
+        rows = torch.stack([alpha_prod_t ** 0.5, beta_prod_t ** 0.5, x0_coeff, xt_coeff, variance ** 0.5], 1)
+        return dict(zip(t.tolist(), map(tuple, rows.tolist())))
+
+    def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """x_t → x_{t'} by Eqs. 6-7, with the step's scalars from `_coefficients`."""
+        t = int(timestep)
+        if t not in self._rows:
+            raise ValueError(f"timestep {t} is not in this scheduler's timesteps; call set_timesteps first")
+        alpha, sigma, x0_coeff, xt_coeff, std = self._rows[t]
+        # x̂_0 from the model output (Eq. 15 for ε), clipped or thresholded
+        x0 = predicted_x0(self.config.prediction_type, model_output, sample, alpha, sigma)
+        x0 = self._limit_x0(x0, fresh=x0 is not model_output)
+        # the posterior mean μ̃(x_t, x̂_0), Eq. 7, and σ z except at t = 0
+        prev_sample = (x0_coeff * x0).add_(xt_coeff * sample)          # in place on a fresh tensor: the same rounding
         if t > 0:
-            noise = step_noise(model_output, generator)
-            if c.variance_type == "fixed_small":
-                variance = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20)
-            else:
-                variance = current_beta_t
-            prev_sample = prev_sample + variance ** 0.5 * noise
+            prev_sample.add_(std * step_noise(model_output, generator))
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample, x0)

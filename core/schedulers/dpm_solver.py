@@ -78,6 +78,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
+        self._rows = self._coefficients()
         self._reset()
 
     @staticmethod
@@ -86,9 +87,18 @@ class DPMSolverMultistepScheduler(Scheduler):
         alpha_t = 1 / ((sigma ** 2 + 1) ** 0.5)
         return alpha_t, sigma * alpha_t
 
-    def _lambda(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        alpha, sigma = self._alpha_sigma(self.sigmas[index])
-        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+    def _coefficients(self) -> list[tuple[float, ...]]:
+        """Each step's scalars, for the whole schedule at once, in diffusers' float32 order of operations (element-
+        wise, so each rounds as it would one at a time; tests/test_schedulers.py checks it bit for bit), so that
+        `step` is left with the image-sized arithmetic. Row i, for the step s = i → t = i + 1: α_s, σ_s (for x̂_0),
+        σ_t/σ_s, α_t (e^{−h} − 1), 1/r (r = h_prev/h) and Heun's α_t ((e^{−h} − 1)/h + 1)."""
+        alpha, sigma = self._alpha_sigma(self.sigmas)
+        lambdas = torch.log(alpha) - torch.log(sigma)            # λ = log(α/σ), +inf at a final σ̃ of 0
+        h = lambdas[1:] - lambdas[:-1]
+        r = torch.cat([torch.full((1,), torch.nan), (lambdas[1:-1] - lambdas[:-2]) / h[1:]])
+        rows = torch.stack([alpha[:-1], sigma[:-1], sigma[1:] / sigma[:-1], alpha[1:] * (torch.exp(-h) - 1.0),
+                            1.0 / r, alpha[1:] * ((torch.exp(-h) - 1.0) / h + 1.0)], 1)
+        return list(map(tuple, rows.tolist()))
 
     def index_for_timestep(self, timestep: int | Tensor) -> int:
         """Where `timestep` lies in the schedule (the second match if it appears twice, as diffusers picks)."""
@@ -99,7 +109,7 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
         """The data prediction x̂_0 that DPM-Solver++ integrates, from an ε, x_0 or v prediction."""
-        alpha_t, sigma_t = self._alpha_sigma(self.sigmas[self._step_index])
+        alpha_t, sigma_t = self._rows[self._step_index][:2]
         return self._limit_x0(predicted_x0(self.config.prediction_type, model_output, sample, alpha_t, sigma_t))
 
     def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
@@ -114,20 +124,15 @@ class DPMSolverMultistepScheduler(Scheduler):
         x0 = self.convert_model_output(model_output, sample)
         self.model_outputs = self.model_outputs[1:] + [x0]
         sample = sample.to(torch.float32)
-        alpha_t, sigma_t, lambda_t = self._lambda(i + 1)
-        alpha_s, sigma_s, lambda_s = self._lambda(i)
-        h = lambda_t - lambda_s
-        if c.solver_order == 1 or self.lower_order_nums < 1 or final_first_order:
-            prev_sample = (sigma_t / sigma_s) * sample - (alpha_t * (torch.exp(-h) - 1.0)) * x0
-        else:   # 2M: a second-order correction from the previous step's x̂_0
-            *_, lambda_prev = self._lambda(i - 1)
-            r = (lambda_s - lambda_prev) / h
-            d0, d1 = x0, (1.0 / r) * (x0 - self.model_outputs[-2])
-            prev_sample = (sigma_t / sigma_s) * sample - (alpha_t * (torch.exp(-h) - 1.0)) * d0
+        *_, sigma_ratio, first_order, inverse_r, heun = self._rows[i]
+        # (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D_s, in place on fresh tensors (the same roundings, fewer allocations)
+        prev_sample = (sigma_ratio * sample).sub_(first_order * x0)
+        if c.solver_order == 2 and self.lower_order_nums >= 1 and not final_first_order:
+            d1 = (x0 - self.model_outputs[-2]).mul_(inverse_r)         # 2M: the correction from the previous x̂_0
             if c.solver_type == "midpoint":
-                prev_sample = prev_sample - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1
+                prev_sample.sub_(d1.mul_(0.5 * first_order))
             else:
-                prev_sample = prev_sample + (alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)) * d1
+                prev_sample.add_(d1.mul_(heun))
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
