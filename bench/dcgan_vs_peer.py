@@ -92,6 +92,60 @@ def ours_images_per_s(steps: int, bf16: bool) -> float:
     return sum(rates) / len(rates)
 
 
+def convolutions() -> list[tuple[nn.Module, tuple[int, ...], list[tuple[bool, bool]]]]:
+    """Every convolution of one training step of the peer's networks: (layer, input shape, backward passes as
+    (input gradient?, weight gradient?)). G runs forward once and backward once (no gradient for z). D runs forward
+    three times (real, detached fake, fake for G's step); D's step needs weight gradients for both batches and input
+    gradients past its first layer; G's step needs input gradients only (D frozen, as in our loop)."""
+    layers = []
+    g, d = radford_generator(), radford_features()
+    shape = (BATCH, NZ, 1, 1)
+    for i, conv in enumerate(m for m in g if isinstance(m, nn.ConvTranspose2d)):
+        layers.append((conv, shape, [(i > 0, True)]))
+        shape = tuple(conv(torch.zeros(shape)).shape)
+    shape = (BATCH, 1, 32, 32)
+    for i, conv in enumerate(m for m in d if isinstance(m, nn.Conv2d)):
+        layers.append((conv, shape, [(i > 0, True), (i > 0, True), (True, False)]))
+        shape = tuple(conv(torch.zeros(shape)).shape)
+    return layers
+
+
+def convolution_floor(bf16: bool, repeats: int = 5) -> float:
+    """Seconds of one training step spent in its convolutions alone: each pass run in isolation through the same
+    oneDNN kernels, in whichever memory format (NCHW or channels_last) is faster for it, forward passes counted once
+    (G) or three times (D), backward passes as the step needs them. No step that keeps the architecture and the
+    algorithm can be faster than this on this machine."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    total = 0.0
+    for conv, shape, backwards in convolutions():
+        transposed = isinstance(conv, nn.ConvTranspose2d)
+        best_passes = None
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            weight = conv.weight.detach().to(dtype).contiguous(memory_format=memory_format)
+            x = torch.randn(shape, dtype=dtype).contiguous(memory_format=memory_format)
+            forward = lambda: torch.ops.aten.convolution(x, weight, None, conv.stride, conv.padding, conv.dilation,
+                                                         transposed, conv.output_padding, conv.groups)
+            grad = torch.randn_like(forward())
+            passes = [forward] * (3 if len(backwards) == 3 else 1) + [
+                lambda i=input_grad, w=weight_grad: torch.ops.aten.convolution_backward(
+                    grad, x, weight, None, conv.stride, conv.padding, conv.dilation, transposed, conv.output_padding,
+                    conv.groups, [i, w, False])
+                for input_grad, weight_grad in backwards]
+            seconds = []
+            for run in passes:
+                run()
+                seconds.append(min(timed(run) for _ in range(repeats)))
+            best_passes = seconds if best_passes is None else [min(a, b) for a, b in zip(best_passes, seconds)]
+        total += sum(best_passes)
+    return total
+
+
+def timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
@@ -99,14 +153,16 @@ def main() -> None:
     args = parser.parse_args()
     data = load_dataset("fashion-mnist", "train", pad_to=32)
     batches = [b.images for _, b in zip(range(args.steps), data.batches(BATCH, seed=0, epoch=0))]
-    print("| threads | precision | genlab loop img/s | pytorch/examples loop img/s | ratio |\n|---|---|---|---|---|")
+    print("| threads | precision | genlab loop img/s | pytorch/examples loop img/s | ratio | convolutions alone img/s "
+          "| the most any loop can reach |\n|---|---|---|---|---|---|---|")
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for bf16 in (False, True):
             peer = peer_images_per_s(batches, bf16)
             ours = ours_images_per_s(args.steps, bf16)
-            print(f"| {threads} | {'bf16' if bf16 else 'fp32'} | {ours:.0f} | {peer:.0f} | {ours / peer:.2f}x |",
-                  flush=True)
+            ceiling = BATCH / convolution_floor(bf16)
+            print(f"| {threads} | {'bf16' if bf16 else 'fp32'} | {ours:.0f} | {peer:.0f} | {ours / peer:.2f}x | "
+                  f"{ceiling:.0f} | {ceiling / peer:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

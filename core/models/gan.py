@@ -73,7 +73,7 @@ class Generator(nn.Module):
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], 1)
-        return self.net(z).view(len(z), self.config.channels, self.config.image_size, self.config.image_size)
+        return self.net(z).reshape(len(z), self.config.channels, self.config.image_size, self.config.image_size)
 
 
 class Discriminator(nn.Module):
@@ -110,6 +110,7 @@ class GAN(TrainableModel):
     """GAN: MLP or DCGAN, unconditional or class-conditional, with a choice of adversarial loss."""
     config_class = GANConfig
     pipeline_tag = "unconditional-image-generation"
+    channels_last = True          # the DCGAN trains 1.0-1.15x faster than in NCHW (bench/channels_last.py)
     card_description = """
 A generative adversarial network trained from scratch with genlab (`core/models/gan.py`, losses in
 `core/losses.py`). Samples come from the exponential moving average of the generator. FID, KID, precision and
