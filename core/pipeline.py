@@ -181,11 +181,9 @@ def is_conditional(spec, family: str) -> bool:
 
 
 def sampler_names(spec) -> tuple[str, ...]:
-    """The schedulers that can sample a diffusion-family model, its default first: Euler and Heun for a
-    flow-matching model, DPM-Solver++, DDIM and DDPM for a diffusion model."""
-    if model_config(spec, "ddpm").get("prediction_type") == diffusion.FLOW:
-        return ("euler", "heun")
-    return ("dpm_solver", "ddim", "ddpm")
+    """The names of the schedulers that can sample a diffusion-family model, its default first (read from its
+    config, so nothing is loaded)."""
+    return tuple(diffusion.samplers_for(model_config(spec, "ddpm").get("prediction_type")))
 
 
 def label_or_none(value, model, name: str = "label") -> int | None:

@@ -89,6 +89,14 @@ class DDPMConfig:
                     rescale_betas_zero_snr=self.zero_terminal_snr)
 
 
+def samplers_for(prediction_type: str) -> dict:
+    """The schedulers that can sample a model of this prediction type, by name, its default first: Euler and Heun
+    for flow matching; DPM-Solver++ (the default), DDIM and DDPM for diffusion."""
+    if prediction_type == FLOW:
+        return FLOW_SCHEDULERS
+    return {name: DIFFUSION_SCHEDULERS[name] for name in ("dpm_solver", "ddim", "ddpm")}
+
+
 class DDPM(TrainableModel):
     """DDPM: a U-Net denoiser, unconditional or class-conditional with classifier-free guidance."""
     config_class = DDPMConfig
@@ -137,12 +145,12 @@ models with each other and are not comparable with Inception-FIDs from papers.
 
     @property
     def samplers(self) -> dict:
-        """The schedulers that can sample this model, by name."""
-        return FLOW_SCHEDULERS if self.flow else DIFFUSION_SCHEDULERS
+        """The schedulers that can sample this model, by name, its default first."""
+        return samplers_for(self.config.prediction_type)
 
     @property
     def default_sampler(self) -> str:
-        return "euler" if self.flow else "dpm_solver"
+        return next(iter(self.samplers))
 
     def noise(self, n: int, seed: int) -> Tensor:
         c = self.config
