@@ -23,7 +23,8 @@ def close(a, b):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def compare_trajectory(name: str, options: dict, steps: int, step_kwargs: dict, every: int = 1) -> int:
+def compare_trajectory(name: str, options: dict, steps: int, step_kwargs: dict, every: int = 1,
+                       output_dtype: torch.dtype = torch.float32) -> int:
     """Step both with the same random model outputs and the same noise generator seed; every step starts from the
     same x_t (diffusers' previous output), so each step is compared on its own. Stateless schedulers may compare a
     subset of the timesteps (`every`); a multistep solver must run them all. Returns the number of steps compared."""
@@ -38,7 +39,7 @@ def compare_trajectory(name: str, options: dict, steps: int, step_kwargs: dict, 
     for i, t in enumerate(ref.timesteps):
         if i % every and i != len(ref.timesteps) - 1:
             continue
-        model_output = torch.randn(x.shape, generator=data)
+        model_output = torch.randn(x.shape, generator=data).to(output_dtype)
         a = mine.step(model_output, t, x, generator=noise_mine, **step_kwargs)
         b = ref.step(model_output, t, x, generator=noise_ref, **step_kwargs)
         close(a.prev_sample, b.prev_sample)
@@ -71,6 +72,17 @@ def test_dpm_solver_trajectory_matches_diffusers(beta_schedule, prediction_type,
     options = dict(beta_schedule=beta_schedule, prediction_type=prediction_type, thresholding=thresholding,
                    timestep_spacing=spacing)
     assert compare_trajectory("DPMSolverMultistepScheduler", options, steps, {}) == steps
+
+
+@pytest.mark.parametrize("output_dtype", (torch.bfloat16, torch.float64))
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_output_of_another_dtype_follows_diffusers_promotion(name, prediction_type, output_dtype):
+    """A bf16 network output (autocast) or a float64 one meeting a float32 x_t: each step's dtype and values are
+    diffusers' (arithmetic done in place must not keep a narrower dtype than the plain expression gives)."""
+    step_kwargs = {"eta": 1.0} if name == "DDIMScheduler" else {}
+    assert compare_trajectory(name, dict(prediction_type=prediction_type), 10, step_kwargs,
+                              output_dtype=output_dtype) == 10
 
 
 @pytest.mark.parametrize("options", [dict(thresholding=True, clip_sample=False, dynamic_thresholding_ratio=0.9),

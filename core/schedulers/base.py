@@ -104,16 +104,25 @@ def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
     return (torch.clamp(flat, -s, s) / s).reshape(shape).to(dtype)
 
 
+def in_place(op: str, fresh: Tensor, other: Tensor | float) -> Tensor:
+    """`fresh` op `other` ("add", "sub", "mul", "div") written into `fresh`, a tensor the step made itself, unless
+    the result would take another dtype: the same values as the plain expression, one allocation fewer."""
+    if fresh.dtype == other.dtype or fresh.dtype == torch.result_type(fresh, other):
+        return getattr(fresh, op + "_")(other)
+    return getattr(torch, op)(fresh, other)
+
+
 def predicted_x0(prediction_type: str, model_output: Tensor, sample: Tensor, alpha, sigma) -> Tensor:
     """x̂_0 from the network's output, solving x_t = α x_0 + σ ε (α = √ᾱ_t, σ = √(1 − ᾱ_t)) for x_0:
     ε-prediction x̂_0 = (x_t − σ ε̂)/α (Ho et al. Eq. 15); x_0-prediction as is; v-prediction x̂_0 = α x_t − σ v̂
-    (Salimans & Ho 2022, Sec. 4). Written in diffusers' order of operations, so results agree bit for bit; the
-    in-place steps act on fresh tensors (x_t + (−σ ε̂) rounds as x_t − σ ε̂) and save a sampler's step allocations."""
+    (Salimans & Ho 2022, Sec. 4). Written in diffusers' order of operations, scalar first (a bf16 output is
+    multiplied differently by a tensor's scalar on the right), so results agree bit for bit; the arithmetic runs in
+    place on tensors of its own where the dtype allows (x_t + (−σ ε̂) rounds as x_t − σ ε̂)."""
     if prediction_type == "epsilon":
-        return (model_output * -sigma).add_(sample).div_(alpha)
+        return in_place("div", in_place("add", -sigma * model_output, sample), alpha)
     if prediction_type == "sample":
         return model_output
-    return (alpha * sample).sub_(sigma * model_output)
+    return in_place("sub", alpha * sample, sigma * model_output)
 
 
 def predicted_eps(prediction_type: str, model_output: Tensor, sample: Tensor, alpha, sigma, x0: Tensor) -> Tensor:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.schedulers.base import (Scheduler, SchedulerOutput, predicted_eps, predicted_x0, spaced_timesteps,
-                                  step_noise)
+from core.schedulers.base import (Scheduler, SchedulerOutput, in_place, predicted_eps, predicted_x0,
+                                  spaced_timesteps, step_noise)
 
 
 class DDIMScheduler(Scheduler):
@@ -34,7 +34,7 @@ class DDIMScheduler(Scheduler):
                                                            c.timestep_spacing, c.steps_offset)).to(device)
         self._rows = {}
 
-    def _coefficients(self, eta: float) -> dict[int, tuple[float, ...]]:
+    def _coefficients(self, eta: float) -> dict[int, Tensor]:
         """Each visited t's scalars for this η, for the whole schedule at once, in diffusers' float32 order of
         operations (only +, −, ×, ÷ and √, which round the same element-wise as one at a time), so that `step` is
         left with the image-sized arithmetic. diffusers' names: alpha_prod_t = ᾱ_t, alpha_prod_t_prev = ᾱ_{t'},
@@ -49,7 +49,7 @@ class DDIMScheduler(Scheduler):
             std_dev_t = eta * variance ** 0.5
             rows = torch.stack([alpha_prod_t ** 0.5, beta_prod_t ** 0.5, alpha_prod_t_prev ** 0.5,
                                 (1 - alpha_prod_t_prev - std_dev_t ** 2) ** 0.5, std_dev_t], 1)
-            self._rows[eta] = dict(zip(t.tolist(), map(tuple, rows.tolist())))
+            self._rows[eta] = dict(zip(t.tolist(), rows))
         return self._rows[eta]
 
     def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor, eta: float = 0.0,
@@ -63,7 +63,7 @@ class DDIMScheduler(Scheduler):
         rows = self._coefficients(eta)
         if t not in rows:
             raise ValueError(f"timestep {t} is not in this scheduler's timesteps; call set_timesteps first")
-        alpha, sigma, alpha_prev, direction, std_dev_t = rows[t]
+        alpha, sigma, alpha_prev, direction, std_dev_t = rows[t].unbind()   # float32 scalars, as diffusers' are
         # x̂_0 and ε̂ from the model output, whichever of ε, x_0, v it predicts
         p = self.config.prediction_type
         x0 = predicted_x0(p, model_output, sample, alpha, sigma)
@@ -72,10 +72,10 @@ class DDIMScheduler(Scheduler):
         if use_clipped_model_output:          # re-derive ε̂ from the clipped x̂_0 (as in Song et al.'s code)
             eps = (sample - alpha * x0) / sigma
         # Eq. 12: √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ (+ σ_t z)
-        prev_sample = (alpha_prev * x0).add_(direction * eps)        # in place on a fresh tensor: the same rounding
+        prev_sample = in_place("add", alpha_prev * x0, direction * eps)
         if eta > 0:
             noise = variance_noise if variance_noise is not None else step_noise(model_output, generator)
-            prev_sample.add_(std_dev_t * noise)
+            prev_sample = in_place("add", prev_sample, std_dev_t * noise)
         if not return_dict:
             return (prev_sample, x0)
         return SchedulerOutput(prev_sample, x0)

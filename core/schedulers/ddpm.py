@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput, predicted_x0, spaced_timesteps, step_noise
+from core.schedulers.base import Scheduler, SchedulerOutput, in_place, predicted_x0, spaced_timesteps, step_noise
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
@@ -48,7 +48,7 @@ class DDPMScheduler(Scheduler):
             raise ValueError(f"timestep {timestep} is not in this scheduler's timesteps; call set_timesteps first")
         return self._previous[timestep]
 
-    def _coefficients(self, timesteps: np.ndarray, previous: np.ndarray) -> dict[int, tuple[float, ...]]:
+    def _coefficients(self, timesteps: np.ndarray, previous: np.ndarray) -> dict[int, Tensor]:
         """Each step's scalars, for all of a schedule's steps t → t' at once, in diffusers' float32 order of
         operations (only +, −, ×, ÷ and √, which round the same element-wise as one at a time), so that `step` is
         left with the image-sized arithmetic. diffusers' names: alpha_prod_t = ᾱ_t, alpha_prod_t_prev = ᾱ_{t'},
@@ -67,7 +67,7 @@ class DDPMScheduler(Scheduler):
         else:
             variance = current_beta_t
         rows = torch.stack([alpha_prod_t ** 0.5, beta_prod_t ** 0.5, x0_coeff, xt_coeff, variance ** 0.5], 1)
-        return dict(zip(t.tolist(), map(tuple, rows.tolist())))
+        return dict(zip(t.tolist(), rows))
 
     def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
@@ -75,14 +75,14 @@ class DDPMScheduler(Scheduler):
         t = int(timestep)
         if t not in self._rows:
             raise ValueError(f"timestep {t} is not in this scheduler's timesteps; call set_timesteps first")
-        alpha, sigma, x0_coeff, xt_coeff, std = self._rows[t]
+        alpha, sigma, x0_coeff, xt_coeff, std = self._rows[t].unbind()     # float32 scalars, as diffusers' are
         # x̂_0 from the model output (Eq. 15 for ε), clipped or thresholded
         x0 = predicted_x0(self.config.prediction_type, model_output, sample, alpha, sigma)
         x0 = self._limit_x0(x0, fresh=x0 is not model_output)
         # the posterior mean μ̃(x_t, x̂_0), Eq. 7, and σ z except at t = 0
-        prev_sample = (x0_coeff * x0).add_(xt_coeff * sample)          # in place on a fresh tensor: the same rounding
+        prev_sample = in_place("add", x0_coeff * x0, xt_coeff * sample)
         if t > 0:
-            prev_sample.add_(std * step_noise(model_output, generator))
+            prev_sample = in_place("add", prev_sample, std * step_noise(model_output, generator))
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample, x0)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput, expand, predicted_x0
+from core.schedulers.base import Scheduler, SchedulerOutput, expand, in_place, predicted_x0
 
 
 class DPMSolverMultistepScheduler(Scheduler):
@@ -87,18 +87,20 @@ class DPMSolverMultistepScheduler(Scheduler):
         alpha_t = 1 / ((sigma ** 2 + 1) ** 0.5)
         return alpha_t, sigma * alpha_t
 
-    def _coefficients(self) -> list[tuple[float, ...]]:
+    def _coefficients(self) -> Tensor:
         """Each step's scalars, for the whole schedule at once, in diffusers' float32 order of operations (element-
         wise, so each rounds as it would one at a time; tests/test_schedulers.py checks it bit for bit), so that
         `step` is left with the image-sized arithmetic. Row i, for the step s = i → t = i + 1: α_s, σ_s (for x̂_0),
-        σ_t/σ_s, α_t (e^{−h} − 1), 1/r (r = h_prev/h) and Heun's α_t ((e^{−h} − 1)/h + 1)."""
+        σ_t/σ_s, α_t (e^{−h} − 1), 1/r (r = h_prev/h), the midpoint's ½ α_t (e^{−h} − 1) and Heun's
+        α_t ((e^{−h} − 1)/h + 1)."""
         alpha, sigma = self._alpha_sigma(self.sigmas)
         lambdas = torch.log(alpha) - torch.log(sigma)            # λ = log(α/σ), +inf at a final σ̃ of 0
         h = lambdas[1:] - lambdas[:-1]
         r = torch.cat([torch.full((1,), torch.nan), (lambdas[1:-1] - lambdas[:-2]) / h[1:]])
-        rows = torch.stack([alpha[:-1], sigma[:-1], sigma[1:] / sigma[:-1], alpha[1:] * (torch.exp(-h) - 1.0),
-                            1.0 / r, alpha[1:] * ((torch.exp(-h) - 1.0) / h + 1.0)], 1)
-        return list(map(tuple, rows.tolist()))
+        first_order = alpha[1:] * (torch.exp(-h) - 1.0)
+        rows = torch.stack([alpha[:-1], sigma[:-1], sigma[1:] / sigma[:-1], first_order, 1.0 / r, 0.5 * first_order,
+                            alpha[1:] * ((torch.exp(-h) - 1.0) / h + 1.0)], 1)
+        return rows
 
     def index_for_timestep(self, timestep: int | Tensor) -> int:
         """Where `timestep` lies in the schedule (the second match if it appears twice, as diffusers picks)."""
@@ -109,7 +111,7 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
         """The data prediction x̂_0 that DPM-Solver++ integrates, from an ε, x_0 or v prediction."""
-        alpha_t, sigma_t = self._rows[self._step_index][:2]
+        alpha_t, sigma_t = self._rows[self._step_index, :2].unbind()
         return self._limit_x0(predicted_x0(self.config.prediction_type, model_output, sample, alpha_t, sigma_t))
 
     def step(self, model_output: Tensor, timestep: int | Tensor, sample: Tensor,
@@ -124,19 +126,19 @@ class DPMSolverMultistepScheduler(Scheduler):
         x0 = self.convert_model_output(model_output, sample)
         self.model_outputs = self.model_outputs[1:] + [x0]
         sample = sample.to(torch.float32)
-        *_, sigma_ratio, first_order, inverse_r, heun = self._rows[i]
+        *_, sigma_ratio, first_order, inverse_r, midpoint, heun = self._rows[i].unbind()  # float32, as diffusers'
         # (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D_s, in place on fresh tensors (the same roundings, fewer allocations)
-        prev_sample = (sigma_ratio * sample).sub_(first_order * x0)
+        prev_sample = in_place("sub", sigma_ratio * sample, first_order * x0)
         if c.solver_order == 2 and self.lower_order_nums >= 1 and not final_first_order:
-            d1 = (x0 - self.model_outputs[-2]).mul_(inverse_r)         # 2M: the correction from the previous x̂_0
+            d1 = inverse_r * (x0 - self.model_outputs[-2])              # 2M: the correction from the previous x̂_0
             if c.solver_type == "midpoint":
-                prev_sample.sub_(d1.mul_(0.5 * first_order))
+                prev_sample = in_place("sub", prev_sample, midpoint * d1)
             else:
-                prev_sample.add_(d1.mul_(heun))
+                prev_sample = in_place("add", prev_sample, heun * d1)
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
-        prev_sample = prev_sample.to(model_output.dtype)
+        prev_sample = prev_sample.to(x0.dtype)                 # x̂_0's dtype, as diffusers casts to its converted output
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample)
