@@ -17,7 +17,9 @@ every forward pass of every family runs in that precision without the family hav
 Memory format: a family whose class sets `channels_last = True` is trained with its 4-D weights, and so its
 convolutions' activations, in channels_last (NHWC) memory format, which oneDNN's CPU convolutions run faster
 (bench/dcgan_vs_peer.py, bench/channels_last.py). Values are the same as in NCHW up to float rounding; the exported
-weights are written in the usual layout. This module imports nothing of the loop: models sit below core.train, not above it.
+weights are written in the usual layout.
+
+This module imports nothing of the loop: models sit below core.train, not above it.
 """
 from __future__ import annotations
 
