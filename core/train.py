@@ -256,6 +256,8 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
         raise
     finally:
         bar.close()
+        model.to(memory_format=torch.contiguous_format)     # back to the layout a loaded model has (dropout masks and
+                                                            # noise are drawn in memory order)
         if log:
             log.close()
         accelerator.wait_for_everyone()

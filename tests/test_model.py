@@ -73,9 +73,9 @@ FAST_IN_NHWC = [(f, c) for f, c in CASES if FAMILIES[f].channels_last and channe
 @pytest.mark.parametrize("family, config", FAST_IN_NHWC,
                          ids=[f"{f}-{getattr(c, 'architecture', '')}" for f, c in FAST_IN_NHWC])
 def test_channels_last_families_train_in_it_with_the_same_losses_and_save_as_usual(family, config, tmp_path):
-    """The loop puts a `channels_last` family's weights in NHWC; its first losses are NCHW's up to float rounding
-    (dropout off: a mask is drawn in memory order, so it differs between the formats); the exported folder loads
-    back with the trained weights."""
+    """The loop puts a `channels_last` family's weights in NHWC while it trains and back in NCHW when it returns;
+    the first losses are NCHW's up to float rounding (dropout off: a mask is drawn in memory order, so it differs
+    between the formats); the exported folder loads back with the trained weights."""
     first_losses = {}
     for channels_last in (False, True):
         torch.manual_seed(0)
@@ -90,6 +90,7 @@ def test_channels_last_families_train_in_it_with_the_same_losses_and_save_as_usu
                           runs_dir=str(tmp_path), run_name=f"nhwc-{channels_last}", cpu=True)
         run_dir = train(model, cfg, family)
         assert len(seen) > 2 and set(seen) == {channels_last}
+        assert set(channels_last_weights(model)) == {False}          # handed back in the usual layout
         record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
         first_losses[channels_last] = {k: v for k, v in record.items() if k.startswith("loss")}
         reloaded = FAMILIES[family].from_pretrained(run_dir / "model")
