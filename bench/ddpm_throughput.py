@@ -8,7 +8,7 @@
 3. Microseconds per scheduler `step` on a 64x1x32x32 tensor, ours vs diffusers, for DDPM, DDIM and DPM-Solver++
    (each a 50-step schedule, set_timesteps included), and the cost of the noise draw that a DDPM step must make.
 4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
-   machine's measured matmul peak (a 2048^3 matmul in float32 and bf16).
+   machine's measured matmul peak (a 2048^3 product in float32 and bf16, through BLAS and through oneDNN).
 Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine.
 """
 import argparse
@@ -83,10 +83,17 @@ def step_time(scheduler, repeats: int, n: int = 50) -> float:
 
 
 def matmul_peak(dtype) -> float:
+    """GFLOP/s of the faster of two 2048^3 matrix products: torch.mm (MKL or OpenBLAS, which may not use every
+    instruction of an AMD CPU) and the same product as a 1x1 convolution in channels_last (oneDNN, which the U-Net's
+    convolutions use)."""
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    torch.mm(a, b)
-    seconds = best(lambda: [torch.mm(a, b) for _ in range(5)], 3) / 5
-    return 2 * 2048 ** 3 / seconds / 1e9
+    x = a.reshape(2, 32, 32, 2048).permute(0, 3, 1, 2)                   # channels_last (2, 2048, 32, 32)
+    w = b.t().reshape(2048, 2048, 1, 1).contiguous(memory_format=torch.channels_last)
+    peaks = []
+    for product in (lambda: torch.mm(a, b), lambda: F.conv2d(x, w)):
+        product()
+        peaks.append(2 * 2048 ** 3 / (best(lambda: [product() for _ in range(5)], 3) / 5) / 1e9)
+    return max(peaks)
 
 
 def noise_draw_time(repeats: int, n: int = 50) -> float:
