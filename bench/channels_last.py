@@ -1,6 +1,7 @@
 """Training images/s of each convolutional family in NCHW and in channels_last memory format, through the real loop.
 
     python bench/channels_last.py [--steps 30] [--threads 2] [--precision no,bf16] [--families gan,ddpm]
+    python bench/channels_last.py --sampling          # the ddpm's float32 sampling in NCHW and in channels_last
 
 Each family trains with the options of its shipped checkpoint (the ones that shape the network and the batch) for
 --steps steps from the same seed, once with its weights in NCHW and once in channels_last (`TrainableModel.
@@ -11,12 +12,14 @@ faster at both precisions. Run on a quiet machine.
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from core import train as loop
 from core.families import FAMILIES
+from core.hub import load_model
 
 OPTIONS = {   # family -> the shipped checkpoint's network and batch options
     "gan": "--architecture dcgan --loss hinge --batch-size 64",
@@ -47,14 +50,34 @@ def images_per_s(family: str, steps: int, precision: str, channels_last: bool) -
     return sum(rates) / len(rates)
 
 
+def sampling_seconds(channels_last: bool, repeats: int = 3) -> float:
+    """Seconds for 64 images from the shipped ddpm with DPM-Solver++ 20 steps in float32, its U-Net in NCHW or in
+    channels_last (`DDPM.sample_channels_last`, which `denoise` honours in float32)."""
+    model = load_model("ddpm").set_precision("no")
+    model.sample_channels_last = channels_last
+    model.sample(64, steps=20)
+    return min(timed(lambda: model.sample(64, steps=20)) for _ in range(repeats))
+
+
+def timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="no,bf16")
     parser.add_argument("--families", default=",".join(OPTIONS))
+    parser.add_argument("--sampling", action="store_true", help="instead: the ddpm's float32 sampling time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sampling:
+        nchw, last = sampling_seconds(False), sampling_seconds(True)
+        print(f"| ddpm, 64 images, DPM-Solver++ 20 steps, fp32 | {nchw:.2f} s | {last:.2f} s | {last / nchw:.2f}x |")
+        return
     print("| family | precision | NCHW img/s | channels_last img/s | ratio | shipped setting |\n|---|---|---|---|---|---|")
     for family in args.families.split(","):
         for precision in args.precision.split(","):

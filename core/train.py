@@ -201,7 +201,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
 
     run_dir = Path(resume) if resume else Path(cfg.runs_dir) / (cfg.run_name or f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
-    model.to(accelerator.device, memory_format=torch.channels_last if model.channels_last else torch.preserve_format)
+    model.to(accelerator.device, memory_format=torch.channels_last if model.channels_last else torch.contiguous_format)
     model.accelerator = accelerator
     model.set_precision(cfg.mixed_precision)       # (not Accelerator's option: its state is process-global)
     optimizers = model.configure_optimizers(cfg)
