@@ -56,13 +56,12 @@ def sampling_seconds(channels_last: bool, repeats: int = 3) -> float:
     model = load_model("ddpm").set_precision("no")
     model.sample_channels_last = channels_last
     model.sample(64, steps=20)
-    return min(timed(lambda: model.sample(64, steps=20)) for _ in range(repeats))
-
-
-def timed(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.sample(64, steps=20)
+        seconds.append(time.perf_counter() - start)
+    return min(seconds)
 
 
 def main() -> None:
