@@ -57,6 +57,19 @@ def test_ddpm_step_matches_diffusers(beta_schedule, prediction_type, clip, spaci
     assert compare_trajectory("DDPMScheduler", options, steps, {}, every=37 if steps == 1000 else 1) > 1
 
 
+def test_ddpm_steps_without_set_timesteps_as_the_papers_sampler():
+    """Before set_timesteps a DDPM step is t → t − 1 over all T (its scalars computed on the first step), as in
+    diffusers; a timestep outside [0, T) is refused."""
+    mine, ref = pair("DDPMScheduler")
+    x, output = torch.randn(2, 1, 6, 6) * 3, torch.randn(2, 1, 6, 6)
+    for t in (999, 500, 1, 0):
+        a = mine.step(output, t, x, generator=torch.Generator().manual_seed(t))
+        b = ref.step(output, t, x, generator=torch.Generator().manual_seed(t))
+        close(a.prev_sample, b.prev_sample)
+    with pytest.raises(ValueError, match="timestep 1000 is not in this scheduler's timesteps"):
+        mine.step(output, 1000, x)
+
+
 @pytest.mark.parametrize("eta", (0.0, 1.0))
 @pytest.mark.parametrize("beta_schedule,prediction_type,clip,spacing,steps", MATRIX)
 def test_ddim_step_matches_diffusers(beta_schedule, prediction_type, clip, spacing, steps, eta):

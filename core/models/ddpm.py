@@ -100,8 +100,8 @@ def samplers_for(prediction_type: str) -> dict:
 class DDPM(TrainableModel):
     """DDPM: a U-Net denoiser, unconditional or class-conditional with classifier-free guidance."""
     config_class = DDPMConfig
-    sample_channels_last = True    # float32 sampling runs the U-Net in channels_last: 0.7x the time of NCHW, where
-                                   # bf16 gains nothing and training loses (`python bench/channels_last.py --sampling`)
+    sample_channels_last = True    # float32 sampling runs the U-Net in channels_last: 0.88-0.93x the time of NCHW;
+                                   # bf16 gains nothing, training loses (`python bench/channels_last.py --sampling`)
     pipeline_tag = "unconditional-image-generation"
     card_description = """
 A denoising diffusion probabilistic model (Ho et al. 2020) trained from scratch with genlab (`core/models/ddpm.py`,

@@ -29,7 +29,7 @@ class DDPMScheduler(Scheduler):
         if self.config.variance_type not in VARIANCE_TYPES:
             raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {self.config.variance_type!r}")
         self._previous: dict[int, int] = {}
-        self._rows = self._coefficients(self.timesteps.numpy(), self.timesteps.numpy() - 1)
+        self._rows: dict[int, Tensor] = {}          # the schedule's scalars per t (set_timesteps, or the first step)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Visit `num_inference_steps` of the T training timesteps (T: the paper's sampler; fewer: a strided one)."""
@@ -73,6 +73,8 @@ class DDPMScheduler(Scheduler):
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
         """x_t → x_{t'} by Eqs. 6-7, with the step's scalars from `_coefficients`."""
         t = int(timestep)
+        if not self._rows:             # no set_timesteps: all T steps t → t − 1, the paper's sampler
+            self._rows = self._coefficients(self.timesteps.numpy(), self.timesteps.numpy() - 1)
         if t not in self._rows:
             raise ValueError(f"timestep {t} is not in this scheduler's timesteps; call set_timesteps first")
         alpha, sigma, x0_coeff, xt_coeff, std = self._rows[t].unbind()     # float32 scalars, as diffusers' are
