@@ -237,7 +237,7 @@ def class_picker(model, family):
 
 
 SAMPLER_LABELS = {"dpm_solver": "DPM-Solver++", "ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler (flow matching)",
-                  "heun": "Heun (flow matching)"}
+                  "heun": "Heun (flow matching)", "edm_heun": "Heun (EDM)", "edm_euler": "Euler (EDM)"}
 
 
 def scheduler_picker(model):
@@ -448,7 +448,10 @@ The conditional model uses classifier-free guidance (Ho & Salimans 2022):
 $\hat v = v_\theta(x_t) + w(v_\theta(x_t, y) - v_\theta(x_t))$. A **flow-matching** model (Lipman et al. 2023;
 Liu et al. 2023; give its Hub id) learns the straight path $x_\sigma = (1-\sigma)x_0 + \sigma\varepsilon$ and its
 velocity $\varepsilon - x_0$; Euler or Heun integrate that velocity from $\sigma = 1$ to $0$, and
-$\hat x_0 = x_\sigma - \sigma v_\theta$.""",
+$\hat x_0 = x_\sigma - \sigma v_\theta$. An **EDM** model (Karras et al. 2022) learns the network inside the
+denoiser $D(x;\sigma) = c_\text{skip}x + c_\text{out}F_\theta(c_\text{in}x; \tfrac14\ln\sigma)$ on
+$x_\sigma = x_0 + \sigma\varepsilon$; Heun (its Algorithm 1) or Euler solve $dx/d\sigma = (x - D)/\sigma$ from
+$\sigma = 80$ to $0$, and $\hat x_0 = D$.""",
               pipeline.model_names("ddpm"))
         event(ddpm_button, ddpm_sample, [ddpm_model, ddpm_n, steps, scheduler, eta, ddpm_seed, ddpm_label, guidance],
               [ddpm_frame, ddpm_guess, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion", limit=2,

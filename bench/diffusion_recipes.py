@@ -9,10 +9,10 @@ for the same steps at the same batch size, so equal steps are equal compute; the
 wall clock (one CPU thread per run, two runs side by side).
 
 Recipe table: one row per run and sampler setting (a diffusion model: DPM-Solver++ 20 steps with and without dynamic
-thresholding; a flow-matching model: Euler 20 steps and Heun 10 steps, 19 network passes), with FID, precision,
+thresholding; a flow-matching or EDM model: Euler 20 steps and Heun 10 steps, 19 network passes), with FID, precision,
 recall and off-manifold share of n samples (seed 0) on the metric classifier's stage features (core.metrics), plus
 conditional accuracy at guidance 2 for a class-conditional model. Few-step table: one row per (sampler, steps), DDIM
-and DPM-Solver++ without thresholding (flow matching: Euler and Heun), with the seconds to draw 64 images on this
+and DPM-Solver++ without thresholding (flow matching and EDM: Euler and Heun), with the seconds to draw 64 images on this
 machine's threads. The U-Net runs in bf16 autocast unless --fp32.
 """
 import argparse
@@ -38,6 +38,8 @@ def model_folder(path: Path, at: int | None) -> Path:
 def recipe(config: dict) -> str:
     if config["prediction_type"] == "flow_prediction":
         return f"flow matching, {config.get('time_sampling', 'uniform')} σ"
+    if config["prediction_type"] == "edm":
+        return f"EDM, log-normal σ, σ_d {config['sigma_data']:g}"
     snr = f", min-SNR-{config['snr_gamma']:g}" if config.get("snr_gamma") else ""
     zero = ", zero terminal SNR" if config.get("zero_terminal_snr") else ""
     return f"{config['prediction_type']}, {config['beta_schedule']}{zero}{snr}"
@@ -47,12 +49,14 @@ def sampler_settings(model) -> list[tuple[str, str, int, dict]]:
     """(label, scheduler, steps, options) of the recipe table's rows for one model, at about 20 network passes."""
     if model.flow:
         return [("Euler 20", "euler", 20, {}), ("Heun 10", "heun", 10, {})]
+    if model.edm:
+        return [("Heun 10", "edm_heun", 10, {}), ("Euler 20", "edm_euler", 20, {})]
     return [("DPM-Solver++ 20", "dpm_solver", 20, {"thresholding": False}),
             ("DPM-Solver++ 20, thresholding", "dpm_solver", 20, {"thresholding": True})]
 
 
 def few_step_samplers(model) -> tuple[str, ...]:
-    return ("euler", "heun") if model.flow else ("ddim", "dpm_solver")
+    return ("euler", "heun") if model.flow else ("edm_euler", "edm_heun") if model.edm else ("ddim", "dpm_solver")
 
 
 def sampler_for(model, scheduler: str, options: dict | None = None):

@@ -21,6 +21,14 @@ Flow matching:            (Lipman et al. 2023; rectified flow, Liu et al. 2023) 
                           σ = sigmoid(u), u ~ N(0, 1) (Esser et al. 2024, Sec. 3.1: more weight on the middle, where
                           the velocity is hardest to guess). Sampling integrates dx/dσ = v_θ from σ = 1 to 0 with the
                           Euler or Heun scheduler (core/schedulers/flow_match.py); x̂_0 = x_σ − σ v̂.
+EDM:                      (Karras et al. 2022) with prediction type "edm" the U-Net is the F of EDM's preconditioned
+                          denoiser D(x; σ) = c_skip x + c_out F(c_in x; c_noise) on the path x_σ = x_0 + σ ε
+                          (core/schedulers/edm.py has the c's), trained on ‖F − (x_0 − c_skip x_σ)/c_out‖², which is
+                          their loss λ(σ) ‖D − x_0‖² with λ = 1/c_out² (Eq. 8, Table 1), at log-normal noise levels
+                          ln σ ~ N(−1.2, 1.2²) (P_mean, P_std: most training where the denoiser can still learn
+                          something). The network sees t = 1000 c_noise = 250 ln σ (about the span of the diffusion
+                          timesteps, which its sinusoidal embedding was made for). Sampling: EDM's Heun (Algorithm 1,
+                          the default) or Euler, from σ_max = 80; x̂_0 = D(x_σ; σ).
 Guidance:                 with labels dropped to a null label with probability p during training, one network is
                           both conditional and unconditional, and sampling uses
                           ε̃ = ε_θ(x_t, ∅) + w (ε_θ(x_t, y) − ε_θ(x_t, ∅))      (Ho & Salimans, Eq. 6; w = 1 + their w)
@@ -45,15 +53,20 @@ from core.data import Batch, ImageData
 from core.model import TrainableModel
 from core.models.unet import UNet
 from core.nn import EMA
-from core.schedulers import DIFFUSION_SCHEDULERS, FLOW_SCHEDULERS, DDPMScheduler, FlowMatchEulerDiscreteScheduler
-from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, predicted_x0
+from core.schedulers import (DIFFUSION_SCHEDULERS, EDM_SCHEDULERS, FLOW_SCHEDULERS, DDPMScheduler,
+                             EDMEulerScheduler, FlowMatchEulerDiscreteScheduler)
+from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, expand, predicted_x0
+from core.schedulers.edm import edm_noise_level, edm_scalings
 from core.schedulers.flow_match import flow_x0
 
 MAX_STEPS = 1000                 # sampling steps: at most the training timesteps of the default schedule
 GUIDANCE_RANGE = (0.0, 20.0)     # classifier-free guidance scale w (1: no guidance)
 ETA_RANGE = (0.0, 1.0)           # DDIM's η: 0 deterministic, 1 DDPM-like
 FLOW = "flow_prediction"         # the prediction type of flow matching (diffusers' name)
-OBJECTIVES = (*PREDICTION_TYPES, FLOW)
+EDM = "edm"                      # Karras et al.'s preconditioned denoiser
+OBJECTIVES = (*PREDICTION_TYPES, FLOW, EDM)
+EDM_LOG_SIGMA = (-1.2, 1.2)      # training noise levels: ln σ ~ N(P_mean, P_std²) (Karras et al., Table 1)
+EDM_TIME_SCALE = 1000.0          # the network sees t = 1000 c_noise = 250 ln σ
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
@@ -66,8 +79,9 @@ class DDPMConfig:
     dropout: float = option(0.0, "dropout in the residual blocks (Ho et al.: 0.1 on CIFAR-10)")
     num_classes: int = option(0, "0: unconditional; K > 0: class-conditional with classifier-free guidance")
     label_dropout: float = option(0.1, "probability of training a label as the null label (Ho & Salimans: 0.1-0.2)")
-    prediction_type: str = option("epsilon", "what the network predicts: ε, x_0, v, or the velocity ε − x_0 of flow "
-                                             "matching (flow_prediction)", choices=OBJECTIVES)
+    prediction_type: str = option("epsilon", "what the network predicts: ε, x_0, v, the velocity ε − x_0 of flow "
+                                             "matching (flow_prediction), or EDM's preconditioned F (edm)",
+                             choices=OBJECTIVES)
     num_train_timesteps: int = option(1000, "T")
     beta_schedule: str = option("linear", "β schedule", choices=BETA_SCHEDULES)
     beta_start: float = option(0.0001, "β_1 of the linear schedules")
@@ -76,6 +90,8 @@ class DDPMConfig:
     snr_gamma: float = option(0.0, "min-SNR-γ loss weighting (Hang et al. 2023: γ = 5); 0: the simple loss")
     time_sampling: str = option("uniform", "flow_prediction: how training draws σ (logit_normal: Esser et al. 2024)",
                                 choices=TIME_SAMPLINGS)
+    sigma_data: float = option(0.5, "edm: the data's standard deviation σ_d in the preconditioning (Fashion-MNIST in "
+                                    "[-1, 1]: 0.71; Karras et al.: 0.5)")
     shift: float = option(1.0, "flow_prediction: the samplers' σ shift s σ / (1 + (s − 1) σ) (1: none)")
     ema_decay: float = option(0.9995, "decay of the weights' moving average used for sampling (0: no EMA)")
     eval_steps: int = option(20, "steps of the default sampler for the samples and metrics logged during training")
@@ -84,6 +100,8 @@ class DDPMConfig:
     def scheduler_config(self) -> dict:
         if self.prediction_type == FLOW:
             return dict(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
+        if self.prediction_type == EDM:
+            return dict(num_train_timesteps=self.num_train_timesteps, sigma_data=self.sigma_data)
         return dict(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
                     beta_end=self.beta_end, beta_schedule=self.beta_schedule, prediction_type=self.prediction_type,
                     rescale_betas_zero_snr=self.zero_terminal_snr)
@@ -91,9 +109,11 @@ class DDPMConfig:
 
 def samplers_for(prediction_type: str) -> dict:
     """The schedulers that can sample a model of this prediction type, by name, its default first: Euler and Heun
-    for flow matching; DPM-Solver++ (the default), DDIM and DDPM for diffusion."""
+    for flow matching; EDM's Heun and Euler for EDM; DPM-Solver++ (the default), DDIM and DDPM for diffusion."""
     if prediction_type == FLOW:
         return FLOW_SCHEDULERS
+    if prediction_type == EDM:
+        return EDM_SCHEDULERS
     return {name: DIFFUSION_SCHEDULERS[name] for name in ("dpm_solver", "ddim", "ddpm")}
 
 
@@ -108,7 +128,8 @@ A denoising diffusion probabilistic model (Ho et al. 2020) trained from scratch 
 U-Net in `core/models/unet.py`). The weights are the exponential moving average kept during training. Any of
 genlab's schedulers, or diffusers' `DDPMScheduler`, `DDIMScheduler` and `DPMSolverMultistepScheduler`, samples it
 (a flow-matching model, prediction type `flow_prediction`: `FlowMatchEulerDiscreteScheduler` and
-`FlowMatchHeunDiscreteScheduler`); `scheduler_config.json` holds the training noise schedule. FID, KID, precision
+`FlowMatchHeunDiscreteScheduler`; an EDM model, prediction type `edm`: `EDMEulerScheduler` and genlab's
+`EDMHeunScheduler`); `scheduler_config.json` holds the training noise schedule. FID, KID, precision
 and recall use the features of genlab's Fashion-MNIST classifier (`checkpoints/classifier`): they compare genlab
 models with each other and are not comparable with Inception-FIDs from papers.
 """
@@ -121,8 +142,9 @@ models with each other and are not comparable with Inception-FIDs from papers.
             raise ValueError(f"prediction_type must be one of {OBJECTIVES}, beta_schedule one of {BETA_SCHEDULES}")
         if not config.snr_gamma >= 0:
             raise ValueError(f"snr_gamma must be 0 (off) or positive, got {config.snr_gamma}")
-        if config.prediction_type == FLOW and config.snr_gamma:
-            raise ValueError("min-SNR weighting is defined for diffusion (ε, x_0, v); use snr_gamma 0 with flow matching")
+        if config.prediction_type in (FLOW, EDM) and config.snr_gamma:
+            raise ValueError("min-SNR weighting is defined for diffusion (ε, x_0, v); use snr_gamma 0 with flow "
+                             "matching and EDM (which weights its loss by λ(σ) = 1/c_out²)")
         if config.zero_terminal_snr and config.prediction_type not in ("v_prediction", "sample"):
             raise ValueError("zero terminal SNR needs v or x_0 prediction: at t = T, x̂_0 = (x_T − σ ε̂)/0 (Lin et al.)")
         if config.time_sampling not in TIME_SAMPLINGS:
@@ -130,7 +152,8 @@ models with each other and are not comparable with Inception-FIDs from papers.
         self.config = config
         self.unet = UNet(config.channels, widths, config.layers_per_block, config.num_classes, dropout=config.dropout)
         self.ema = EMA(self.unet, config.ema_decay) if config.ema_decay > 0 else None
-        training_path = FlowMatchEulerDiscreteScheduler if config.prediction_type == FLOW else DDPMScheduler
+        training_path = {FLOW: FlowMatchEulerDiscreteScheduler, EDM: EDMEulerScheduler}.get(config.prediction_type,
+                                                                                               DDPMScheduler)
         self.noise_scheduler = training_path(**config.scheduler_config())
         side = 10 if config.num_classes else 8
         self.register_buffer("fixed_noise", self.noise(side * side, seed=1234))
@@ -144,6 +167,15 @@ models with each other and are not comparable with Inception-FIDs from papers.
     def flow(self) -> bool:
         """A flow-matching model (prediction type flow_prediction) rather than a diffusion model."""
         return self.config.prediction_type == FLOW
+
+    @property
+    def edm(self) -> bool:
+        """An EDM model (prediction type edm): the U-Net is the F of Karras et al.'s preconditioned denoiser."""
+        return self.config.prediction_type == EDM
+
+    def network_time(self, t: Tensor) -> Tensor:
+        """The timestep the U-Net sees for a scheduler's timestep t: t itself, or 1000 c_noise for EDM."""
+        return t * EDM_TIME_SCALE if self.edm else t
 
     @property
     def samplers(self) -> dict:
@@ -164,10 +196,17 @@ models with each other and are not comparable with Inception-FIDs from papers.
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         """Algorithm 1: t ~ U, ε ~ N(0, I), x_t by Eq. 4, one gradient step on ‖target − f_θ(x_t, t, y)‖².
-        Flow matching: σ drawn by `time_sampling`, x_σ on the straight path, target ε − x_0, t = σ T."""
+        Flow matching: σ drawn by `time_sampling`, x_σ on the straight path, target ε − x_0, t = σ T.
+        EDM: ln σ ~ N(P_mean, P_std²), x_σ = x_0 + σ ε, input c_in x_σ at t = c_noise, target (x_0 − c_skip x_σ)/c_out."""
         x0 = batch.images
         eps = torch.randn_like(x0)
-        if self.flow:
+        if self.edm:
+            mean, std = EDM_LOG_SIGMA
+            sigma = (mean + std * torch.randn(len(x0))).exp().to(x0.device)
+            c_skip, c_out, c_in = edm_scalings(expand(sigma, x0), self.noise_scheduler.config.sigma_data)
+            x_sigma = x0 + expand(sigma, x0) * eps
+            t, x_t, target = edm_noise_level(sigma), c_in * x_sigma, (x0 - c_skip * x_sigma) / c_out
+        elif self.flow:
             logit_normal = self.config.time_sampling == "logit_normal"
             sigma = torch.sigmoid(torch.randn(len(x0))) if logit_normal else torch.rand(len(x0))
             sigma = sigma.to(x0.device)
@@ -182,7 +221,7 @@ models with each other and are not comparable with Inception-FIDs from papers.
         if self.conditional:         # classifier-free guidance: train the null label K on a fraction of the batch
             drop = torch.rand(len(x0), device=x0.device) < self.config.label_dropout
             labels = torch.where(drop, torch.full_like(batch.labels, self.config.num_classes), batch.labels)
-        prediction = self.unet(x_t, t, labels)
+        prediction = self.unet(x_t, self.network_time(t), labels)
         if self.config.snr_gamma > 0:
             per_image = ((prediction.float() - target) ** 2).mean(dim=(1, 2, 3))
             loss = (self.loss_weights(t) * per_image).mean()
@@ -221,15 +260,15 @@ models with each other and are not comparable with Inception-FIDs from papers.
 
     def scheduler(self, name: str | None = None, **options):
         """A genlab scheduler on this model's training noise schedule: "ddpm", "ddim", "dpm_solver" (default) for a
-        diffusion model, "euler" (default) or "heun" for a flow-matching one. DDPM and DDIM
-        clip x̂_0 to [-1, 1] (diffusers' default). DPM-Solver++ uses dynamic thresholding for an ε-prediction model,
+        diffusion model, "euler" (default) or "heun" for a flow-matching one, "edm_heun" (default) or "edm_euler"
+        for an EDM one. DDPM and DDIM clip x̂_0 to [-1, 1] (diffusers' default). DPM-Solver++ uses dynamic thresholding for an ε-prediction model,
         as diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps
         (α_T ≈ 0.006 for the linear schedule) turns small errors in ε̂ into saturated speckle. A v-prediction model
         needs none (x̂_0 = α_t x_t − σ_t v̂ amplifies nothing) and samples better without it
         (bench/diffusion_recipes.py: recall 0.45 against 0.37 with it)."""
         name = self.default_sampler if name is None else name
         if name not in self.samplers:
-            kind = "flow-matching" if self.flow else "diffusion"
+            kind = "flow-matching" if self.flow else "EDM" if self.edm else "diffusion"
             raise ValueError(f"a {kind} model samples with a scheduler of {sorted(self.samplers)}, got {name!r}")
         threshold = name == "dpm_solver" and self.config.prediction_type == "epsilon"
         defaults = {"thresholding": True} if threshold else {}
@@ -238,9 +277,12 @@ models with each other and are not comparable with Inception-FIDs from papers.
         return self.samplers[name].from_config(self.config.scheduler_config(), **{**defaults, **options})
 
     def predicted_x0(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """x̂_0 from the network's output at (x_t, t): Ho et al. Eq. 15 and its v / x_0 forms, or x_σ − σ v̂."""
+        """x̂_0 from the network's output at (x_t, t): Ho et al. Eq. 15 and its v / x_0 forms, x_σ − σ v̂ (flow), or
+        D(x_σ; σ) with σ = exp(4 t) (EDM)."""
         if self.flow:
             return flow_x0(output, x_t, float(t) / self.config.num_train_timesteps)
+        if self.edm:
+            return self.noise_scheduler.precondition_outputs(x_t, output, torch.exp(4 * t.float().cpu()))
         abar = self.noise_scheduler.alphas_cumprod[int(t)]
         return predicted_x0(self.config.prediction_type, output, x_t, abar ** 0.5, (1 - abar) ** 0.5)
 
@@ -250,9 +292,10 @@ models with each other and are not comparable with Inception-FIDs from papers.
         net = self.denoiser
         with self.autocast():
             if labels is None or guidance_scale == 1.0:
-                return net(x_t, t, labels).float()
+                return net(x_t, self.network_time(t), labels).float()
             null = torch.full_like(labels, self.config.num_classes)
-            conditional, unconditional = net(torch.cat([x_t, x_t]), t, torch.cat([labels, null])).float().chunk(2)
+            conditional, unconditional = net(torch.cat([x_t, x_t]), self.network_time(t),
+                                             torch.cat([labels, null])).float().chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 
     def labels_for(self, n: int, label: int | Tensor | None) -> Tensor | None:

@@ -238,6 +238,16 @@ class Scheduler:
             return x0.clamp_(-r, r) if fresh else x0.clamp(-r, r)
         return x0
 
+    def _advance(self) -> tuple[Tensor, Tensor]:
+        """(σ, σ') of the next call of a σ-indexed scheduler's `step` (flow matching, EDM): `sigmas` holds the σ's
+        in the order the calls visit them, ending at the last step's target; `step_index` counts the calls."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step")
+        if self.step_index >= len(self.sigmas) - 1:
+            raise ValueError(f"all {self.num_inference_steps} steps are done: call set_timesteps again")
+        self.step_index += 1
+        return self.sigmas[self.step_index - 1], self.sigmas[self.step_index]
+
     def _check_steps(self, n: int) -> None:
         if not isinstance(n, (int, np.integer)) or not 1 <= n <= self.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be an integer from 1 to {self.config.num_train_timesteps} "

@@ -71,14 +71,6 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         sigma = sigma.reshape(-1, *([1] * (sample.ndim - 1))) if sigma.ndim else sigma
         return sigma * noise + (1.0 - sigma) * sample
 
-    def _advance(self) -> tuple[Tensor, Tensor]:
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step")
-        if self.step_index >= len(self.sigmas) - 1:
-            raise ValueError(f"all {self.num_inference_steps} steps are done: call set_timesteps again")
-        self.step_index += 1
-        return self.sigmas[self.step_index - 1], self.sigmas[self.step_index]
-
     def step(self, model_output: Tensor, timestep: float | Tensor, sample: Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
         """x_σ → x_{σ'} by one Euler step (diffusers: dt = sigma_next − sigma). The steps go in the order of
