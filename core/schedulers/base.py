@@ -252,3 +252,38 @@ class Scheduler:
         if not isinstance(n, (int, np.integer)) or not 1 <= n <= self.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be an integer from 1 to {self.config.num_train_timesteps} "
                              f"(num_train_timesteps), got {n!r}")
+
+
+class HeunSteps:
+    """Heun's second-order step (Karras et al. 2022, Algorithm 1) for a σ-indexed scheduler whose `sigmas` visit
+    every σ after the first twice (`visited_twice`): the first call of a step makes the Euler guess x̃ = x + dt d at
+    σ' (keeping d = (x − x̂_0)/σ, dt = σ' − σ and x); the second, with the network evaluated at x̃, lands at
+    x + dt · ½ (d + d̃). A step to σ' = 0 stays Euler. diffusers' names: prev_derivative = d, sample (kept) = x."""
+    order = 2
+    derivative = dt = start = None
+
+    @staticmethod
+    def visited_twice(sigmas: Tensor) -> Tensor:
+        """σ_0, σ_1, …, σ_{n−1}, σ_n → σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, σ_n."""
+        return torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """True when the next call starts a step (an Euler guess); False when it corrects one."""
+        return self.dt is None
+
+    def heun_step(self, sample: Tensor, denoise) -> tuple[Tensor, Tensor]:
+        """(x after this call, x̂_0), where denoise(x, σ) is x̂_0 from the network's output at x."""
+        if self.state_in_first_order:
+            sigma, sigma_next = self._advance()
+            denoised = denoise(sample, sigma)
+            derivative, dt = (sample - denoised) / sigma, sigma_next - sigma
+            if sigma_next > 0:
+                self.derivative, self.dt, self.start = derivative, dt, sample
+        else:
+            sigma = self._advance()[0]                                # σ', visited a second time
+            denoised = denoise(sample, sigma)
+            derivative = 0.5 * (self.derivative + (sample - denoised) / sigma)
+            dt, sample = self.dt, self.start
+            self.derivative = self.dt = self.start = None
+        return sample + derivative * dt, denoised

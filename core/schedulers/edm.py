@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput
+from core.schedulers.base import HeunSteps, Scheduler, SchedulerOutput
 
 SIGMA_SCHEDULES = ("karras", "exponential")
 EDM_PREDICTION_TYPES = ("epsilon", "v_prediction")       # diffusers' names for the sign of c_out: + and −
@@ -94,11 +94,6 @@ class EDMEulerScheduler(Scheduler):
         c_out = c_out if self.config.prediction_type == "epsilon" else -c_out
         return c_skip * sample + c_out * model_output
 
-    def _derivative(self, sample: Tensor, model_output: Tensor, sigma) -> tuple[Tensor, Tensor]:
-        """(d, D): the ODE's slope (x − D(x; σ)) / σ and the denoised image it comes from."""
-        denoised = self.precondition_outputs(sample, model_output, sigma)
-        return (sample - denoised) / sigma, denoised
-
     def step(self, model_output: Tensor, timestep: float | Tensor, sample: Tensor, s_churn: float = 0.0,
              s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
@@ -109,51 +104,33 @@ class EDMEulerScheduler(Scheduler):
             raise ValueError("EDM churn is not implemented in genlab: use s_churn=0 (the deterministic sampler)")
         sigma, sigma_next = self._advance()
         sample = sample.to(torch.float32)
-        derivative, denoised = self._derivative(sample, model_output, sigma)
+        denoised = self.precondition_outputs(sample, model_output, sigma)
+        derivative = (sample - denoised) / sigma                     # the ODE's slope (x − D(x; σ)) / σ
         prev_sample = (sample + derivative * (sigma_next - sigma)).to(model_output.dtype)
         return SchedulerOutput(prev_sample, denoised) if return_dict else (prev_sample, denoised)
 
 
-class EDMHeunScheduler(EDMEulerScheduler):
+class EDMHeunScheduler(HeunSteps, EDMEulerScheduler):
     """Karras et al.'s Algorithm 1 (deterministic, second order). diffusers has no EDM Heun: the tests compare it with
     the algorithm written out as a loop."""
-    order = 2
 
     def __init__(self, **options):
         super().__init__(**options)
         if self.config.final_sigmas_type != "zero":
             raise ValueError("EDMHeunScheduler ends at σ = 0 (Algorithm 1): final_sigmas_type must be 'zero'")
-        self.derivative = self.dt = self.start = None
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """As Euler's, with every σ after the first visited twice (the Euler guess, then the correction):
         sigmas σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0 and timesteps c_noise of all but the last."""
         super().set_timesteps(num_inference_steps, device)
-        s = self.sigmas
-        self.sigmas = torch.cat([s[:1], s[1:-1].repeat_interleave(2), s[-1:]])
+        self.sigmas = self.visited_twice(self.sigmas)
         self.timesteps = edm_noise_level(self.sigmas[:-1])
         self.derivative = self.dt = self.start = None
 
-    @property
-    def state_in_first_order(self) -> bool:
-        """True when the next call starts a step (an Euler guess); False when it corrects one."""
-        return self.dt is None
-
     def step(self, model_output: Tensor, timestep: float | Tensor, sample: Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
-        """First call of a step: the Euler guess x̃ (kept: d_i, dt = σ_{i+1} − σ_i, x_i), or the whole last step
-        when σ_{i+1} = 0. Second call, with F(x̃) at σ_{i+1}: x_{i+1} = x_i + dt · ½ (d_i + d̃)."""
-        sample = sample.to(torch.float32)
-        if self.state_in_first_order:
-            sigma, sigma_next = self._advance()
-            derivative, denoised = self._derivative(sample, model_output, sigma)
-            dt = sigma_next - sigma
-            if sigma_next > 0:
-                self.derivative, self.dt, self.start = derivative, dt, sample
-        else:
-            sigma = self._advance()[0]                      # σ_{i+1}, visited a second time
-            correction, denoised = self._derivative(sample, model_output, sigma)
-            derivative, dt, sample = 0.5 * (self.derivative + correction), self.dt, self.start
-            self.derivative = self.dt = self.start = None
-        prev_sample = (sample + derivative * dt).to(model_output.dtype)
+        """Heun's step (`HeunSteps`) with x̂_0 = D(x; σ)."""
+        prev_sample, denoised = self.heun_step(sample.to(torch.float32),
+                                               lambda x, sigma: self.precondition_outputs(x, model_output, sigma))
+        prev_sample = prev_sample.to(model_output.dtype)
         return SchedulerOutput(prev_sample, denoised) if return_dict else (prev_sample, denoised)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput
+from core.schedulers.base import HeunSteps, Scheduler, SchedulerOutput
 
 
 def shifted(sigmas, shift: float):
@@ -80,45 +80,18 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
         return SchedulerOutput(prev_sample) if return_dict else (prev_sample,)
 
 
-class FlowMatchHeunDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
-    order = 2
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.derivative = self.dt = self.start = None
-
+class FlowMatchHeunDiscreteScheduler(HeunSteps, FlowMatchEulerDiscreteScheduler):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """As Euler's, with every σ after the first visited twice (the Euler guess, then the correction):
-        timesteps t_0, t_1, t_1, …, t_{n−1}, t_{n−1}; sigmas σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0."""
+        sigmas σ_0, σ_1, σ_1, …, σ_{n−1}, σ_{n−1}, 0; timesteps σ T of all but the last."""
         sigmas = self._inference_sigmas(num_inference_steps).to(device)
-        timesteps = sigmas * self.config.num_train_timesteps
-        self.timesteps = torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)])
-        sigmas = torch.cat([sigmas, torch.zeros(1, device=sigmas.device)])
-        self.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+        self.sigmas = self.visited_twice(torch.cat([sigmas, torch.zeros(1, device=sigmas.device)]))
+        self.timesteps = self.sigmas[:-1] * self.config.num_train_timesteps
         self.derivative = self.dt = self.start = None
-
-    @property
-    def state_in_first_order(self) -> bool:
-        """True when the next call starts a step (an Euler guess); False when it corrects one."""
-        return self.dt is None
 
     def step(self, model_output: Tensor, timestep: float | Tensor, sample: Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
-        """First call of a step: the Euler guess x̃ at σ' (kept: derivative d = v̂, dt = σ' − σ, start x_σ). Second
-        call, with v̂(x̃, σ'): x_{σ'} = x_σ + dt · ½ (d + v̂(x̃, σ')). diffusers' names: denoised = x̂_0,
-        derivative = (x − x̂_0)/σ = v̂, prev_derivative = d, sample (stored) = x_σ."""
-        sample = sample.to(torch.float32)
-        if self.state_in_first_order:
-            sigma, sigma_next = self._advance()
-            denoised = flow_x0(model_output, sample, sigma)
-            derivative = (sample - denoised) / sigma
-            self.derivative, self.dt, self.start = derivative, sigma_next - sigma, sample
-            dt = self.dt
-        else:
-            sigma_next = self._advance()[0]                      # the σ' of this step, visited a second time
-            denoised = flow_x0(model_output, sample, sigma_next)
-            derivative = 0.5 * (self.derivative + (sample - denoised) / sigma_next)
-            dt, sample = self.dt, self.start
-            self.derivative = self.dt = self.start = None
-        prev_sample = (sample + derivative * dt).to(model_output.dtype)
+        """Heun's step (`HeunSteps`) with x̂_0 = x_σ − σ v̂, so that d = v̂."""
+        prev_sample, _ = self.heun_step(sample.to(torch.float32), lambda x, sigma: flow_x0(model_output, x, sigma))
+        prev_sample = prev_sample.to(model_output.dtype)
         return SchedulerOutput(prev_sample) if return_dict else (prev_sample,)
