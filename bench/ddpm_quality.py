@@ -4,11 +4,13 @@
     python bench/ddpm_quality.py checkpoints/ddpm-cond [--n 5000] [--n-other 2000] [--write]
 
 Unconditional model: FID/KID, precision/recall and class coverage of n samples for DDIM 50 steps and DPM-Solver++
-10 and 20 steps, against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of
-core.metrics). Conditional model: the same for DPM-Solver++ 20 steps at guidance scales 1, 2 and 4, plus conditional
+10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, Heun 10, Heun 20; the
+last row, the model's default sampler with 20 steps, is the headline), against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of
+core.metrics). Conditional model: the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional
 accuracy (the classifier's agreement with the requested class; labels cycle 0..9). Sampling runs the U-Net in
 bf16 autocast unless --fp32 (the scheduler arithmetic stays float32). --write puts the rows into the checkpoint's
-eval.json (headline scalars: the DPM-Solver++ 20-step row; guidance 2 for a conditional model) and rewrites its card.
+eval.json (headline scalars: the default sampler's 20-step row; guidance 2 for a conditional model) and rewrites its
+card.
 """
 import argparse
 import json
@@ -23,12 +25,17 @@ from core.evaluate import metric_yardstick
 from core.hub import load_model, write_model_card
 
 COLUMNS = ("fid", "kid", "precision", "recall", "classes_covered", "kl_to_uniform")
+LABELS = {"ddim": "DDIM", "dpm_solver": "DPM-Solver++", "euler": "Euler", "heun": "Heun", "edm_euler": "Euler (EDM)",
+          "edm_heun": "Heun (EDM)"}
+ROWS = {"diffusion": [("ddim", 50), ("dpm_solver", 10), ("dpm_solver", 20)],     # (scheduler, steps); the last row,
+        "flow": [("euler", 10), ("heun", 10), ("euler", 20)],                     # the default with 20 steps, is
+        "edm": [("edm_euler", 20), ("edm_heun", 10), ("edm_heun", 20)]}           # the headline
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--n", type=int, default=10_000, help="samples for the headline row (DPM-Solver++ 20 steps)")
+    parser.add_argument("--n", type=int, default=10_000, help="samples for the headline row (default sampler, 20 steps)")
     parser.add_argument("--n-other", type=int, default=0, help="samples for the other rows (default: --n)")
     parser.add_argument("--fp32", action="store_true", help="run the U-Net in float32")
     parser.add_argument("--write", action="store_true")
@@ -37,25 +44,26 @@ def main() -> None:
     yardstick = metric_yardstick()
     test = load_dataset("fashion-mnist", "test")
     conditional = model.conditional
-    rows = ([("DPM-Solver++", 20, w) for w in (1.0, 2.0, 4.0)] if conditional
-            else [("DDIM", 50, 1.0), ("DPM-Solver++", 10, 1.0), ("DPM-Solver++", 20, 1.0)])
+    kind = "flow" if model.flow else "edm" if model.edm else "diffusion"
+    rows = ([(model.default_sampler, 20, w) for w in (1.0, 2.0, 4.0)] if conditional
+            else [(name, steps, 1.0) for name, steps in ROWS[kind]])
     columns = COLUMNS + (("conditional_accuracy",) if conditional else ())
     lines = ["| sampler | steps | guidance | samples | " + " | ".join(columns) + " | seconds |",
              "|---" * (len(columns) + 5) + "|"]
     headline = {}
-    for name, steps, guidance in rows:
-        is_headline = name == "DPM-Solver++" and steps == 20 and guidance == (2.0 if conditional else 1.0)
+    for scheduler, steps, guidance in rows:
+        name = LABELS[scheduler]
+        is_headline = scheduler == model.default_sampler and steps == 20 and guidance == (2.0 if conditional else 1.0)
         n = args.n if is_headline or not args.n_other else args.n_other
         start = time.perf_counter()
-        images = model.sample(n, steps, "ddim" if name == "DDIM" else "dpm_solver", seed=0,
-                              guidance_scale=guidance)
+        images = model.sample(n, steps, scheduler, seed=0, guidance_scale=guidance)
         seconds = time.perf_counter() - start
         scores = yardstick.score(images, model.labels_for(n, None), data=test)
         cells = [f"{100 * scores[c]:.2f}%" if c == "conditional_accuracy" else f"{scores[c]:.4g}" for c in columns]
         lines.append(f"| {name} | {steps} | {guidance:g} | {n} | " + " | ".join(cells) + f" | {seconds:.0f} |")
         print(lines[-1], flush=True)
         if is_headline:
-            headline = {**scores, "samples": n, "sampler": "DPM-Solver++ 20 steps", "guidance_scale": guidance}
+            headline = {**scores, "samples": n, "sampler": f"{name} 20 steps", "guidance_scale": guidance}
     title = (f"Sample quality by sampler (U-Net in {'float32' if args.fp32 else 'bf16 autocast'}; seconds on "
              f"{torch.get_num_threads()} CPU thread(s))")
     table = "\n".join(lines)
