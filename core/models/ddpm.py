@@ -203,8 +203,9 @@ models with each other and are not comparable with Inception-FIDs from papers.
         if self.edm:
             mean, std = EDM_LOG_SIGMA
             sigma = (mean + std * torch.randn(len(x0))).exp().to(x0.device)
-            c_skip, c_out, c_in = edm_scalings(expand(sigma, x0), self.noise_scheduler.config.sigma_data)
-            x_sigma = x0 + expand(sigma, x0) * eps
+            per_image = expand(sigma, x0)                                       # (B, 1, 1, 1)
+            c_skip, c_out, c_in = edm_scalings(per_image, self.noise_scheduler.config.sigma_data)
+            x_sigma = x0 + per_image * eps
             t, x_t, target = edm_noise_level(sigma), c_in * x_sigma, (x0 - c_skip * x_sigma) / c_out
         elif self.flow:
             logit_normal = self.config.time_sampling == "logit_normal"
@@ -261,8 +262,8 @@ models with each other and are not comparable with Inception-FIDs from papers.
     def scheduler(self, name: str | None = None, **options):
         """A genlab scheduler on this model's training noise schedule: "ddpm", "ddim", "dpm_solver" (default) for a
         diffusion model, "euler" (default) or "heun" for a flow-matching one, "edm_heun" (default) or "edm_euler"
-        for an EDM one. DDPM and DDIM clip x̂_0 to [-1, 1] (diffusers' default). DPM-Solver++ uses dynamic thresholding for an ε-prediction model,
-        as diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps
+        for an EDM one. DDPM and DDIM clip x̂_0 to [-1, 1] (diffusers' default). DPM-Solver++ uses dynamic
+        thresholding for an ε-prediction model, as diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps
         (α_T ≈ 0.006 for the linear schedule) turns small errors in ε̂ into saturated speckle. A v-prediction model
         needs none (x̂_0 = α_t x_t − σ_t v̂ amplifies nothing) and samples better without it
         (bench/diffusion_recipes.py: recall 0.45 against 0.37 with it)."""
