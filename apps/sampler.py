@@ -237,7 +237,8 @@ def class_picker(model, family):
 
 
 SAMPLER_LABELS = {"dpm_solver": "DPM-Solver++", "ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler (flow matching)",
-                  "heun": "Heun (flow matching)", "edm_heun": "Heun (EDM)", "edm_euler": "Euler (EDM)"}
+                  "heun": "Heun (flow matching)", "edm_heun": "Heun (EDM)", "edm_euler": "Euler (EDM)",
+                  "edm_dpm_solver": "DPM-Solver++ (EDM)"}
 
 
 def scheduler_picker(model):
@@ -450,8 +451,8 @@ Liu et al. 2023; give its Hub id) learns the straight path $x_\sigma = (1-\sigma
 velocity $\varepsilon - x_0$; Euler or Heun integrate that velocity from $\sigma = 1$ to $0$, and
 $\hat x_0 = x_\sigma - \sigma v_\theta$. An **EDM** model (Karras et al. 2022) learns the network inside the
 denoiser $D(x;\sigma) = c_\text{skip}x + c_\text{out}F_\theta(c_\text{in}x; \tfrac14\ln\sigma)$ on
-$x_\sigma = x_0 + \sigma\varepsilon$; Heun (its Algorithm 1) or Euler solve $dx/d\sigma = (x - D)/\sigma$ from
-$\sigma = 80$ to $0$, and $\hat x_0 = D$.""",
+$x_\sigma = x_0 + \sigma\varepsilon$; Heun (its Algorithm 1), Euler or DPM-Solver++ (one network pass a step)
+solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $0$, and $\hat x_0 = D$.""",
               pipeline.model_names("ddpm"))
         event(ddpm_button, ddpm_sample, [ddpm_model, ddpm_n, steps, scheduler, eta, ddpm_seed, ddpm_label, guidance],
               [ddpm_frame, ddpm_guess, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion", limit=2,

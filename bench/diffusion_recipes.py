@@ -50,13 +50,14 @@ def sampler_settings(model) -> list[tuple[str, str, int, dict]]:
     if model.flow:
         return [("Euler 20", "euler", 20, {}), ("Heun 10", "heun", 10, {})]
     if model.edm:
-        return [("Heun 10", "edm_heun", 10, {}), ("Euler 20", "edm_euler", 20, {})]
+        return [("Heun 10", "edm_heun", 10, {}), ("Euler 20", "edm_euler", 20, {}),
+                ("DPM-Solver++ 20", "edm_dpm_solver", 20, {})]
     return [("DPM-Solver++ 20", "dpm_solver", 20, {"thresholding": False}),
             ("DPM-Solver++ 20, thresholding", "dpm_solver", 20, {"thresholding": True})]
 
 
 def few_step_samplers(model) -> tuple[str, ...]:
-    return ("euler", "heun") if model.flow else ("edm_euler", "edm_heun") if model.edm else ("ddim", "dpm_solver")
+    return ("euler", "heun") if model.flow else ("edm_euler", "edm_heun", "edm_dpm_solver") if model.edm else ("ddim", "dpm_solver")
 
 
 def sampler_for(model, scheduler: str, options: dict | None = None):

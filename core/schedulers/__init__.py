@@ -1,17 +1,19 @@
 """Noise schedulers written from scratch with the diffusers API: DDPM, DDIM and DPM-Solver++ (2M) for diffusion models,
-Euler and Heun for flow-matching models, Euler and Heun for EDM models."""
+Euler and Heun for flow-matching models, Euler, Heun and DPM-Solver++ for EDM models."""
 from core.schedulers.base import Scheduler, SchedulerOutput
 from core.schedulers.ddim import DDIMScheduler
 from core.schedulers.ddpm import DDPMScheduler
 from core.schedulers.dpm_solver import DPMSolverMultistepScheduler
-from core.schedulers.edm import EDMEulerScheduler, EDMHeunScheduler
+from core.schedulers.edm import EDMDPMSolverMultistepScheduler, EDMEulerScheduler, EDMHeunScheduler
 from core.schedulers.flow_match import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
 DIFFUSION_SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
 FLOW_SCHEDULERS = {"euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler}
-EDM_SCHEDULERS = {"edm_heun": EDMHeunScheduler, "edm_euler": EDMEulerScheduler}
+EDM_SCHEDULERS = {"edm_heun": EDMHeunScheduler, "edm_euler": EDMEulerScheduler,
+                  "edm_dpm_solver": EDMDPMSolverMultistepScheduler}
 SCHEDULERS = {**DIFFUSION_SCHEDULERS, **FLOW_SCHEDULERS, **EDM_SCHEDULERS}
 
 __all__ = ["Scheduler", "SchedulerOutput", "DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "EDMEulerScheduler",
-           "EDMHeunScheduler", "SCHEDULERS", "DIFFUSION_SCHEDULERS", "FLOW_SCHEDULERS", "EDM_SCHEDULERS"]
+           "EDMHeunScheduler", "EDMDPMSolverMultistepScheduler", "SCHEDULERS", "DIFFUSION_SCHEDULERS",
+           "FLOW_SCHEDULERS", "EDM_SCHEDULERS"]

@@ -29,17 +29,21 @@ class DPMSolverMultistepScheduler(Scheduler):
     def __init__(self, **options):
         super().__init__(**options)
         c = self.config
-        if c.algorithm_type != "dpmsolver++" or c.solver_order not in (1, 2) or c.solver_type not in ("midpoint", "heun"):
-            raise ValueError("genlab implements DPM-Solver++ (algorithm_type='dpmsolver++') of solver_order 1 or 2 "
-                             "with solver_type 'midpoint' or 'heun'")
-        if c.final_sigmas_type not in ("zero", "sigma_min"):
-            raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {c.final_sigmas_type!r}")
+        self._check_solver()
         if c.rescale_betas_zero_snr:          # ᾱ_T = 0 would make σ̃_T infinite: diffusers' smallest float16 instead
             self.alphas_cumprod[-1] = 2 ** -24
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
         self.timesteps = torch.from_numpy(np.linspace(0, c.num_train_timesteps - 1, c.num_train_timesteps,
                                                       dtype=np.float32)[::-1].copy())
         self._reset()
+
+    def _check_solver(self) -> None:
+        c = self.config
+        if c.algorithm_type != "dpmsolver++" or c.solver_order not in (1, 2) or c.solver_type not in ("midpoint", "heun"):
+            raise ValueError("genlab implements DPM-Solver++ (algorithm_type='dpmsolver++') of solver_order 1 or 2 "
+                             "with solver_type 'midpoint' or 'heun'")
+        if c.final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {c.final_sigmas_type!r}")
 
     def _reset(self) -> None:
         self.model_outputs: list[Tensor | None] = [None] * self.config.solver_order

@@ -305,7 +305,7 @@ def test_edm_heun_runs_the_network_twice_per_step_but_the_last_from_sigma_max():
 
 def test_edm_refuses_other_samplers_and_min_snr_and_exports_a_config_diffusers_samples_with(tiny_config):
     import dataclasses
-    with pytest.raises(ValueError, match=r"an? EDM model samples with a scheduler of \['edm_euler', 'edm_heun'\]"):
+    with pytest.raises(ValueError, match=r"an? EDM model samples with a scheduler of \['edm_dpm_solver', 'edm_euler', 'edm_heun'\]"):
         fixed_model(**EDM).sample(2, steps=2, scheduler="dpm_solver")
     with pytest.raises(ValueError, match="a diffusion model samples"):
         fixed_model().sample(2, steps=2, scheduler="edm_heun")
@@ -319,3 +319,6 @@ def test_edm_refuses_other_samplers_and_min_snr_and_exports_a_config_diffusers_s
     assert loaded.edm and type(loaded.scheduler()) is schedulers.EDMHeunScheduler
     torch.testing.assert_close(loaded.sample(2, steps=3, scheduler=scheduler, seed=1),
                                model.sample(2, steps=3, scheduler="edm_euler", seed=1))
+    scheduler = diffusers.EDMDPMSolverMultistepScheduler.from_pretrained(folder)
+    torch.testing.assert_close(loaded.sample(2, steps=4, scheduler=scheduler, seed=1),
+                               model.sample(2, steps=4, scheduler="edm_dpm_solver", seed=1))
