@@ -4,7 +4,7 @@
     python bench/ddpm_quality.py checkpoints/ddpm-cond [--n 5000] [--n-other 2000] [--write]
 
 Unconditional model: FID/KID, precision/recall and class coverage of n samples for DDIM 50 steps and DPM-Solver++
-10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, DPM-Solver++ 10 and 20, Heun 10, Heun 20; the
+10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, Heun 10 and 20, DPM-Solver++ 10, DPM-Solver++ 20; the
 last row, the model's default sampler with 20 steps, is the headline), against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of
 core.metrics). Conditional model: the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional
 accuracy (the classifier's agreement with the requested class; labels cycle 0..9). Sampling runs the U-Net in
@@ -30,8 +30,8 @@ LABELS = {"ddim": "DDIM", "dpm_solver": "DPM-Solver++", "euler": "Euler", "heun"
           "edm_heun": "Heun (EDM)"}
 ROWS = {"diffusion": [("ddim", 50), ("dpm_solver", 10), ("dpm_solver", 20)],     # (scheduler, steps); the last row,
         "flow": [("euler", 10), ("heun", 10), ("euler", 20)],                     # the default with 20 steps, is
-        "edm": [("edm_euler", 20), ("edm_dpm_solver", 10), ("edm_dpm_solver", 20), ("edm_heun", 10),
-                ("edm_heun", 20)]}                                               # the headline
+        "edm": [("edm_euler", 20), ("edm_heun", 10), ("edm_heun", 20), ("edm_dpm_solver", 10),
+                ("edm_dpm_solver", 20)]}                                         # the headline
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ def test_shipped_ddpm_turns_pure_noise_into_recognisable_clothes(fashion_test, f
     while the one-shot x̂_0 from pure noise (what an autoencoder 'denoiser' returns) is one average blob."""
     model, images = fresh_samples("ddpm")
     yardstick = metric_yardstick()
-    shortcut = next(model.denoise(len(images), 1, "ddim", seed=11))[2].clamp(-1, 1)      # x̂_0 at t = T, one step
+    shortcut = next(model.denoise(len(images), 1, seed=11))[2].clamp(-1, 1)      # x̂_0 from pure noise, one step
     sampled, blob = (yardstick.score(x, data=fashion_test) for x in (images, shortcut))
     assert sampled["classes_covered"] >= 9 and blob["classes_covered"] <= 2
     assert sampled["fid"] < blob["fid"] / 3

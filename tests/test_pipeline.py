@@ -131,7 +131,7 @@ def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path
     monkeypatch.setattr(P, "resolve", lambda spec, allow_local: tmp_path)         # as if pulled from the Hub
     assert P.sampler_names("someone/flow") == ("euler", "heun")
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "edm"}')
-    assert P.sampler_names("someone/edm") == ("edm_heun", "edm_euler", "edm_dpm_solver")
+    assert P.sampler_names("someone/edm") == ("edm_dpm_solver", "edm_heun", "edm_euler")
     assert {"euler", "heun", "edm_heun", "edm_euler", "edm_dpm_solver", "dpm_solver", "ddim", "ddpm"} == set(P.SCHEDULERS)
 
 

@@ -109,7 +109,7 @@ class DDPMConfig:
 
 def samplers_for(prediction_type: str) -> dict:
     """The schedulers that can sample a model of this prediction type, by name, its default first: Euler and Heun
-    for flow matching; EDM's Heun and Euler for EDM; DPM-Solver++ (the default), DDIM and DDPM for diffusion."""
+    for flow matching; DPM-Solver++, Heun and Euler for EDM; DPM-Solver++, DDIM and DDPM for diffusion."""
     if prediction_type == FLOW:
         return FLOW_SCHEDULERS
     if prediction_type == EDM:
@@ -261,7 +261,7 @@ models with each other and are not comparable with Inception-FIDs from papers.
 
     def scheduler(self, name: str | None = None, **options):
         """A genlab scheduler on this model's training noise schedule: "ddpm", "ddim", "dpm_solver" (default) for a
-        diffusion model, "euler" (default) or "heun" for a flow-matching one, "edm_heun" (default), "edm_euler" or "edm_dpm_solver"
+        diffusion model, "euler" (default) or "heun" for a flow-matching one, "edm_dpm_solver" (default), "edm_heun" or "edm_euler"
         for an EDM one. DDPM and DDIM clip x̂_0 to [-1, 1] (diffusers' default). DPM-Solver++ uses dynamic
         thresholding for an ε-prediction model, as diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps
         (α_T ≈ 0.006 for the linear schedule) turns small errors in ε̂ into saturated speckle. A v-prediction model

@@ -9,8 +9,8 @@ from core.schedulers.flow_match import FlowMatchEulerDiscreteScheduler, FlowMatc
 
 DIFFUSION_SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
 FLOW_SCHEDULERS = {"euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler}
-EDM_SCHEDULERS = {"edm_heun": EDMHeunScheduler, "edm_euler": EDMEulerScheduler,
-                  "edm_dpm_solver": EDMDPMSolverMultistepScheduler}
+EDM_SCHEDULERS = {"edm_dpm_solver": EDMDPMSolverMultistepScheduler, "edm_heun": EDMHeunScheduler,
+                  "edm_euler": EDMEulerScheduler}
 SCHEDULERS = {**DIFFUSION_SCHEDULERS, **FLOW_SCHEDULERS, **EDM_SCHEDULERS}
 
 __all__ = ["Scheduler", "SchedulerOutput", "DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",

@@ -292,15 +292,18 @@ def test_edm_training_draws_log_normal_sigma_and_its_target_makes_d_the_clean_im
     torch.testing.assert_close(model.predicted_x0(exact, x_sigma, 0.25 * sigma.log()), x0, rtol=1e-4, atol=1e-5)
 
 
-def test_edm_heun_runs_the_network_twice_per_step_but_the_last_from_sigma_max():
+def test_edm_heun_runs_the_network_twice_per_step_but_the_last_and_dpm_solver_once_per_step():
     model = fixed_model(**EDM)
     calls = []
     predict = model.predict
     model.predict = lambda *args: calls.append(float(model.network_time(args[1]))) or predict(*args)
-    steps = list(model.denoise(2, 5, seed=0))                            # the default: EDM's Heun
+    steps = list(model.denoise(2, 5, "edm_heun", seed=0))
     assert [i for i, _, _ in steps] == [0, 1, 2, 3, 4] and len(calls) == 2 * 5 - 1
     assert calls[0] == pytest.approx(250 * math.log(80.0)) and calls[1] == calls[2] > calls[3] == calls[4]
     assert calls[-1] == pytest.approx(250 * math.log(0.002), rel=1e-5)
+    heun_noise_levels, calls[:] = sorted(set(calls)), []
+    assert model.default_sampler == "edm_dpm_solver" and len(list(model.denoise(2, 5, seed=0))) == 5
+    assert calls == pytest.approx(sorted(heun_noise_levels, reverse=True), rel=1e-5)   # the same 5 σ's, once each
 
 
 def test_edm_refuses_other_samplers_and_min_snr_and_exports_a_config_diffusers_samples_with(tiny_config):
@@ -316,7 +319,7 @@ def test_edm_refuses_other_samplers_and_min_snr_and_exports_a_config_diffusers_s
     folder = train(model, cfg, "ddpm") / "model"
     scheduler = diffusers.EDMEulerScheduler.from_pretrained(folder)
     loaded = load_model(folder).set_precision(model.precision)
-    assert loaded.edm and type(loaded.scheduler()) is schedulers.EDMHeunScheduler
+    assert loaded.edm and type(loaded.scheduler()) is schedulers.EDMDPMSolverMultistepScheduler
     torch.testing.assert_close(loaded.sample(2, steps=3, scheduler=scheduler, seed=1),
                                model.sample(2, steps=3, scheduler="edm_euler", seed=1))
     scheduler = diffusers.EDMDPMSolverMultistepScheduler.from_pretrained(folder)
