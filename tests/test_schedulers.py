@@ -293,14 +293,17 @@ EDM_MATRIX = list(itertools.product(("karras", "exponential"), ("epsilon", "v_pr
                                     (1, 10, 50)))
 
 
-@pytest.mark.parametrize("sigma_schedule,prediction_type,final,steps", EDM_MATRIX)
-def test_edm_euler_matches_diffusers(sigma_schedule, prediction_type, final, steps):
-    """σ's, timesteps (c_noise), the first sample's scale, c_in of scale_model_input, and every step's x_{i+1} and
-    D bit for bit, for float32 and bf16 network outputs."""
-    options = dict(sigma_schedule=sigma_schedule, prediction_type=prediction_type, final_sigmas_type=final)
-    mine, ref = pair("EDMEulerScheduler", **options)
+def same_edm_schedules(name: str, **options):
+    """Ours and diffusers' class with the same σ's, timesteps (c_noise) and first sample's scale."""
+    mine, ref = pair(name, **options)
     assert torch.equal(mine.sigmas, ref.sigmas) and torch.equal(mine.timesteps, ref.timesteps)
     assert mine.init_noise_sigma == ref.init_noise_sigma
+    return mine, ref
+
+
+def compare_edm_steps(mine, ref, steps: int, denoised: bool) -> None:
+    """After set_timesteps(steps): the same schedule, then c_in of scale_model_input and every step's x_{i+1} (and
+    D when `denoised`) bit for bit, the network outputs alternating float32 and bf16; the steps chain."""
     mine.set_timesteps(steps)
     ref.set_timesteps(steps)
     assert torch.equal(mine.sigmas, ref.sigmas) and torch.equal(mine.timesteps, ref.timesteps)
@@ -311,8 +314,16 @@ def test_edm_euler_matches_diffusers(sigma_schedule, prediction_type, final, ste
         output = torch.randn(x.shape, generator=data).to(torch.bfloat16 if i % 2 else torch.float32)
         a, b = mine.step(output, t, x), ref.step(output, t, x)
         close(a.prev_sample, b.prev_sample)
-        close(a.pred_original_sample, b.pred_original_sample)
+        if denoised:
+            close(a.pred_original_sample, b.pred_original_sample)
         x = b.prev_sample
+    assert x.isfinite().all()
+
+
+@pytest.mark.parametrize("sigma_schedule,prediction_type,final,steps", EDM_MATRIX)
+def test_edm_euler_matches_diffusers(sigma_schedule, prediction_type, final, steps):
+    options = dict(sigma_schedule=sigma_schedule, prediction_type=prediction_type, final_sigmas_type=final)
+    compare_edm_steps(*same_edm_schedules("EDMEulerScheduler", **options), steps, denoised=True)
 
 
 EDM_DPM_MATRIX = list(itertools.product(("karras", "exponential"), ("epsilon", "v_prediction"), ("zero", "sigma_min"),
@@ -321,34 +332,21 @@ EDM_DPM_MATRIX = list(itertools.product(("karras", "exponential"), ("epsilon", "
 
 @pytest.mark.parametrize("sigma_schedule,prediction_type,final,solver,steps", EDM_DPM_MATRIX)
 def test_edm_dpm_solver_matches_diffusers(sigma_schedule, prediction_type, final, solver, steps):
-    """σ's, timesteps, c_in, and every step's x_t bit for bit, with float32 and bf16 network outputs; the steps
-    chain (the multistep update keeps the previous D, so a mismatch would carry on)."""
+    """Bit for bit (`compare_edm_steps`); the multistep update keeps the previous D, so a mismatch would carry on."""
     order, solver_type = solver
     options = dict(sigma_schedule=sigma_schedule, prediction_type=prediction_type, final_sigmas_type=final,
                    solver_order=order, solver_type=solver_type)
-    mine, ref = pair("EDMDPMSolverMultistepScheduler", **options)
-    assert torch.equal(mine.sigmas, ref.sigmas) and torch.equal(mine.timesteps, ref.timesteps)
-    assert mine.init_noise_sigma == ref.init_noise_sigma
-    ref.set_timesteps(steps)
+    mine, ref = same_edm_schedules("EDMDPMSolverMultistepScheduler", **options)
     if final == "sigma_min" and solver == (2, "heun") and steps >= 15:   # h = 0 at the last step: 0/0
         with pytest.raises(ValueError, match="the 'heun' form divides 0 by 0"):
             mine.set_timesteps(steps)
+        ref.set_timesteps(steps)
         x = torch.ones(1, 1, 2, 2)
         for t in ref.timesteps:
             x = ref.step(torch.zeros_like(x), t, x).prev_sample
         assert x.isnan().all()                                      # what diffusers returns instead
         return
-    mine.set_timesteps(steps)
-    assert torch.equal(mine.sigmas, ref.sigmas) and torch.equal(mine.timesteps, ref.timesteps)
-    data = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 1, 6, 6, generator=data) * ref.init_noise_sigma
-    for i, t in enumerate(ref.timesteps):
-        close(mine.scale_model_input(x, t), ref.scale_model_input(x, t))
-        output = torch.randn(x.shape, generator=data).to(torch.bfloat16 if i % 2 else torch.float32)
-        a, b = mine.step(output, t, x).prev_sample, ref.step(output, t, x).prev_sample
-        close(a, b)
-        x = b
-    assert x.abs().max() < 1e3
+    compare_edm_steps(mine, ref, steps, denoised=False)
 
 
 def test_edm_dpm_solver_thresholds_like_diffusers():
