@@ -4,8 +4,8 @@
     python bench/ddpm_quality.py checkpoints/ddpm-cond [--n 5000] [--n-other 2000] [--write]
 
 Unconditional model: FID/KID, precision/recall and class coverage of n samples for DDIM 50 steps and DPM-Solver++
-10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, Heun 10 and 20, DPM-Solver++ 10, DPM-Solver++ 20; the
-last row, the model's default sampler with 20 steps, is the headline), against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of
+10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, Heun 10 and 20,
+DPM-Solver++ 10 and 20; the last row, the model's default sampler with 20 steps, is the headline), against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of
 core.metrics). Conditional model: the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional
 accuracy (the classifier's agreement with the requested class; labels cycle 0..9). Sampling runs the U-Net in
 bf16 autocast unless --fp32 (the scheduler arithmetic stays float32). --write puts the rows into the checkpoint's
@@ -26,8 +26,7 @@ from core.hub import load_model, write_model_card
 
 COLUMNS = ("fid", "kid", "precision", "recall", "classes_covered", "kl_to_uniform")
 LABELS = {"ddim": "DDIM", "dpm_solver": "DPM-Solver++", "euler": "Euler", "heun": "Heun", "edm_euler": "Euler (EDM)",
-          "edm_dpm_solver": "DPM-Solver++ (EDM)",
-          "edm_heun": "Heun (EDM)"}
+          "edm_heun": "Heun (EDM)", "edm_dpm_solver": "DPM-Solver++ (EDM)"}
 ROWS = {"diffusion": [("ddim", 50), ("dpm_solver", 10), ("dpm_solver", 20)],     # (scheduler, steps); the last row,
         "flow": [("euler", 10), ("heun", 10), ("euler", 20)],                     # the default with 20 steps, is
         "edm": [("edm_euler", 20), ("edm_heun", 10), ("edm_heun", 20), ("edm_dpm_solver", 10),

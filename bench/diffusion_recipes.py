@@ -57,7 +57,9 @@ def sampler_settings(model) -> list[tuple[str, str, int, dict]]:
 
 
 def few_step_samplers(model) -> tuple[str, ...]:
-    return ("euler", "heun") if model.flow else ("edm_euler", "edm_heun", "edm_dpm_solver") if model.edm else ("ddim", "dpm_solver")
+    if model.flow:
+        return ("euler", "heun")
+    return ("edm_euler", "edm_heun", "edm_dpm_solver") if model.edm else ("ddim", "dpm_solver")
 
 
 def sampler_for(model, scheduler: str, options: dict | None = None):

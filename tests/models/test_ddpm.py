@@ -308,7 +308,8 @@ def test_edm_heun_runs_the_network_twice_per_step_but_the_last_and_dpm_solver_on
 
 def test_edm_refuses_other_samplers_and_min_snr_and_exports_a_config_diffusers_samples_with(tiny_config):
     import dataclasses
-    with pytest.raises(ValueError, match=r"an? EDM model samples with a scheduler of \['edm_dpm_solver', 'edm_euler', 'edm_heun'\]"):
+    with pytest.raises(ValueError, match=r"an? EDM model samples with a scheduler of "
+                                         r"\['edm_dpm_solver', 'edm_euler', 'edm_heun'\]"):
         fixed_model(**EDM).sample(2, steps=2, scheduler="dpm_solver")
     with pytest.raises(ValueError, match="a diffusion model samples"):
         fixed_model().sample(2, steps=2, scheduler="edm_heun")
