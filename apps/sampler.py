@@ -32,6 +32,7 @@ from core.models import perceptron as foundations
 from core.models import stylegan as style
 from core.pipeline import load_pipeline
 from core.requests import MAX_SEED, RequestError
+from core.schedulers import SCHEDULER_LABELS
 
 WORKERS = 2                                  # share of the cores one model call gets (quick calls and diffusion
 torch.set_num_threads(max(1, (os.cpu_count() or WORKERS) // WORKERS))   # runs go side by side)
@@ -236,18 +237,13 @@ def class_picker(model, family):
     return gr.update(interactive=conditional, value=-1 if not conditional else gr.skip())
 
 
-SAMPLER_LABELS = {"dpm_solver": "DPM-Solver++", "ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler (flow matching)",
-                  "heun": "Heun (flow matching)", "edm_heun": "Heun (EDM)", "edm_euler": "Euler (EDM)",
-                  "edm_dpm_solver": "DPM-Solver++ (EDM)"}
-
-
 def scheduler_picker(model):
-    """The scheduler choices that suit the model: a diffusion or a flow-matching one (private: not an endpoint)."""
+    """The scheduler choices that suit the model: diffusion, flow matching or EDM (private: not an endpoint)."""
     try:
         names = pipeline.sampler_names(model)
     except RequestError:
         return gr.skip()
-    return gr.update(choices=[(SAMPLER_LABELS[n], n) for n in names], value=names[0])
+    return gr.update(choices=[(SCHEDULER_LABELS[n], n) for n in names], value=names[0])
 
 
 # ------------------------------------------------------------------------------------------------------ layout
@@ -419,7 +415,7 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
     with gr.Tab("Diffusion"):
         with gr.Row():
             ddpm_model = model_box("ddpm", "ddpm")
-            scheduler = gr.Dropdown([(SAMPLER_LABELS[n], n) for n in ("dpm_solver", "ddim", "ddpm")],
+            scheduler = gr.Dropdown([(SCHEDULER_LABELS[n], n) for n in ("dpm_solver", "ddim", "ddpm")],
                                     value="dpm_solver", label="scheduler")
             ddpm_model.change(scheduler_picker, ddpm_model, scheduler, api_visibility="private")
             steps = gr.Slider(1, diffusion.MAX_STEPS, value=20, step=1, label="steps")

@@ -5,12 +5,12 @@
 
 Unconditional model: FID/KID, precision/recall and class coverage of n samples for DDIM 50 steps and DPM-Solver++
 10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, Heun 10 and 20,
-DPM-Solver++ 10 and 20; the last row, the model's default sampler with 20 steps, is the headline), against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of
-core.metrics). Conditional model: the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional
-accuracy (the classifier's agreement with the requested class; labels cycle 0..9). Sampling runs the U-Net in
-bf16 autocast unless --fp32 (the scheduler arithmetic stays float32). --write puts the rows into the checkpoint's
-eval.json (headline scalars: the default sampler's 20-step row; guidance 2 for a conditional model) and rewrites its
-card.
+DPM-Solver++ 10 and 20; the last row, the model's default sampler with 20 steps, is the headline), against the
+Fashion-MNIST test set on the features of checkpoints/classifier (the figures of core.metrics). Conditional model:
+the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional accuracy (the
+classifier's agreement with the requested class; labels cycle 0..9). Sampling runs the U-Net in bf16 autocast unless
+--fp32 (the scheduler arithmetic stays float32). --write puts the rows into the checkpoint's eval.json (headline
+scalars: the default sampler's 20-step row; guidance 2 for a conditional model) and rewrites its card.
 """
 import argparse
 import json
@@ -23,10 +23,9 @@ from core.config import save_json
 from core.data import load_dataset
 from core.evaluate import metric_yardstick
 from core.hub import load_model, write_model_card
+from core.schedulers import SCHEDULER_LABELS
 
 COLUMNS = ("fid", "kid", "precision", "recall", "classes_covered", "kl_to_uniform")
-LABELS = {"ddim": "DDIM", "dpm_solver": "DPM-Solver++", "euler": "Euler", "heun": "Heun", "edm_euler": "Euler (EDM)",
-          "edm_heun": "Heun (EDM)", "edm_dpm_solver": "DPM-Solver++ (EDM)"}
 ROWS = {"diffusion": [("ddim", 50), ("dpm_solver", 10), ("dpm_solver", 20)],     # (scheduler, steps); the last row,
         "flow": [("euler", 10), ("heun", 10), ("euler", 20)],                     # the default with 20 steps, is
         "edm": [("edm_euler", 20), ("edm_heun", 10), ("edm_heun", 20), ("edm_dpm_solver", 10),
@@ -53,7 +52,7 @@ def main() -> None:
              "|---" * (len(columns) + 5) + "|"]
     headline = {}
     for scheduler, steps, guidance in rows:
-        name = LABELS[scheduler]
+        name = SCHEDULER_LABELS[scheduler]
         is_headline = scheduler == model.default_sampler and steps == 20 and guidance == (2.0 if conditional else 1.0)
         n = args.n if is_headline or not args.n_other else args.n_other
         start = time.perf_counter()

@@ -262,11 +262,11 @@ models with each other and are not comparable with Inception-FIDs from papers.
     def scheduler(self, name: str | None = None, **options):
         """A genlab scheduler on this model's training noise schedule: "ddpm", "ddim", "dpm_solver" (default) for a
         diffusion model, "euler" (default) or "heun" for a flow-matching one, "edm_dpm_solver" (default), "edm_heun"
-        or "edm_euler" for an EDM one. DDPM and DDIM clip x̂_0 to [-1, 1] (diffusers' default). DPM-Solver++ uses dynamic
-        thresholding for an ε-prediction model, as diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps
-        (α_T ≈ 0.006 for the linear schedule) turns small errors in ε̂ into saturated speckle. A v-prediction model
-        needs none (x̂_0 = α_t x_t − σ_t v̂ amplifies nothing) and samples better without it
-        (bench/diffusion_recipes.py: recall 0.45 against 0.37 with it)."""
+        or "edm_euler" for an EDM one. DDPM and DDIM clip x̂_0 to [-1, 1] (diffusers' default). DPM-Solver++ uses
+        dynamic thresholding for an ε-prediction model, as diffusers advises for pixel-space models: there
+        x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps (α_T ≈ 0.006 for the linear schedule) turns small
+        errors in ε̂ into saturated speckle. A v-prediction model needs none (x̂_0 = α_t x_t − σ_t v̂ amplifies
+        nothing) and samples better without it (bench/diffusion_recipes.py: recall 0.45 against 0.37 with it)."""
         name = self.default_sampler if name is None else name
         if name not in self.samplers:
             kind = "flow-matching" if self.flow else "EDM" if self.edm else "diffusion"

@@ -12,8 +12,11 @@ FLOW_SCHEDULERS = {"euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHe
 EDM_SCHEDULERS = {"edm_dpm_solver": EDMDPMSolverMultistepScheduler, "edm_heun": EDMHeunScheduler,
                   "edm_euler": EDMEulerScheduler}
 SCHEDULERS = {**DIFFUSION_SCHEDULERS, **FLOW_SCHEDULERS, **EDM_SCHEDULERS}
+SCHEDULER_LABELS = {"dpm_solver": "DPM-Solver++", "ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler (flow matching)",
+                    "heun": "Heun (flow matching)", "edm_dpm_solver": "DPM-Solver++ (EDM)", "edm_heun": "Heun (EDM)",
+                    "edm_euler": "Euler (EDM)"}                                 # for people: the apps, bench tables
 
 __all__ = ["Scheduler", "SchedulerOutput", "DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
            "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "EDMEulerScheduler",
-           "EDMHeunScheduler", "EDMDPMSolverMultistepScheduler", "SCHEDULERS", "DIFFUSION_SCHEDULERS",
+           "EDMHeunScheduler", "EDMDPMSolverMultistepScheduler", "SCHEDULERS", "SCHEDULER_LABELS", "DIFFUSION_SCHEDULERS",
            "FLOW_SCHEDULERS", "EDM_SCHEDULERS"]

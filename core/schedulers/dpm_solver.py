@@ -113,6 +113,11 @@ class DPMSolverMultistepScheduler(Scheduler):
             return len(self.timesteps) - 1
         return int(candidates[1 if len(candidates) > 1 else 0])
 
+    def _start_at(self, timestep: int | Tensor) -> None:
+        """Before the first step: the schedule position of `timestep`, or the begin index if one was set."""
+        if self._step_index is None:
+            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
         """The data prediction x̂_0 that DPM-Solver++ integrates, from an ε, x_0 or v prediction."""
         alpha_t, sigma_t = self._rows[self._step_index, :2].unbind()
@@ -122,8 +127,7 @@ class DPMSolverMultistepScheduler(Scheduler):
              generator: torch.Generator | None = None, return_dict: bool = True) -> SchedulerOutput | tuple:
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step")
-        if self._step_index is None:
-            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+        self._start_at(timestep)
         c, i, n = self.config, self._step_index, len(self.timesteps)
         final_first_order = i == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15)
                                             or c.final_sigmas_type == "zero")

@@ -189,8 +189,7 @@ class EDMDPMSolverMultistepScheduler(EDMSigmas, DPMSolverMultistepScheduler):
 
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
         """c_in x at the σ of the coming step (found from `timestep` before the first step, as diffusers does)."""
-        if self._step_index is None:
-            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+        self._start_at(timestep)
         return sample * edm_scalings(self.sigmas[self._step_index], self.config.sigma_data)[2]
 
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
