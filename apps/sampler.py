@@ -237,13 +237,22 @@ def class_picker(model, family):
     return gr.update(interactive=conditional, value=-1 if not conditional else gr.skip())
 
 
-def scheduler_picker(model):
-    """The scheduler choices that suit the model: diffusion, flow matching or EDM (private: not an endpoint)."""
+def diffusion_defaults(model) -> tuple[tuple[str, ...], float]:
+    """The schedulers that suit the model (diffusion, flow matching or EDM), its default first, and its guidance
+    scale (its card's for a guided model, else 1), for the layout: a diffusion model's when there is no config."""
     try:
-        names = pipeline.sampler_names(model)
+        return pipeline.sampler_names(model), pipeline.default_guidance(model)
     except RequestError:
-        return gr.skip()
-    return gr.update(choices=[(SCHEDULER_LABELS[n], n) for n in names], value=names[0])
+        return tuple(diffusion.samplers_for("epsilon")), 1.0
+
+
+def diffusion_pickers(model):
+    """The scheduler picker and guidance slider follow the chosen model (private: not an endpoint)."""
+    try:
+        names, guidance = pipeline.sampler_names(model), pipeline.default_guidance(model)
+    except RequestError:
+        return gr.skip(), gr.skip()
+    return gr.update(choices=[(SCHEDULER_LABELS[n], n) for n in names], value=names[0]), gr.update(value=guidance)
 
 
 # ------------------------------------------------------------------------------------------------------ layout
@@ -415,17 +424,17 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
     with gr.Tab("Diffusion"):
         with gr.Row():
             ddpm_model = model_box("ddpm", "ddpm")
-            scheduler = gr.Dropdown([(SCHEDULER_LABELS[n], n) for n in ("dpm_solver", "ddim", "ddpm")],
-                                    value="dpm_solver", label="scheduler")
-            ddpm_model.change(scheduler_picker, ddpm_model, scheduler, api_visibility="private")
+            samplers, guidance_scale = diffusion_defaults(ddpm_model.value)
+            scheduler = gr.Dropdown([(SCHEDULER_LABELS[n], n) for n in samplers], value=samplers[0], label="scheduler")
             steps = gr.Slider(1, diffusion.MAX_STEPS, value=20, step=1, label="steps")
             eta = gr.Slider(*diffusion.ETA_RANGE, value=0, step=0.05, label="η (DDIM only: 0 deterministic, 1 DDPM-like)")
         with gr.Row():
             ddpm_n = count(16)
             ddpm_seed = seed_box()
             ddpm_label = gr.Dropdown(CLASSES, value=-1, label="class (ddpm-cond only)")
-            guidance = gr.Slider(*diffusion.GUIDANCE_RANGE, value=1, step=0.5,
-                                 label="guidance scale w (ddpm-cond only; 2 is good)")
+            guidance = gr.Slider(*diffusion.GUIDANCE_RANGE, value=guidance_scale,
+                                 step=0.05, label="guidance scale w (1: none; a guided model starts at its card's)")
+            ddpm_model.change(diffusion_pickers, ddpm_model, [scheduler, guidance], api_visibility="private")
         ddpm_button = gr.Button("Denoise", variant="primary")
         ddpm_status = gr.Markdown()
         with gr.Row():
@@ -441,14 +450,17 @@ gives $\hat x_0 = (x_t - \sigma_t\hat\varepsilon)/\alpha_t$, which multiplies th
 $1/\alpha_t$ (about 150 at the noisiest step of the linear schedule): on our CPU budget that left about one sample in
 ten as saturated speckle. Sampling runs the reverse process from pure noise: DDPM (ancestral, 1000 steps in the
 paper), DDIM (Song et al. 2020, $\eta = 0$ deterministic) or DPM-Solver++ (Lu et al. 2022, 10-20 steps suffice).
-The conditional model uses classifier-free guidance (Ho & Salimans 2022):
-$\hat v = v_\theta(x_t) + w(v_\theta(x_t, y) - v_\theta(x_t))$. A **flow-matching** model (Lipman et al. 2023;
-Liu et al. 2023; give its Hub id) learns the straight path $x_\sigma = (1-\sigma)x_0 + \sigma\varepsilon$ and its
-velocity $\varepsilon - x_0$; Euler or Heun integrate that velocity from $\sigma = 1$ to $0$, and
-$\hat x_0 = x_\sigma - \sigma v_\theta$. An **EDM** model (Karras et al. 2022) learns the network inside the
-denoiser $D(x;\sigma) = c_\text{skip}x + c_\text{out}F_\theta(c_\text{in}x; \tfrac14\ln\sigma)$ on
-$x_\sigma = x_0 + \sigma\varepsilon$; Heun (its Algorithm 1), Euler or DPM-Solver++ (one network pass a step)
-solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $0$, and $\hat x_0 = D$.""",
+`ddpm-cond` uses classifier-free guidance (Ho & Salimans 2022):
+$\hat v = v_\theta(x_t) + w(v_\theta(x_t, y) - v_\theta(x_t))$. `ddpm` has no labels and is guided all the same, by
+**autoguidance** (Karras et al. 2024): a guide $v_G$, the same objective on a U-Net a quarter the size trained for
+2000 steps instead of 7000, makes the model's mistakes more often, and $\hat v = v_G + w(v_\theta - v_G)$ steers
+away from them ($w = 1$: no guidance; the slider starts at each model's own scale). A **flow-matching** model
+(Lipman et al. 2023; Liu et al. 2023; give its Hub id) learns the straight path
+$x_\sigma = (1-\sigma)x_0 + \sigma\varepsilon$ and its velocity $\varepsilon - x_0$; Euler or Heun integrate that
+velocity from $\sigma = 1$ to $0$, and $\hat x_0 = x_\sigma - \sigma v_\theta$. An **EDM** model (Karras et al.
+2022) learns the network inside the denoiser $D(x;\sigma) = c_\text{skip}x + c_\text{out}F_\theta(c_\text{in}x;
+\tfrac14\ln\sigma)$ on $x_\sigma = x_0 + \sigma\varepsilon$; Heun (its Algorithm 1), Euler or DPM-Solver++ (one
+network pass a step) solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $0$, and $\hat x_0 = D$.""",
               pipeline.model_names("ddpm"))
         event(ddpm_button, ddpm_sample, [ddpm_model, ddpm_n, steps, scheduler, eta, ddpm_seed, ddpm_label, guidance],
               [ddpm_frame, ddpm_guess, ddpm_strip, ddpm_status], "ddpm_sample", queue_group="diffusion", limit=2,

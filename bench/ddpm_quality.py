@@ -3,14 +3,17 @@
     python bench/ddpm_quality.py checkpoints/ddpm [--n 10000] [--write]
     python bench/ddpm_quality.py checkpoints/ddpm-cond [--n 5000] [--n-other 2000] [--write]
 
-Unconditional model: FID/KID, precision/recall and class coverage of n samples for DDIM 50 steps and DPM-Solver++
-10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, Heun 10 and 20,
-DPM-Solver++ 10 and 20; the last row, the model's default sampler with 20 steps, is the headline), against the
+Unconditional model: FID/KID, precision/recall, off-manifold share and class coverage of n samples for DDIM 50 steps
+and DPM-Solver++ 10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, Heun 10
+and 20, DPM-Solver++ 10 and 20; the last row, the model's default sampler with 20 steps, is the headline), against the
 Fashion-MNIST test set on the features of checkpoints/classifier (the figures of core.metrics). Conditional model:
 the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional accuracy (the
-classifier's agreement with the requested class; labels cycle 0..9). Sampling runs the U-Net in bf16 autocast unless
---fp32 (the scheduler arithmetic stays float32). --write puts the rows into the checkpoint's eval.json (headline
-scalars: the default sampler's 20-step row; guidance 2 for a conditional model) and rewrites its card.
+classifier's agreement with the requested class; labels cycle 0..9). Autoguided model (a guide attached, `python -m
+core.hub guide`): the unconditional rows at its own guidance scale, after its default sampler's 20 steps at scales
+1, 1.25, 1.5 and 2. Sampling runs the U-Net in bf16 autocast unless --fp32 (the scheduler arithmetic stays
+float32). --write puts the rows into the checkpoint's eval.json (headline
+scalars: the default sampler's 20-step row at the model's own guidance scale, eval_guidance for a guided model)
+and rewrites its card.
 """
 import argparse
 import json
@@ -25,7 +28,8 @@ from core.evaluate import metric_yardstick
 from core.hub import load_model, write_model_card
 from core.schedulers import SCHEDULER_LABELS
 
-COLUMNS = ("fid", "kid", "precision", "recall", "classes_covered", "kl_to_uniform")
+COLUMNS = ("fid", "kid", "precision", "recall", "off_manifold", "classes_covered", "kl_to_uniform")
+PERCENT = ("off_manifold", "conditional_accuracy")
 ROWS = {"diffusion": [("ddim", 50), ("dpm_solver", 10), ("dpm_solver", 20)],     # (scheduler, steps); the last row,
         "flow": [("euler", 10), ("heun", 10), ("euler", 20)],                     # the default with 20 steps, is
         "edm": [("edm_euler", 20), ("edm_heun", 10), ("edm_heun", 20), ("edm_dpm_solver", 10),
@@ -45,21 +49,26 @@ def main() -> None:
     test = load_dataset("fashion-mnist", "test")
     conditional = model.conditional
     kind = "flow" if model.flow else "edm" if model.edm else "diffusion"
-    rows = ([(model.default_sampler, 20, w) for w in (1.0, 2.0, 4.0)] if conditional
-            else [(name, steps, 1.0) for name, steps in ROWS[kind]])
+    own = model.guidance_scale                                                  # the headline's guidance scale
+    if conditional:
+        rows = [(model.default_sampler, 20, w) for w in (1.0, 2.0, 4.0)]
+    else:                  # an autoguided model: also its default sampler without guidance and at other scales
+        scales = (1.0, 1.25, 1.5, 2.0) if model.guided else ()
+        rows = ([(model.default_sampler, 20, w) for w in scales if w != own]
+                + [(name, steps, own) for name, steps in ROWS[kind]])
     columns = COLUMNS + (("conditional_accuracy",) if conditional else ())
     lines = ["| sampler | steps | guidance | samples | " + " | ".join(columns) + " | seconds |",
              "|---" * (len(columns) + 5) + "|"]
     headline = {}
     for scheduler, steps, guidance in rows:
         name = SCHEDULER_LABELS[scheduler]
-        is_headline = scheduler == model.default_sampler and steps == 20 and guidance == (2.0 if conditional else 1.0)
+        is_headline = scheduler == model.default_sampler and steps == 20 and guidance == own
         n = args.n if is_headline or not args.n_other else args.n_other
         start = time.perf_counter()
         images = model.sample(n, steps, scheduler, seed=0, guidance_scale=guidance)
         seconds = time.perf_counter() - start
         scores = yardstick.score(images, model.labels_for(n, None), data=test)
-        cells = [f"{100 * scores[c]:.2f}%" if c == "conditional_accuracy" else f"{scores[c]:.4g}" for c in columns]
+        cells = [f"{100 * scores[c]:.2f}%" if c in PERCENT else f"{scores[c]:.4g}" for c in columns]
         lines.append(f"| {name} | {steps} | {guidance:g} | {n} | " + " | ".join(cells) + f" | {seconds:.0f} |")
         print(lines[-1], flush=True)
         if is_headline:

@@ -11,9 +11,10 @@ wall clock (one CPU thread per run, two runs side by side).
 Recipe table: one row per run and sampler setting (a diffusion model: DPM-Solver++ 20 steps with and without dynamic
 thresholding; a flow-matching or EDM model: Euler 20 steps and Heun 10 steps, 19 network passes), with FID, precision,
 recall and off-manifold share of n samples (seed 0) on the metric classifier's stage features (core.metrics), plus
-conditional accuracy at guidance 2 for a class-conditional model. Few-step table: one row per (sampler, steps), DDIM
-and DPM-Solver++ without thresholding (flow matching and EDM: Euler and Heun), with the seconds to draw 64 images on this
-machine's threads. The U-Net runs in bf16 autocast unless --fp32.
+conditional accuracy for a class-conditional model. Few-step table: one row per (sampler, steps), DDIM and
+DPM-Solver++ without thresholding (flow matching and EDM: Euler and Heun), with the seconds to draw 64 images on this
+machine's threads. A guided model (class-conditional, or autoguided) samples at its own guidance scale, the config's
+eval_guidance (2 for a conditional one). The U-Net runs in bf16 autocast unless --fp32.
 """
 import argparse
 import json
@@ -86,8 +87,7 @@ def header(cells: list) -> str:
 
 
 def score_row(model, yardstick, test, n: int, steps: int, scheduler: str, options: dict | None = None) -> list[str]:
-    guidance = 2.0 if model.conditional else 1.0
-    images = model.sample(n, steps, sampler_for(model, scheduler, options), seed=0, guidance_scale=guidance)
+    images = model.sample(n, steps, sampler_for(model, scheduler, options), seed=0)          # at its own guidance
     scores = yardstick.score(images, model.labels_for(n, None), data=test)
     cells = [f"{scores[c]:.3f}" if c != "off_manifold" else f"{100 * scores[c]:.1f}%" for c in COLUMNS]
     if model.conditional:
@@ -114,7 +114,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     yardstick, test = metric_yardstick(), load_dataset("fashion-mnist", "test")
-    extra = ["conditional accuracy (w = 2)"]
+    extra = ["conditional accuracy"]
     if args.steps:
         model = load_model(model_folder(args.runs[0], args.at)).set_precision("no" if args.fp32 else "bf16")
         print(f"{args.runs[0]}: {recipe(vars(model.config))}, {args.n} samples, {torch.get_num_threads()} threads")

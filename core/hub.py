@@ -3,7 +3,8 @@
 A checkpoint is a Hub repo folder (core.checkpoint: config.json + model.safetensors + README.md). `resolve` turns a
 manifest name (checkpoints/index.json), a folder or `owner/name[@revision]` into a local folder, downloading through
 huggingface_hub; `load_model` builds the class config.json names (core.families); `push` publishes a folder;
-`python -m core.hub` is the command line for both.
+`attach_guide` makes one diffusion checkpoint from a model and its autoguidance guide; `python -m core.hub` is the
+command line for all three.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "index.json"
 # its card with the card's figures; nothing else in a repo (least of all pickles) is downloaded
 HUB_FILES = ["config.json", "model.safetensors", "scheduler_config.json", "reference_stats.safetensors",
              "README.md", "eval.json", "training.json", "*.png"]
-__all__ = ["CheckpointError", "load_model", "push", "read_manifest", "resolve", "write_model_card"]
+__all__ = ["CheckpointError", "attach_guide", "load_model", "push", "read_manifest", "resolve", "write_model_card"]
 
 
 def split_spec(spec: str, revision: str | None = None) -> tuple[str, str | None]:
@@ -170,6 +171,22 @@ def push(folder: str | Path, repo_id: str, revision: str | None = None, tag: str
     return commit.oid
 
 
+def attach_guide(model_folder: str | Path, guide_folder: str | Path, out: str | Path, scale: float) -> Path:
+    """Autoguidance (Karras et al. 2024): save the diffusion model of `model_folder` with the smaller, shorter-trained
+    model of `guide_folder` attached as its guide at scale w, as one checkpoint folder `out` (its card comes later,
+    from core.evaluate --write)."""
+    model, guide = load_model(model_folder), load_model(guide_folder)
+    if not hasattr(model, "with_guide") or type(guide) is not type(model):
+        raise CheckpointError(f"autoguidance pairs two diffusion models; got a {type(model).__name__} and a "
+                              f"{type(guide).__name__}")
+    try:
+        guided = model.with_guide(guide, scale)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    guided.save_pretrained(out)
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m core.hub", description="Publish and fetch genlab checkpoints.")
@@ -187,6 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("pull", help="download (or find locally) a checkpoint and print its folder")
     p.add_argument("spec", help="manifest name, folder, repo_id or repo_id@revision")
     sub.add_parser("list", help="the models of the manifest")
+    p = sub.add_parser("guide", help="attach a smaller diffusion model as a trained one's autoguidance guide")
+    p.add_argument("model", help="the trained diffusion model's folder")
+    p.add_argument("guide", help="its guide: the same objective, a smaller U-Net trained for fewer steps")
+    p.add_argument("out", help="the folder to write the guided model to")
+    p.add_argument("--scale", type=float, default=1.5, help="the guidance scale w it samples with by default")
     args = parser.parse_args(argv)
     try:
         if args.command == "push":
@@ -202,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.manifest_out:
                 Path(args.manifest_out).write_text(json.dumps({"models": pinned}, indent=2) + "\n")
                 print(f"wrote {args.manifest_out}: run the apps with GENLAB_MANIFEST={args.manifest_out}")
+        elif args.command == "guide":
+            print(attach_guide(args.model, args.guide, args.out, args.scale))
         elif args.command == "pull":
             print(resolve(args.spec))
         else:

@@ -186,6 +186,15 @@ def sampler_names(spec) -> tuple[str, ...]:
     return tuple(diffusion.samplers_for(model_config(spec, "ddpm").get("prediction_type")))
 
 
+def default_guidance(spec) -> float:
+    """The guidance scale a diffusion-family model's card was measured at: its eval_guidance if it is guided
+    (class-conditional or autoguided), else 1 (read from its config, so nothing is loaded)."""
+    config = model_config(spec, "ddpm")
+    if not (config.get("num_classes") or config.get("guide_widths")):
+        return 1.0
+    return real_number(config.get("eval_guidance", 2.0), "the config's eval_guidance", *diffusion.GUIDANCE_RANGE)
+
+
 def label_or_none(value, model, name: str = "label") -> int | None:
     """-1 (or None) means every class in turn; otherwise a class index the model knows."""
     value = class_index(value)
@@ -379,8 +388,9 @@ class DiffusionPipeline(Pipeline):
         ddpm = self.model
         work = diffusion_work(n, steps, scheduler, eta, seed, guidance_scale)
         label = label_or_none(label, ddpm)
-        if not ddpm.conditional and guidance_scale != 1.0:
-            raise RequestError("guidance_scale needs a conditional model (ddpm-cond); it must be 1 here")
+        if not ddpm.guided and guidance_scale != 1.0:
+            raise RequestError("guidance_scale needs a guided model (classifier-free: ddpm-cond; autoguidance: ddpm); "
+                               "it must be 1 here")
         large = work > LARGE_DIFFUSION_WORK
         if large and not _large_diffusion.acquire(blocking=False):
             raise RequestError(f"another large diffusion request is running; ask for at most "

@@ -76,3 +76,27 @@ def test_an_unreachable_hub_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(CheckpointError, match="could not fetch someone/no-such-model@main from the Hugging Face Hub; tried"):
         load_model("someone/no-such-model")
+
+
+def test_the_guide_command_ships_a_model_and_its_guide_as_one_checkpoint(tmp_path, capsys):
+    from core.hub import main
+    from core.models.ddpm import DDPM, DDPMConfig
+    torch.manual_seed(0)
+    for name, widths in (("model", "16,32"), ("guide", "8,16")):
+        net = DDPM(DDPMConfig(image_size=8, widths=widths, prediction_type="edm", ema_decay=0.0))
+        torch.nn.init.normal_(net.unet.conv_out.weight, std=0.05)
+        net.save_pretrained(tmp_path / name)
+    main(["guide", str(tmp_path / "model"), str(tmp_path / "guide"), str(tmp_path / "out"), "--scale", "1.25"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out")
+    guided = load_model(tmp_path / "out")
+    assert guided.config.guide_widths == "8,16" and guided.config.eval_guidance == 1.25
+    assert torch.equal(guided.guide.conv_out.weight, load_model(tmp_path / "guide").unet.conv_out.weight)
+    assert (tmp_path / "out" / "scheduler_config.json").is_file()
+    Classifier(ClassifierConfig(width=8, hidden=16)).save_pretrained(tmp_path / "classifier")
+    for model, guide, message in ((tmp_path / "classifier", tmp_path / "guide", "pairs two diffusion models"),
+                                  (tmp_path / "model", tmp_path / "nothing", "nothing")):
+        with pytest.raises(SystemExit, match=message):
+            main(["guide", str(model), str(guide), str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="scale must lie in"):
+        main(["guide", str(tmp_path / "model"), str(tmp_path / "guide"), str(tmp_path / "bad"), "--scale", "-1"])
+    assert not (tmp_path / "bad").exists()

@@ -132,6 +132,12 @@ def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path
     assert P.sampler_names("someone/flow") == ("euler", "heun")
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "edm"}')
     assert P.sampler_names("someone/edm") == ("edm_dpm_solver", "edm_heun", "edm_euler")
+    assert P.default_guidance("someone/edm") == 1.0
+    (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "guide_widths": "8", "eval_guidance": 1.25}')
+    assert P.default_guidance("someone/guided") == 1.25
+    (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "guide_widths": "8", "eval_guidance": "2"}')
+    with pytest.raises(R.RequestError, match="the config's eval_guidance must be a number from 0 to 20"):
+        P.default_guidance("someone/odd")
     assert {"euler", "heun", "edm_heun", "edm_euler", "edm_dpm_solver", "dpm_solver", "ddim", "ddpm"} == set(P.SCHEDULERS)
 
 
@@ -190,6 +196,17 @@ def test_diffusion_cost_counts_guidance_passes():
     assert P.diffusion_work(16, 500, "heun", 0.0, 0, 1.0) == 16_000
     with pytest.raises(R.RequestError, match="scheduler must be one of"):
         P.diffusion_work(1, 1, "lms", 0.0, 0, 1.0)
+
+
+def test_guidance_needs_a_guided_model_and_the_sliders_start_at_the_cards_scale():
+    from core.models.ddpm import DDPM, DDPMConfig
+    tiny = dict(image_size=8, widths="8,16", prediction_type="edm", ema_decay=0.0)
+    plain = P.DiffusionPipeline(DDPM(DDPMConfig(**tiny)), "plain")
+    with pytest.raises(R.RequestError, match="guidance_scale needs a guided model"):
+        next(plain.denoise(1, 2, "edm_euler", 0.0, 0, guidance_scale=2.0))
+    guided = DDPM(DDPMConfig(**tiny)).with_guide(DDPM(DDPMConfig(**{**tiny, "widths": "8"})), 1.5)
+    assert next(P.DiffusionPipeline(guided, "guided").denoise(1, 2, "edm_euler", 0.0, 0, guidance_scale=2.0))
+    assert P.default_guidance("ddpm-cond") == 2.0 and P.default_guidance("ddpm") > 1.0
 
 
 def test_a_diffusion_model_asked_for_a_flow_sampler_says_so():

@@ -33,6 +33,12 @@ Guidance:                 with labels dropped to a null label with probability p
                           both conditional and unconditional, and sampling uses
                           ε̃ = ε_θ(x_t, ∅) + w (ε_θ(x_t, y) − ε_θ(x_t, ∅))      (Ho & Salimans, Eq. 6; w = 1 + their w)
                           (applied to whatever the network predicts: ε, x_0 and v are all affine in ε at fixed x_t).
+Autoguidance:             (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself") an
+                          unconditional model can be guided too: a guide G, the same objective trained smaller and
+                          shorter, makes the errors the main model D makes, only more of them, so
+                          D̃ = G + w (D − G)      (on the denoisers; here on the network outputs, which are affine
+                          in D at fixed x and t when both share the objective and schedule) pushes samples away from
+                          what the weak model would draw. `with_guide` stores G beside D in one checkpoint.
 
 This is not the often-copied "diffusion" blog snippet (an autoencoder without a timestep input whose reverse step
 returns its x_0 guess): here every step samples from q(x_{t−1} | x_t, x̂_0), and the network knows t.
@@ -95,7 +101,10 @@ class DDPMConfig:
     shift: float = option(1.0, "flow_prediction: the samplers' σ shift s σ / (1 + (s − 1) σ) (1: none)")
     ema_decay: float = option(0.9995, "decay of the weights' moving average used for sampling (0: no EMA)")
     eval_steps: int = option(20, "steps of the default sampler for the samples and metrics logged during training")
-    eval_guidance: float = option(2.0, "guidance scale of the conditional samples logged during training")
+    eval_guidance: float = option(2.0, "guidance scale of a guided model's own samples (training logs, the card's "
+                                       "metrics, the sampler's default): class-conditional or autoguided")
+    guide_widths: str = option("", "autoguidance: widths of the guide U-Net stored with the model (empty: none); "
+                                   "set by DDPM.with_guide, not trained here")
 
     def scheduler_config(self) -> dict:
         if self.prediction_type == FLOW:
@@ -152,6 +161,13 @@ models with each other and are not comparable with Inception-FIDs from papers.
         self.config = config
         self.unet = UNet(config.channels, widths, config.layers_per_block, config.num_classes, dropout=config.dropout)
         self.ema = EMA(self.unet, config.ema_decay) if config.ema_decay > 0 else None
+        self.guide = None
+        if config.guide_widths:
+            if config.num_classes:
+                raise ValueError("autoguidance is built for unconditional models here; a class-conditional one has "
+                                 "classifier-free guidance")
+            guide_widths = tuple(int(w) for w in str(config.guide_widths).split(","))
+            self.guide = UNet(config.channels, guide_widths, config.layers_per_block, 0).requires_grad_(False)
         training_path = {FLOW: FlowMatchEulerDiscreteScheduler, EDM: EDMEulerScheduler}.get(config.prediction_type,
                                                                                                DDPMScheduler)
         self.noise_scheduler = training_path(**config.scheduler_config())
@@ -162,6 +178,16 @@ models with each other and are not comparable with Inception-FIDs from papers.
     @property
     def conditional(self) -> bool:
         return self.config.num_classes > 0
+
+    @property
+    def guided(self) -> bool:
+        """Samples with a guidance scale: classifier-free (class-conditional) or autoguidance (a guide attached)."""
+        return self.conditional or self.guide is not None
+
+    @property
+    def guidance_scale(self) -> float:
+        """The scale it samples at unless told otherwise: a guided model's eval_guidance (its card's), else 1."""
+        return self.config.eval_guidance if self.guided else 1.0
 
     @property
     def flow(self) -> bool:
@@ -191,6 +217,9 @@ models with each other and are not comparable with Inception-FIDs from papers.
         return torch.randn(n, c.channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(seed))
 
     def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        if self.guide is not None:
+            raise ValueError("a model with a guide is for sampling: train the model and its guide as two runs, then "
+                             "attach the guide (python -m core.hub guide MODEL GUIDE OUT)")
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return {"unet": self.optimizer}
 
@@ -249,6 +278,26 @@ models with each other and are not comparable with Inception-FIDs from papers.
         export.unet.load_state_dict(self.ema.average.state_dict())
         return export.to(self.fixed_noise.device)
 
+    def with_guide(self, guide: "DDPM", scale: float) -> "DDPM":
+        """This model's sampling weights with `guide` attached for autoguidance at scale w (the model's default
+        guidance from then on): a new model, saved as one checkpoint. The guide must be an unconditional model of
+        the same objective and noise schedule, without a guide of its own."""
+        mine, theirs = dataclasses.asdict(self.config), dataclasses.asdict(guide.config)
+        shared = ("channels", "image_size", "layers_per_block", "prediction_type", "num_train_timesteps",
+                  "beta_schedule", "beta_start", "beta_end", "zero_terminal_snr", "sigma_data", "shift")
+        differ = [name for name in shared if mine[name] != theirs[name]]
+        if differ:
+            raise ValueError(f"a guide must share the model's objective and schedule; these differ: {differ}")
+        if self.conditional or guide.conditional or self.guide is not None or guide.guide is not None:
+            raise ValueError("autoguidance takes an unconditional model without a guide and an unconditional guide")
+        if not math.isfinite(scale) or not GUIDANCE_RANGE[0] <= scale <= GUIDANCE_RANGE[1]:
+            raise ValueError(f"scale must lie in [{GUIDANCE_RANGE[0]:g}, {GUIDANCE_RANGE[1]:g}], got {scale}")
+        guided = DDPM(dataclasses.replace(self.config, ema_decay=0.0, guide_widths=guide.config.widths,
+                                          eval_guidance=float(scale)))
+        guided.unet.load_state_dict(self.denoiser.state_dict())
+        guided.guide.load_state_dict(guide.denoiser.state_dict())
+        return guided.to(self.fixed_noise.device)
+
     def _save_pretrained(self, save_directory) -> None:
         """Hub folder = config.json + model.safetensors + scheduler_config.json (readable by diffusers)."""
         super()._save_pretrained(save_directory)
@@ -288,12 +337,16 @@ models with each other and are not comparable with Inception-FIDs from papers.
         return predicted_x0(self.config.prediction_type, output, x_t, abar ** 0.5, (1 - abar) ** 0.5)
 
     def predict(self, x_t: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float) -> Tensor:
-        """f_θ(x_t, t, y) with classifier-free guidance, in the model's precision; one batched forward pass for
-        both halves when w ≠ 1."""
+        """f_θ(x_t, t, y) with classifier-free guidance (one batched forward pass for both halves when w ≠ 1) or
+        autoguidance (the guide's pass beside the model's), in the model's precision."""
         net = self.denoiser
         with self.autocast():
-            if labels is None or guidance_scale == 1.0:
+            if guidance_scale == 1.0 or (labels is None and self.guide is None):
                 return net(x_t, self.network_time(t), labels).float()
+            if labels is None:
+                level = self.network_time(t)
+                strong, weak = net(x_t, level).float(), self.guide(x_t, level).float()
+                return weak + guidance_scale * (strong - weak)
             null = torch.full_like(labels, self.config.num_classes)
             conditional, unconditional = net(torch.cat([x_t, x_t]), self.network_time(t),
                                              torch.cat([labels, null])).float().chunk(2)
@@ -312,14 +365,15 @@ models with each other and are not comparable with Inception-FIDs from papers.
         return labels
 
     @torch.no_grad()
-    def denoise(self, n: int = 16, steps: int = 20, scheduler=None, seed: int = 0, guidance_scale: float = 1.0,
+    def denoise(self, n: int = 16, steps: int = 20, scheduler=None, seed: int = 0, guidance_scale: float | None = None,
                 label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None
                 ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Yield (step index, x_{t−1}, x̂_0) after every reverse step: x̂_0 is what the network believes the final
         image to be at that step (its output converted to x_0, before any clipping or thresholding). `scheduler` is
         a name (None: the model's default) or any object with the diffusers scheduler API (ours or diffusers' own).
         A second-order scheduler (Heun) runs the network twice per step and yields once per step. x_T comes from
-        `seed` unless `noise` is given."""
+        `seed` unless `noise` is given. guidance_scale None: the model's own (`guidance_scale`)."""
+        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
         if not math.isfinite(guidance_scale) or not GUIDANCE_RANGE[0] <= guidance_scale <= GUIDANCE_RANGE[1]:
@@ -328,7 +382,8 @@ models with each other and are not comparable with Inception-FIDs from papers.
             raise ValueError(f"eta must lie in [{ETA_RANGE[0]:g}, {ETA_RANGE[1]:g}], got {eta}")
         scheduler = self.scheduler(scheduler) if scheduler is None or isinstance(scheduler, str) else scheduler
         fast = self.sample_channels_last and self.precision != "bf16"
-        self.denoiser.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
+        for net in (n for n in (self.denoiser, self.guide) if n is not None):
+            net.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
         device = self.fixed_noise.device
         labels = self.labels_for(n, label)
         labels = labels.to(device) if labels is not None else None
@@ -347,7 +402,7 @@ models with each other and are not comparable with Inception-FIDs from papers.
                 yield done, x, x0
                 done += 1
 
-    def sample(self, n: int = 16, steps: int = 20, scheduler=None, seed: int = 0, guidance_scale: float = 1.0,
+    def sample(self, n: int = 16, steps: int = 20, scheduler=None, seed: int = 0, guidance_scale: float | None = None,
                label: int | Tensor | None = None, eta: float = 0.0, return_intermediates: bool = False,
                batch_size: int = 256) -> Tensor | tuple[Tensor, Tensor]:
         """n images in [-1, 1]. With return_intermediates, also x_t after every step, (steps, n, C, H, W), for an
@@ -374,13 +429,11 @@ models with each other and are not comparable with Inception-FIDs from papers.
         """The fixed noise through the default sampler; conditional models: row k is class k at the eval guidance."""
         side = int(math.isqrt(len(self.fixed_noise)))
         labels = torch.arange(side).repeat_interleave(side) if self.conditional else None
-        guidance = self.config.eval_guidance if self.conditional else 1.0
-        for _, x, _ in self.denoise(len(self.fixed_noise), self.config.eval_steps, None, 0, guidance, labels,
+        for _, x, _ in self.denoise(len(self.fixed_noise), self.config.eval_steps, None, 0, None, labels,
                                     noise=self.fixed_noise):
             pass
         return x.clamp(-1, 1).cpu()
 
     def evaluation_samples(self, n: int) -> tuple[Tensor, Tensor | None]:
-        """The default sampler with eval_steps steps (and the eval guidance scale), seed 0."""
-        guidance = self.config.eval_guidance if self.conditional else 1.0
-        return self.sample(n, self.config.eval_steps, None, 0, guidance), self.labels_for(n, None)
+        """The default sampler with eval_steps steps (and a guided model's eval guidance scale), seed 0."""
+        return self.sample(n, self.config.eval_steps, None, 0), self.labels_for(n, None)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from core.hub import load_model
+from core.config import TrainConfig
 from core.models.ddpm import DDPM, DDPMConfig
 from core import schedulers
 from core.train import train
@@ -326,3 +327,46 @@ def test_edm_refuses_other_samplers_and_min_snr_and_exports_a_config_diffusers_s
     scheduler = diffusers.EDMDPMSolverMultistepScheduler.from_pretrained(folder)
     torch.testing.assert_close(loaded.sample(2, steps=4, scheduler=scheduler, seed=1),
                                model.sample(2, steps=4, scheduler="edm_dpm_solver", seed=1))
+
+
+def test_autoguidance_pushes_the_model_away_from_its_guide_and_ships_in_one_checkpoint(tmp_path):
+    """D̃ = G + w (D − G) on the network outputs; w = 1 is the model alone; the pair loads back as one model whose
+    own samples (the card's) use the attached scale."""
+    torch.manual_seed(0)
+    model, guide = fixed_model(prediction_type="edm"), fixed_model(prediction_type="edm", widths="8,16")
+    guided = model.with_guide(guide, 1.5)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor(0.3)
+    strong, weak = model.predict(x, t, None, 1.0), guide.predict(x, t, None, 1.0)
+    assert not torch.allclose(strong, weak)
+    torch.testing.assert_close(guided.predict(x, t, None, 1.0), strong)
+    torch.testing.assert_close(guided.predict(x, t, None, 2.5), weak + 2.5 * (strong - weak), rtol=1e-4, atol=1e-5)
+    guided.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.guided and not model.guided and loaded.config.eval_guidance == 1.5
+    torch.testing.assert_close(loaded.predict(x, t, None, 2.5), guided.predict(x, t, None, 2.5))
+    own = loaded.evaluation_samples(3)[0]                  # the card's samples, and sample()'s default: w = 1.5
+    torch.testing.assert_close(own, loaded.sample(3, loaded.config.eval_steps, None, 0, guidance_scale=1.5))
+    torch.testing.assert_close(own, loaded.sample(3, loaded.config.eval_steps, None, 0))
+    assert not torch.allclose(own, loaded.sample(3, loaded.config.eval_steps, None, 0, guidance_scale=1.0))
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(guide=dict(prediction_type="v_prediction")), r"these differ: \['prediction_type'\]"),
+    (dict(guide=dict(sigma_data=0.7)), r"these differ: \['sigma_data'\]"),
+    (dict(model=dict(num_classes=3)), "autoguidance takes an unconditional model"),
+    (dict(scale=float("nan")), "scale must lie in"), (dict(scale=21.0), "scale must lie in")])
+def test_a_guide_that_does_not_fit_is_refused(change, message):
+    model = fixed_model(prediction_type="edm", **change.get("model", {}))
+    guide = fixed_model(**{"prediction_type": "edm", "widths": "8,16", **change.get("guide", {})})
+    with pytest.raises(ValueError, match=message):
+        model.with_guide(guide, change.get("scale", 1.5))
+
+
+def test_a_guided_model_is_for_sampling_not_training():
+    guided = fixed_model(prediction_type="edm").with_guide(fixed_model(prediction_type="edm", widths="8,16"), 1.5)
+    with pytest.raises(ValueError, match="train the model and its guide as two runs"):
+        guided.configure_optimizers(TrainConfig())
+    with pytest.raises(ValueError, match="built for unconditional models"):
+        DDPM(DDPMConfig(**TINY, num_classes=3, guide_widths="8,16"))
+    with pytest.raises(ValueError, match="autoguidance takes an unconditional model without a guide"):
+        guided.with_guide(fixed_model(prediction_type="edm", widths="8,16"), 1.5)
