@@ -162,6 +162,17 @@ def test_dpm_solver_thresholds_only_for_epsilon_prediction():
     assert v_model.scheduler("dpm_solver", thresholding=True).config.thresholding
 
 
+@pytest.mark.parametrize("name", ("ddim", "ddpm"))
+def test_v_prediction_steps_without_clipping_from_pure_noise_and_epsilon_keeps_diffusers_defaults(name):
+    """A v-model's DDIM/DDPM: no x̂_0 clipping, first step at t = T − 1; an ε-model keeps clipping and "leading"."""
+    v_model = DDPM(DDPMConfig(**TINY, prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2"))
+    v_scheduler, eps_scheduler = v_model.scheduler(name), DDPM(DDPMConfig(**TINY)).scheduler(name)
+    v_scheduler.set_timesteps(20), eps_scheduler.set_timesteps(20)
+    assert not v_scheduler.config.clip_sample and int(v_scheduler.timesteps[0]) == 999
+    assert eps_scheduler.config.clip_sample and int(eps_scheduler.timesteps[0]) == 950
+    assert v_model.scheduler(name, clip_sample=True).config.clip_sample            # asked for, it clips
+
+
 # ------------------------------------------------------------------------------------------------- flow matching
 FLOW = dict(prediction_type="flow_prediction")
 
