@@ -5,8 +5,8 @@ import diffusers
 import pytest
 import torch
 
-from core.hub import load_model
 from core.config import TrainConfig
+from core.hub import load_model
 from core.models.ddpm import DDPM, DDPMConfig
 from core import schedulers
 from core.train import train
