@@ -11,9 +11,8 @@ the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, pl
 classifier's agreement with the requested class; labels cycle 0..9). Autoguided model (a guide attached, `python -m
 core.hub guide`): the unconditional rows at its own guidance scale, after its default sampler's 20 steps at scales
 1, 1.25, 1.5 and 2. Sampling runs the U-Net in bf16 autocast unless --fp32 (the scheduler arithmetic stays
-float32). --write puts the rows into the checkpoint's eval.json (headline
-scalars: the default sampler's 20-step row at the model's own guidance scale, eval_guidance for a guided model)
-and rewrites its card.
+float32). --write puts the rows into the checkpoint's eval.json (headline scalars: the default sampler's 20-step row
+at the model's own guidance scale, eval_guidance for a guided model) and rewrites its card.
 """
 import argparse
 import json

@@ -189,10 +189,8 @@ def sampler_names(spec) -> tuple[str, ...]:
 def default_guidance(spec) -> float:
     """The guidance scale a diffusion-family model's card was measured at: its eval_guidance if it is guided
     (class-conditional or autoguided), else 1 (read from its config, so nothing is loaded)."""
-    config = model_config(spec, "ddpm")
-    if not (config.get("num_classes") or config.get("guide_widths")):
-        return 1.0
-    return real_number(config.get("eval_guidance", 2.0), "the config's eval_guidance", *diffusion.GUIDANCE_RANGE)
+    scale = diffusion.own_guidance(model_config(spec, "ddpm"))
+    return real_number(scale, "the config's eval_guidance", *diffusion.GUIDANCE_RANGE)
 
 
 def label_or_none(value, model, name: str = "label") -> int | None:

@@ -126,6 +126,13 @@ def samplers_for(prediction_type: str) -> dict:
     return {name: DIFFUSION_SCHEDULERS[name] for name in ("dpm_solver", "ddim", "ddpm")}
 
 
+def own_guidance(config: dict) -> float:
+    """The guidance scale a model with this config (as a dict) samples at unless told otherwise: its eval_guidance
+    if it is guided (class-conditional, or a guide attached), else 1."""
+    guided = config.get("num_classes") or config.get("guide_widths")
+    return config.get("eval_guidance", DDPMConfig.eval_guidance) if guided else 1.0
+
+
 class DDPM(TrainableModel):
     """DDPM: a U-Net denoiser, unconditional or class-conditional with classifier-free guidance."""
     config_class = DDPMConfig
@@ -187,7 +194,7 @@ models with each other and are not comparable with Inception-FIDs from papers.
     @property
     def guidance_scale(self) -> float:
         """The scale it samples at unless told otherwise: a guided model's eval_guidance (its card's), else 1."""
-        return self.config.eval_guidance if self.guided else 1.0
+        return own_guidance(dataclasses.asdict(self.config))
 
     @property
     def flow(self) -> bool:
