@@ -3,10 +3,10 @@
     python bench/ddpm_quality.py checkpoints/ddpm [--n 10000] [--write]
     python bench/ddpm_quality.py checkpoints/ddpm-cond [--n 5000] [--n-other 2000] [--write]
 
-Unconditional model: FID/KID, precision/recall, off-manifold share and class coverage of n samples for DDIM 50 steps
-and DPM-Solver++ 10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM model: Euler 20, Heun 10
-and 20, DPM-Solver++ 10 and 20; the last row, the model's default sampler with 20 steps, is the headline), against the
-Fashion-MNIST test set on the features of checkpoints/classifier (the figures of core.metrics). Conditional model:
+Unconditional model: FID/KID, precision/recall, off-manifold share and class coverage of n samples for DDIM and DDPM
+50 steps and DPM-Solver++ (ODE and SDE) 10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM
+model: Euler 20, Heun 10 and 20, DPM-Solver++ 10 and 20; the model's own sampler with 20 steps is the headline),
+against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of core.metrics). Conditional model:
 the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional accuracy (the
 classifier's agreement with the requested class; labels cycle 0..9). Autoguided model (a guide attached, `python -m
 core.hub guide`): the unconditional rows at its own guidance scale, after its default sampler's 20 steps at scales
@@ -29,10 +29,11 @@ from core.schedulers import SCHEDULER_LABELS
 
 COLUMNS = ("fid", "kid", "precision", "recall", "off_manifold", "classes_covered", "kl_to_uniform")
 PERCENT = ("off_manifold", "conditional_accuracy")
-ROWS = {"diffusion": [("ddim", 50), ("dpm_solver", 10), ("dpm_solver", 20)],     # (scheduler, steps); the last row,
-        "flow": [("euler", 10), ("heun", 10), ("euler", 20)],                     # the default with 20 steps, is
+ROWS = {"diffusion": [("ddim", 50), ("ddpm", 50), ("dpm_solver", 10), ("dpm_solver", 20), ("dpm_solver_sde", 10),
+                      ("dpm_solver_sde", 20)],                      # (scheduler, steps); the model's own sampler
+        "flow": [("euler", 10), ("heun", 10), ("euler", 20)],       # with 20 steps is the headline
         "edm": [("edm_euler", 20), ("edm_heun", 10), ("edm_heun", 20), ("edm_dpm_solver", 10),
-                ("edm_dpm_solver", 20)]}                                         # the headline
+                ("edm_dpm_solver", 20)]}
 
 
 def main() -> None:

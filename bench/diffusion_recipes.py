@@ -12,9 +12,9 @@ Recipe table: one row per run and sampler setting (a diffusion model: DPM-Solver
 thresholding; a flow-matching or EDM model: Euler 20 steps and Heun 10 steps, 19 network passes), with FID, precision,
 recall and off-manifold share of n samples (seed 0) on the metric classifier's stage features (core.metrics), plus
 conditional accuracy for a class-conditional model. Few-step table: one row per (sampler, steps), DDIM and
-DPM-Solver++ without thresholding (flow matching and EDM: Euler and Heun), with the seconds to draw 64 images on this
-machine's threads. A guided model (class-conditional, or autoguided) samples at its own guidance scale, the config's
-eval_guidance (2 for a conditional one). The U-Net runs in bf16 autocast unless --fp32.
+DPM-Solver++ (ODE and SDE) without thresholding (flow matching and EDM: Euler and Heun), with the seconds to draw 64
+images on this machine's threads. A guided model (class-conditional, or autoguided) samples at its own guidance
+scale, the config's eval_guidance (2 for a conditional one). The U-Net runs in bf16 autocast unless --fp32.
 """
 import argparse
 import json
@@ -60,12 +60,12 @@ def sampler_settings(model) -> list[tuple[str, str, int, dict]]:
 def few_step_samplers(model) -> tuple[str, ...]:
     if model.flow:
         return ("euler", "heun")
-    return ("edm_euler", "edm_heun", "edm_dpm_solver") if model.edm else ("ddim", "dpm_solver")
+    return ("edm_euler", "edm_heun", "edm_dpm_solver") if model.edm else ("ddim", "dpm_solver", "dpm_solver_sde")
 
 
 def sampler_for(model, scheduler: str, options: dict | None = None):
     """DPM-Solver++ without thresholding unless asked: the tables compare the network, not the thresholding."""
-    options = {"thresholding": False, **(options or {})} if scheduler == "dpm_solver" else (options or {})
+    options = {"thresholding": False, **(options or {})} if scheduler.startswith("dpm_solver") else (options or {})
     return model.scheduler(scheduler, **options)
 
 

@@ -171,16 +171,17 @@ def push(folder: str | Path, repo_id: str, revision: str | None = None, tag: str
     return commit.oid
 
 
-def attach_guide(model_folder: str | Path, guide_folder: str | Path, out: str | Path, scale: float) -> Path:
+def attach_guide(model_folder: str | Path, guide_folder: str | Path, out: str | Path, scale: float,
+                 sampler: str | None = None) -> Path:
     """Autoguidance (Karras et al. 2024): save the diffusion model of `model_folder` with the smaller, shorter-trained
-    model of `guide_folder` attached as its guide at scale w, as one checkpoint folder `out` (its card comes later,
-    from core.evaluate --write)."""
+    model of `guide_folder` attached as its guide at scale w (and `sampler` as its own scheduler, if given), as one
+    checkpoint folder `out` (its card comes later, from core.evaluate --write)."""
     model, guide = load_model(model_folder), load_model(guide_folder)
     if not hasattr(model, "with_guide") or type(guide) is not type(model):
         raise CheckpointError(f"autoguidance pairs two diffusion models; got a {type(model).__name__} and a "
                               f"{type(guide).__name__}")
     try:
-        guided = model.with_guide(guide, scale)
+        guided = model.with_guide(guide, scale, sampler)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc
     guided.save_pretrained(out)
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("guide", help="its guide: the same objective, a smaller U-Net trained for fewer steps")
     p.add_argument("out", help="the folder to write the guided model to")
     p.add_argument("--scale", type=float, default=1.5, help="the guidance scale w it samples with by default")
+    p.add_argument("--sampler", help="the scheduler it samples with by default (e.g. dpm_solver_sde; default: the "
+                                     "model's own)")
     args = parser.parse_args(argv)
     try:
         if args.command == "push":
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                 Path(args.manifest_out).write_text(json.dumps({"models": pinned}, indent=2) + "\n")
                 print(f"wrote {args.manifest_out}: run the apps with GENLAB_MANIFEST={args.manifest_out}")
         elif args.command == "guide":
-            print(attach_guide(args.model, args.guide, args.out, args.scale))
+            print(attach_guide(args.model, args.guide, args.out, args.scale, args.sampler))
         elif args.command == "pull":
             print(resolve(args.spec))
         else:

@@ -181,9 +181,9 @@ def is_conditional(spec, family: str) -> bool:
 
 
 def sampler_names(spec) -> tuple[str, ...]:
-    """The names of the schedulers that can sample a diffusion-family model, its default first (read from its
-    config, so nothing is loaded)."""
-    return tuple(diffusion.samplers_for(model_config(spec, "ddpm").get("prediction_type")))
+    """The names of the schedulers that can sample a diffusion-family model, its own first (read from its config, so
+    nothing is loaded)."""
+    return diffusion.own_samplers(model_config(spec, "ddpm"))
 
 
 def default_guidance(spec) -> float:

@@ -86,10 +86,12 @@ def test_the_guide_command_ships_a_model_and_its_guide_as_one_checkpoint(tmp_pat
         net = DDPM(DDPMConfig(image_size=8, widths=widths, prediction_type="edm", ema_decay=0.0))
         torch.nn.init.normal_(net.unet.conv_out.weight, std=0.05)
         net.save_pretrained(tmp_path / name)
-    main(["guide", str(tmp_path / "model"), str(tmp_path / "guide"), str(tmp_path / "out"), "--scale", "1.25"])
+    main(["guide", str(tmp_path / "model"), str(tmp_path / "guide"), str(tmp_path / "out"), "--scale", "1.25",
+          "--sampler", "edm_heun"])
     assert capsys.readouterr().out.strip() == str(tmp_path / "out")
     guided = load_model(tmp_path / "out")
     assert guided.config.guide_widths == "8,16" and guided.config.eval_guidance == 1.25
+    assert guided.default_sampler == "edm_heun"
     assert torch.equal(guided.guide.conv_out.weight, load_model(tmp_path / "guide").unet.conv_out.weight)
     assert (tmp_path / "out" / "scheduler_config.json").is_file()
     Classifier(ClassifierConfig(width=8, hidden=16)).save_pretrained(tmp_path / "classifier")
@@ -99,4 +101,6 @@ def test_the_guide_command_ships_a_model_and_its_guide_as_one_checkpoint(tmp_pat
             main(["guide", str(model), str(guide), str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="scale must lie in"):
         main(["guide", str(tmp_path / "model"), str(tmp_path / "guide"), str(tmp_path / "bad"), "--scale", "-1"])
+    with pytest.raises(SystemExit, match="eval_sampler must be one of"):
+        main(["guide", str(tmp_path / "model"), str(tmp_path / "guide"), str(tmp_path / "bad"), "--sampler", "ddim"])
     assert not (tmp_path / "bad").exists()

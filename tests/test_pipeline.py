@@ -126,10 +126,15 @@ def test_models_load_once_and_the_family_is_checked():
 
 
 def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path):
-    assert P.sampler_names("ddpm") == ("dpm_solver", "ddim", "ddpm")
+    assert set(P.sampler_names("ddpm")) == {"dpm_solver", "dpm_solver_sde", "ddim", "ddpm"}
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "flow_prediction"}')
     monkeypatch.setattr(P, "resolve", lambda spec, allow_local: tmp_path)         # as if pulled from the Hub
     assert P.sampler_names("someone/flow") == ("euler", "heun")
+    (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "v_prediction", '
+                                          '"eval_sampler": "ddpm"}')
+    assert P.sampler_names("someone/own") == ("ddpm", "dpm_solver", "dpm_solver_sde", "ddim")
+    (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "eval_sampler": "/etc/passwd"}')
+    assert P.sampler_names("someone/odd") == ("dpm_solver", "dpm_solver_sde", "ddim", "ddpm")
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "edm"}')
     assert P.sampler_names("someone/edm") == ("edm_dpm_solver", "edm_heun", "edm_euler")
     assert P.default_guidance("someone/edm") == 1.0
@@ -138,7 +143,8 @@ def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "guide_widths": "8", "eval_guidance": "2"}')
     with pytest.raises(R.RequestError, match="the config's eval_guidance must be a number from 0 to 20"):
         P.default_guidance("someone/odd")
-    assert {"euler", "heun", "edm_heun", "edm_euler", "edm_dpm_solver", "dpm_solver", "ddim", "ddpm"} == set(P.SCHEDULERS)
+    assert {"euler", "heun", "edm_heun", "edm_euler", "edm_dpm_solver", "dpm_solver", "dpm_solver_sde", "ddim",
+            "ddpm"} == set(P.SCHEDULERS)
 
 
 def test_latent_plane_rings_the_cell_of_the_encoding():
@@ -206,7 +212,8 @@ def test_guidance_needs_a_guided_model_and_the_sliders_start_at_the_cards_scale(
         next(plain.denoise(1, 2, "edm_euler", 0.0, 0, guidance_scale=2.0))
     guided = DDPM(DDPMConfig(**tiny)).with_guide(DDPM(DDPMConfig(**{**tiny, "widths": "8"})), 1.5)
     assert next(P.DiffusionPipeline(guided, "guided").denoise(1, 2, "edm_euler", 0.0, 0, guidance_scale=2.0))
-    assert P.default_guidance("ddpm-cond") == 2.0 and P.default_guidance("ddpm") > 1.0
+    assert P.default_guidance("ddpm-cond") == 2.0 and P.default_guidance("ddpm") == 1.0   # the guide: for w > 1
+    assert P.sampler_names("ddpm")[0] == "dpm_solver_sde" and P.sampler_names("ddpm-cond")[0] == "dpm_solver"
 
 
 def test_a_diffusion_model_asked_for_a_flow_sampler_says_so():

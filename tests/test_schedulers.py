@@ -111,6 +111,33 @@ def test_dpm_solver_options_match_diffusers(options):
     assert compare_trajectory("DPMSolverMultistepScheduler", options, 20, {}) == 20
 
 
+@pytest.mark.parametrize("solver", ((2, "midpoint"), (2, "heun"), (1, "midpoint")))
+@pytest.mark.parametrize("prediction_type,spacing,steps", [("v_prediction", "trailing", 20), ("epsilon", "linspace", 10),
+                                                           ("sample", "leading", 50), ("v_prediction", "linspace", 8)])
+def test_sde_dpm_solver_matches_diffusers(solver, prediction_type, spacing, steps):
+    """DPM-Solver++(2M) SDE: every step's update and its noise, drawn from a generator of the same seed."""
+    options = dict(algorithm_type="sde-dpmsolver++", solver_order=solver[0], solver_type=solver[1],
+                   prediction_type=prediction_type, timestep_spacing=spacing, beta_schedule="squaredcos_cap_v2")
+    assert compare_trajectory("DPMSolverMultistepScheduler", options, steps, {}) == steps
+
+
+def test_sde_dpm_solver_draws_fresh_noise_and_the_ode_none():
+    """The same x_t and output give another x_{t−1} with another noise seed under the SDE, the same under the ODE;
+    the algorithms genlab does not implement are refused by name."""
+    x, output = torch.randn(2, 1, 6, 6), torch.randn(2, 1, 6, 6)
+    for algorithm, differs in (("sde-dpmsolver++", True), ("dpmsolver++", False)):
+        a, b = (ours.DPMSolverMultistepScheduler(algorithm_type=algorithm) for _ in range(2))
+        a.set_timesteps(10)
+        b.set_timesteps(10)
+        t = a.timesteps[0]
+        one = a.step(output, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        two = b.step(output, t, x, generator=torch.Generator().manual_seed(2)).prev_sample
+        assert (not torch.equal(one, two)) == differs
+    for algorithm in ("dpmsolver", "sde-dpmsolver"):
+        with pytest.raises(ValueError, match="algorithm_type one of"):
+            ours.DPMSolverMultistepScheduler(algorithm_type=algorithm)
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
 def test_forward_process_matches_diffusers(name, beta_schedule):
@@ -347,6 +374,25 @@ def test_edm_dpm_solver_matches_diffusers(sigma_schedule, prediction_type, final
         assert x.isnan().all()                                      # what diffusers returns instead
         return
     compare_edm_steps(mine, ref, steps, denoised=False)
+
+
+@pytest.mark.parametrize("solver", ((2, "midpoint"), (1, "midpoint")))
+@pytest.mark.parametrize("steps", (2, 10, 20))
+def test_edm_sde_dpm_solver_matches_diffusers(solver, steps):
+    """The SDE form on EDM's σ's (α_t = 1): every step and its noise, generators of the same seed."""
+    mine, ref = same_edm_schedules("EDMDPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++",
+                                   solver_order=solver[0], solver_type=solver[1], prediction_type="v_prediction")
+    mine.set_timesteps(steps)
+    ref.set_timesteps(steps)
+    data = torch.Generator().manual_seed(0)
+    noise_mine, noise_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, 6, 6, generator=data) * ref.init_noise_sigma
+    for t in ref.timesteps:
+        output = torch.randn(x.shape, generator=data)
+        a, b = mine.step(output, t, x, generator=noise_mine), ref.step(output, t, x, generator=noise_ref)
+        close(a.prev_sample, b.prev_sample)
+        x = b.prev_sample
+    assert x.isfinite().all()
 
 
 def test_edm_dpm_solver_thresholds_like_diffusers():

@@ -59,8 +59,9 @@ from core.data import Batch, ImageData
 from core.model import TrainableModel
 from core.models.unet import UNet
 from core.nn import EMA
-from core.schedulers import (DIFFUSION_SCHEDULERS, EDM_SCHEDULERS, FLOW_SCHEDULERS, DDPMScheduler,
-                             EDMEulerScheduler, FlowMatchEulerDiscreteScheduler)
+from core.schedulers import (DIFFUSION_SCHEDULERS, EDM_SCHEDULERS, FLOW_SCHEDULERS, SCHEDULER_OPTIONS, SCHEDULERS,
+                             DDPMScheduler, DPMSolverMultistepScheduler, EDMEulerScheduler,
+                             FlowMatchEulerDiscreteScheduler)
 from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, expand, predicted_x0
 from core.schedulers.edm import edm_noise_level, edm_scalings
 from core.schedulers.flow_match import flow_x0
@@ -105,6 +106,8 @@ class DDPMConfig:
                                        "metrics, the sampler's default): class-conditional or autoguided")
     guide_widths: str = option("", "autoguidance: widths of the guide U-Net stored with the model (empty: none); "
                                    "set by DDPM.with_guide, not trained here")
+    eval_sampler: str = option("", "the scheduler of the model's own samples (training logs, the card's metrics, the "
+                                   "sampler's default), a name from samplers_for (empty: its prediction type's first)")
 
     def scheduler_config(self) -> dict:
         if self.prediction_type == FLOW:
@@ -117,13 +120,22 @@ class DDPMConfig:
 
 
 def samplers_for(prediction_type: str) -> dict:
-    """The schedulers that can sample a model of this prediction type, by name, its default first: Euler and Heun
-    for flow matching; DPM-Solver++, Heun and Euler for EDM; DPM-Solver++, DDIM and DDPM for diffusion."""
+    """The schedulers that can sample a model of this prediction type, by name, the type's default first: Euler and
+    Heun for flow matching; DPM-Solver++, Heun and Euler for EDM; DPM-Solver++ (ODE, then SDE), DDIM and DDPM for
+    diffusion."""
     if prediction_type == FLOW:
         return FLOW_SCHEDULERS
     if prediction_type == EDM:
         return EDM_SCHEDULERS
-    return {name: DIFFUSION_SCHEDULERS[name] for name in ("dpm_solver", "ddim", "ddpm")}
+    return {name: DIFFUSION_SCHEDULERS[name] for name in ("dpm_solver", "dpm_solver_sde", "ddim", "ddpm")}
+
+
+def own_samplers(config: dict) -> tuple[str, ...]:
+    """The names of the schedulers that can sample a model with this config (as a dict), its own first: its
+    eval_sampler when that names one of them, else its prediction type's default."""
+    names = tuple(samplers_for(config.get("prediction_type")))
+    own = config.get("eval_sampler")
+    return (own, *(n for n in names if n != own)) if own in names else names
 
 
 def own_guidance(config: dict) -> float:
@@ -165,6 +177,9 @@ models with each other and are not comparable with Inception-FIDs from papers.
             raise ValueError("zero terminal SNR needs v or x_0 prediction: at t = T, x̂_0 = (x_T − σ ε̂)/0 (Lin et al.)")
         if config.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {config.time_sampling!r}")
+        if config.eval_sampler and config.eval_sampler not in samplers_for(config.prediction_type):
+            raise ValueError(f"eval_sampler must be one of {sorted(samplers_for(config.prediction_type))} for "
+                             f"{config.prediction_type}, got {config.eval_sampler!r}")
         self.config = config
         self.unet = UNet(config.channels, widths, config.layers_per_block, config.num_classes, dropout=config.dropout)
         self.ema = EMA(self.unet, config.ema_decay) if config.ema_decay > 0 else None
@@ -212,8 +227,8 @@ models with each other and are not comparable with Inception-FIDs from papers.
 
     @property
     def samplers(self) -> dict:
-        """The schedulers that can sample this model, by name, its default first."""
-        return samplers_for(self.config.prediction_type)
+        """The schedulers that can sample this model, by name, its own first."""
+        return {name: SCHEDULERS[name] for name in own_samplers(dataclasses.asdict(self.config))}
 
     @property
     def default_sampler(self) -> str:
@@ -285,10 +300,11 @@ models with each other and are not comparable with Inception-FIDs from papers.
         export.unet.load_state_dict(self.ema.average.state_dict())
         return export.to(self.fixed_noise.device)
 
-    def with_guide(self, guide: "DDPM", scale: float) -> "DDPM":
+    def with_guide(self, guide: "DDPM", scale: float, sampler: str | None = None) -> "DDPM":
         """This model's sampling weights with `guide` attached for autoguidance at scale w (the model's default
-        guidance from then on): a new model, saved as one checkpoint. The guide must be an unconditional model of
-        the same objective and noise schedule, without a guide of its own."""
+        guidance from then on; `sampler`, if given, its default scheduler): a new model, saved as one checkpoint.
+        The guide must be an unconditional model of the same objective and noise schedule, without a guide of its
+        own."""
         mine, theirs = dataclasses.asdict(self.config), dataclasses.asdict(guide.config)
         shared = ("channels", "image_size", "layers_per_block", "prediction_type", "num_train_timesteps",
                   "beta_schedule", "beta_start", "beta_end", "zero_terminal_snr", "sigma_data", "shift")
@@ -300,7 +316,8 @@ models with each other and are not comparable with Inception-FIDs from papers.
         if not math.isfinite(scale) or not GUIDANCE_RANGE[0] <= scale <= GUIDANCE_RANGE[1]:
             raise ValueError(f"scale must lie in [{GUIDANCE_RANGE[0]:g}, {GUIDANCE_RANGE[1]:g}], got {scale}")
         guided = DDPM(dataclasses.replace(self.config, ema_decay=0.0, guide_widths=guide.config.widths,
-                                          eval_guidance=float(scale)))
+                                          eval_guidance=float(scale),
+                                          eval_sampler=sampler or self.config.eval_sampler))
         guided.unet.load_state_dict(self.denoiser.state_dict())
         guided.guide.load_state_dict(guide.denoiser.state_dict())
         return guided.to(self.fixed_noise.device)
@@ -316,10 +333,11 @@ models with each other and are not comparable with Inception-FIDs from papers.
         return self.ema.average if self.ema is not None else self.unet
 
     def scheduler(self, name: str | None = None, **options):
-        """A genlab scheduler on this model's training noise schedule: "ddpm", "ddim", "dpm_solver" (default) for a
-        diffusion model, "euler" (default) or "heun" for a flow-matching one, "edm_dpm_solver" (default), "edm_heun"
-        or "edm_euler" for an EDM one. DPM-Solver++ uses dynamic thresholding for an ε-prediction model, as diffusers
-        advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps (α_T ≈ 0.006
+        """A genlab scheduler on this model's training noise schedule: "dpm_solver" (default), "dpm_solver_sde",
+        "ddim" or "ddpm" for a diffusion model, "euler" (default) or "heun" for a flow-matching one, "edm_dpm_solver"
+        (default), "edm_heun" or "edm_euler" for an EDM one; None: the model's own (`default_sampler`: its
+        eval_sampler if set). DPM-Solver++ (ODE or SDE) uses dynamic thresholding for an ε-prediction model, as
+        diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps (α_T ≈ 0.006
         for the linear schedule) turns small errors in ε̂ into saturated speckle; DDPM and DDIM clip its x̂_0 to
         [-1, 1] (diffusers' default). A v-prediction model needs neither (x̂_0 = α_t x_t − σ_t v̂ amplifies nothing)
         and samples better without them: DPM-Solver++ without thresholding (bench/diffusion_recipes.py: recall 0.45
@@ -331,8 +349,9 @@ models with each other and are not comparable with Inception-FIDs from papers.
         if name not in self.samplers:
             kind = "flow-matching" if self.flow else "EDM" if self.edm else "diffusion"
             raise ValueError(f"a {kind} model samples with a scheduler of {sorted(self.samplers)}, got {name!r}")
-        threshold = name == "dpm_solver" and self.config.prediction_type == "epsilon"
-        defaults = {"thresholding": True} if threshold else {}
+        defaults = dict(SCHEDULER_OPTIONS.get(name, {}))
+        if self.samplers[name] is DPMSolverMultistepScheduler and self.config.prediction_type == "epsilon":
+            defaults["thresholding"] = True
         if name in ("ddpm", "ddim") and self.config.prediction_type == "v_prediction":
             defaults.update(clip_sample=False, timestep_spacing="trailing")
         if self.config.zero_terminal_snr and name in ("ddpm", "ddim"):

@@ -8,7 +8,14 @@ log-SNR λ_t = log(α_t/σ_t). Writing h = λ_t − λ_s for a step s → t and 
                                   x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D
 The first step (no previous D yet) and, for short schedules (< 15 steps) or a final σ of 0, the last step are first
 order (lower_order_final, as in diffusers). Internally the schedule is kept as σ̃_t = σ_t/α_t = √((1−ᾱ_t)/ᾱ_t),
-with α_t = 1/√(σ̃² + 1), σ_t = σ̃ α_t. Only `algorithm_type="dpmsolver++"` with solver_order 1 or 2 is implemented.
+with α_t = 1/√(σ̃² + 1), σ_t = σ̃ α_t.
+
+`algorithm_type="sde-dpmsolver++"` integrates the reverse SDE instead, with the same data-prediction expansion (the
+"DPM-Solver++(2M) SDE" of diffusers and k-diffusion): each step forgets part of x_s and draws fresh noise z ~ N(0, I)
+in its place, like the ancestral DDPM sampler, so errors of earlier steps are corrected rather than carried along:
+    first order:   x_t = (σ_t/σ_s) e^{−h} x_s + α_t (1 − e^{−2h}) D_s + σ_t √(1 − e^{−2h}) z
+    2M (midpoint): the same with D = D_s + (1/(2r)) (D_s − D_prev) in place of D_s.
+Solver orders 1 and 2 of both algorithm types are implemented; "dpmsolver" and "sde-dpmsolver" (ε-form) are not.
 """
 from __future__ import annotations
 
@@ -16,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput, expand, in_place, predicted_x0
+from core.schedulers.base import Scheduler, SchedulerOutput, expand, in_place, predicted_x0, step_noise
+
+ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++")
 
 
 class DPMSolverMultistepScheduler(Scheduler):
@@ -39,9 +48,10 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def _check_solver(self) -> None:
         c = self.config
-        if c.algorithm_type != "dpmsolver++" or c.solver_order not in (1, 2) or c.solver_type not in ("midpoint", "heun"):
-            raise ValueError("genlab implements DPM-Solver++ (algorithm_type='dpmsolver++') of solver_order 1 or 2 "
-                             "with solver_type 'midpoint' or 'heun'")
+        solver = c.solver_order in (1, 2) and c.solver_type in ("midpoint", "heun")
+        if c.algorithm_type not in ALGORITHMS or not solver:
+            raise ValueError(f"genlab implements DPM-Solver++ (algorithm_type one of {ALGORITHMS}) of solver_order 1 "
+                             "or 2 with solver_type 'midpoint' or 'heun'")
         if c.final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {c.final_sigmas_type!r}")
 
@@ -95,16 +105,22 @@ class DPMSolverMultistepScheduler(Scheduler):
         """Each step's scalars, for the whole schedule at once, in diffusers' float32 order of operations (element-
         wise, so each rounds as it would one at a time; tests/test_schedulers.py checks it bit for bit), so that
         `step` is left with the image-sized arithmetic. Row i, for the step s = i → t = i + 1: α_s, σ_s (for x̂_0),
-        σ_t/σ_s, α_t (e^{−h} − 1), 1/r (r = h_prev/h), the midpoint's ½ α_t (e^{−h} − 1) and Heun's
-        α_t ((e^{−h} − 1)/h + 1)."""
+        σ_t/σ_s, α_t (e^{−h} − 1), 1/r (r = h_prev/h), the midpoint's ½ α_t (e^{−h} − 1), Heun's
+        α_t ((e^{−h} − 1)/h + 1), and the noise's σ_t √(1 − e^{−2h}) (0 for the ODE). For the SDE the x_s, D and
+        Heun factors are its own: (σ_t/σ_s) e^{−h}, −α_t (1 − e^{−2h}) and −½ α_t (1 − e^{−2h}) (negated, as
+        the ODE's update subtracts them), α_t ((1 − e^{−2h})/(−2h) + 1)."""
         alpha, sigma = self._alpha_sigma(self.sigmas)
         lambdas = torch.log(alpha) - torch.log(sigma)            # λ = log(α/σ), +inf at a final σ̃ of 0
         h = lambdas[1:] - lambdas[:-1]
         r = torch.cat([torch.full((1,), torch.nan), (lambdas[1:-1] - lambdas[:-2]) / h[1:]])
+        if self.config.algorithm_type == "sde-dpmsolver++":
+            ratio, kept = sigma[1:] / sigma[:-1] * torch.exp(-h), alpha[1:] * (1 - torch.exp(-2.0 * h))
+            heun = alpha[1:] * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0)
+            return torch.stack([alpha[:-1], sigma[:-1], ratio, -kept, 1.0 / r, -(0.5 * kept), heun,
+                                sigma[1:] * torch.sqrt(1.0 - torch.exp(-2 * h))], 1)
         first_order = alpha[1:] * (torch.exp(-h) - 1.0)
-        rows = torch.stack([alpha[:-1], sigma[:-1], sigma[1:] / sigma[:-1], first_order, 1.0 / r, 0.5 * first_order,
-                            alpha[1:] * ((torch.exp(-h) - 1.0) / h + 1.0)], 1)
-        return rows
+        return torch.stack([alpha[:-1], sigma[:-1], sigma[1:] / sigma[:-1], first_order, 1.0 / r, 0.5 * first_order,
+                            alpha[1:] * ((torch.exp(-h) - 1.0) / h + 1.0), torch.zeros_like(h)], 1)
 
     def index_for_timestep(self, timestep: int | Tensor) -> int:
         """Where `timestep` lies in the schedule (the second match if it appears twice, as diffusers picks)."""
@@ -134,7 +150,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         x0 = self.convert_model_output(model_output, sample)
         self.model_outputs = self.model_outputs[1:] + [x0]
         sample = sample.to(torch.float32)
-        *_, sigma_ratio, first_order, inverse_r, midpoint, heun = self._rows[i].unbind()  # float32, as diffusers'
+        *_, sigma_ratio, first_order, inverse_r, midpoint, heun, noise = self._rows[i].unbind()   # float32 as theirs
         # (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D_s, in place on fresh tensors (the same roundings, fewer allocations)
         prev_sample = in_place("sub", sigma_ratio * sample, first_order * x0)
         if c.solver_order == 2 and self.lower_order_nums >= 1 and not final_first_order:
@@ -143,6 +159,8 @@ class DPMSolverMultistepScheduler(Scheduler):
                 prev_sample = in_place("sub", prev_sample, midpoint * d1)
             else:
                 prev_sample = in_place("add", prev_sample, heun * d1)
+        if c.algorithm_type == "sde-dpmsolver++":                      # fresh noise, drawn at every step as diffusers
+            prev_sample = in_place("add", prev_sample, noise * step_noise(sample, generator))
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1

@@ -7,7 +7,7 @@ import torch
 
 from core.config import TrainConfig
 from core.hub import load_model
-from core.models.ddpm import DDPM, DDPMConfig
+from core.models.ddpm import DDPM, DDPMConfig, own_samplers
 from core import schedulers
 from core.train import train
 
@@ -371,6 +371,30 @@ def test_a_guide_that_does_not_fit_is_refused(change, message):
     guide = fixed_model(**{"prediction_type": "edm", "widths": "8,16", **change.get("guide", {})})
     with pytest.raises(ValueError, match=message):
         model.with_guide(guide, change.get("scale", 1.5))
+
+
+def test_a_model_samples_with_its_own_scheduler_and_says_which_names_fit():
+    """eval_sampler picks the default scheduler (here the SDE form of DPM-Solver++, with fresh noise at every step);
+    the other names stay available, the own one first; a name of another objective is refused; a config read
+    without loading (the sampler app's) falls back to the objective's default for a name that does not fit."""
+    model = fixed_model(prediction_type="v_prediction", eval_sampler="dpm_solver_sde")
+    assert model.default_sampler == "dpm_solver_sde" and list(model.samplers)[1:] == ["dpm_solver", "ddim", "ddpm"]
+    assert model.scheduler().config.algorithm_type == "sde-dpmsolver++"
+    assert model.scheduler("dpm_solver").config.algorithm_type == "dpmsolver++"
+    torch.testing.assert_close(model.sample(2, steps=4, seed=0), model.sample(2, steps=4, scheduler="dpm_solver_sde",
+                                                                              seed=0))
+    assert not torch.allclose(model.sample(2, steps=4, seed=0), model.sample(2, steps=4, scheduler="dpm_solver", seed=0))
+    assert fixed_model(prediction_type="v_prediction").default_sampler == "dpm_solver"
+    with pytest.raises(ValueError, match=r"eval_sampler must be one of \['edm_dpm_solver', 'edm_euler', 'edm_heun'\]"):
+        DDPM(DDPMConfig(**TINY, prediction_type="edm", eval_sampler="dpm_solver_sde"))
+    assert own_samplers({"prediction_type": "epsilon", "eval_sampler": "ddpm"}) == ("ddpm", "dpm_solver",
+                                                                                   "dpm_solver_sde", "ddim")
+    for odd in ("euler", ["ddim"], None, 3):
+        assert own_samplers({"prediction_type": "epsilon", "eval_sampler": odd})[0] == "dpm_solver"
+    guided = model.with_guide(fixed_model(prediction_type="v_prediction", widths="8,16"), 1.5, "ddpm")
+    assert guided.default_sampler == "ddpm"
+    assert model.with_guide(fixed_model(prediction_type="v_prediction", widths="8,16"), 1.5).default_sampler == \
+        "dpm_solver_sde"
 
 
 def test_a_guided_model_is_for_sampling_not_training():
