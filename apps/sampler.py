@@ -453,10 +453,10 @@ paper), DDIM (Song et al. 2020, $\eta = 0$ deterministic) or DPM-Solver++ (Lu et
 as an ODE or, "SDE", drawing fresh noise at every step as DDPM does, which corrects earlier steps' errors: the
 default for `ddpm` (precision 0.85 against 0.79 at the same 20 steps). `ddpm-cond` uses classifier-free guidance
 (Ho & Salimans 2022): $\hat v = v_\theta(x_t) + w(v_\theta(x_t, y) - v_\theta(x_t))$. `ddpm` has no labels and
-can be guided all the same, by **autoguidance** (Karras et al. 2024): a guide $v_G$, the same objective on a U-Net a quarter the size trained for
-2000 steps instead of 17000, makes the model's mistakes more often, and $\hat v = v_G + w(v_\theta - v_G)$ steers
-away from them ($w = 1$: no guidance, where `ddpm`'s slider starts, since on the longer-trained model the guide
-buys FID and recall with precision). A **flow-matching** model
+can be guided all the same, by **autoguidance** (Karras et al. 2024): a guide $v_G$, the same objective on a U-Net
+a quarter the size trained for 2000 steps instead of 17000, makes the model's mistakes more often, and
+$\hat v = v_G + w(v_\theta - v_G)$ steers away from them ($w = 1$: no guidance, where `ddpm`'s slider starts,
+since on the longer-trained model the guide buys FID and recall with precision). A **flow-matching** model
 (Lipman et al. 2023; Liu et al. 2023; give its Hub id) learns the straight path
 $x_\sigma = (1-\sigma)x_0 + \sigma\varepsilon$ and its velocity $\varepsilon - x_0$; Euler or Heun integrate that
 velocity from $\sigma = 1$ to $0$, and $\hat x_0 = x_\sigma - \sigma v_\theta$. An **EDM** model (Karras et al.

@@ -6,11 +6,11 @@
 Unconditional model: FID/KID, precision/recall, off-manifold share and class coverage of n samples for DDIM and DDPM
 50 steps and DPM-Solver++ (ODE and SDE) 10 and 20 steps (a flow-matching model: Euler 10, Heun 10, Euler 20; an EDM
 model: Euler 20, Heun 10 and 20, DPM-Solver++ 10 and 20; the model's own sampler with 20 steps is the headline),
-against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of core.metrics). Conditional model:
-the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional accuracy (the
-classifier's agreement with the requested class; labels cycle 0..9). Autoguided model (a guide attached, `python -m
-core.hub guide`): the unconditional rows at its own guidance scale, after its default sampler's 20 steps at scales
-1, 1.25, 1.5 and 2. Sampling runs the U-Net in bf16 autocast unless --fp32 (the scheduler arithmetic stays
+against the Fashion-MNIST test set on the features of checkpoints/classifier (the figures of core.metrics).
+Conditional model: the same for the default sampler with 20 steps at guidance scales 1, 2 and 4, plus conditional
+accuracy (the classifier's agreement with the requested class; labels cycle 0..9). Autoguided model (a guide attached,
+`python -m core.hub guide`): the unconditional rows at its own guidance scale, after its default sampler's 20 steps at
+scales 1, 1.25, 1.5 and 2. Sampling runs the U-Net in bf16 autocast unless --fp32 (the scheduler arithmetic stays
 float32). --write puts the rows into the checkpoint's eval.json (headline scalars: the default sampler's 20-step row
 at the model's own guidance scale, eval_guidance for a guided model) and rewrites its card.
 """

@@ -337,14 +337,15 @@ models with each other and are not comparable with Inception-FIDs from papers.
         "ddim" or "ddpm" for a diffusion model, "euler" (default) or "heun" for a flow-matching one, "edm_dpm_solver"
         (default), "edm_heun" or "edm_euler" for an EDM one; None: the model's own (`default_sampler`: its
         eval_sampler if set). DPM-Solver++ (ODE or SDE) uses dynamic thresholding for an ε-prediction model, as
-        diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps (α_T ≈ 0.006
-        for the linear schedule) turns small errors in ε̂ into saturated speckle; DDPM and DDIM clip its x̂_0 to
-        [-1, 1] (diffusers' default). A v-prediction model needs neither (x̂_0 = α_t x_t − σ_t v̂ amplifies nothing)
-        and samples better without them: DPM-Solver++ without thresholding (bench/diffusion_recipes.py: recall 0.45
-        against 0.37 with it); DDPM and DDIM without clipping, which changes x̂_0 but not ε̂ and so bends every step,
-        and from t = T ("trailing" spacing, Lin et al. 2024: diffusers' "leading" starts 50 steps at t = 980 and 20
-        at t = 950, where pure noise stands in for an x_t that still holds 3% and 8% of the image, √ᾱ_t): the shipped
-        `ddpm` with DDIM 50 steps, FID 23.5 with clipping from t = 980, 6.1 without (500 samples at its guidance)."""
+        diffusers advises for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps
+        (α_T ≈ 0.006 for the linear schedule) turns small errors in ε̂ into saturated speckle; DDPM and DDIM clip its
+        x̂_0 to [-1, 1] (diffusers' default). A v-prediction model needs neither (x̂_0 = α_t x_t − σ_t v̂ amplifies
+        nothing) and samples better without them: DPM-Solver++ without thresholding (bench/diffusion_recipes.py:
+        recall 0.45 against 0.37 with it); DDPM and DDIM without clipping, which changes x̂_0 but not ε̂ and so bends
+        every step, and from t = T ("trailing" spacing, Lin et al. 2024: diffusers' "leading" starts 50 steps at t =
+        980 and 20 at t = 950, where pure noise stands in for an x_t that still holds 3% and 8% of the image, √ᾱ_t):
+        the shipped `ddpm` with DDIM 50 steps, FID 23.5 with clipping from t = 980, 6.1 without (500 samples at its
+        guidance)."""
         name = self.default_sampler if name is None else name
         if name not in self.samplers:
             kind = "flow-matching" if self.flow else "EDM" if self.edm else "diffusion"
