@@ -177,9 +177,10 @@ models with each other and are not comparable with Inception-FIDs from papers.
             raise ValueError("zero terminal SNR needs v or x_0 prediction: at t = T, x̂_0 = (x_T − σ ε̂)/0 (Lin et al.)")
         if config.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {config.time_sampling!r}")
-        if config.eval_sampler and config.eval_sampler not in samplers_for(config.prediction_type):
-            raise ValueError(f"eval_sampler must be one of {sorted(samplers_for(config.prediction_type))} for "
-                             f"{config.prediction_type}, got {config.eval_sampler!r}")
+        fitting = sorted(samplers_for(config.prediction_type))
+        if config.eval_sampler and config.eval_sampler not in fitting:      # a list (bad JSON): unequal, not unhashable
+            raise ValueError(f"eval_sampler must be one of {fitting} for {config.prediction_type}, "
+                             f"got {config.eval_sampler!r}")
         self.config = config
         self.unet = UNet(config.channels, widths, config.layers_per_block, config.num_classes, dropout=config.dropout)
         self.ema = EMA(self.unet, config.ema_decay) if config.ema_decay > 0 else None
@@ -346,18 +347,19 @@ models with each other and are not comparable with Inception-FIDs from papers.
         980 and 20 at t = 950, where pure noise stands in for an x_t that still holds 3% and 8% of the image, √ᾱ_t):
         the shipped `ddpm` with DDIM 50 steps, FID 23.5 with clipping from t = 980, 6.1 without (500 samples at its
         guidance)."""
-        name = self.default_sampler if name is None else name
-        if name not in self.samplers:
+        samplers = self.samplers
+        name = next(iter(samplers)) if name is None else name
+        if name not in samplers:
             kind = "flow-matching" if self.flow else "EDM" if self.edm else "diffusion"
-            raise ValueError(f"a {kind} model samples with a scheduler of {sorted(self.samplers)}, got {name!r}")
+            raise ValueError(f"a {kind} model samples with a scheduler of {sorted(samplers)}, got {name!r}")
         defaults = dict(SCHEDULER_OPTIONS.get(name, {}))
-        if self.samplers[name] is DPMSolverMultistepScheduler and self.config.prediction_type == "epsilon":
+        if samplers[name] is DPMSolverMultistepScheduler and self.config.prediction_type == "epsilon":
             defaults["thresholding"] = True
         if name in ("ddpm", "ddim") and self.config.prediction_type == "v_prediction":
             defaults.update(clip_sample=False, timestep_spacing="trailing")
         if self.config.zero_terminal_snr and name in ("ddpm", "ddim"):
             defaults["timestep_spacing"] = "trailing"             # start at t = T, the pure noise (Lin et al.)
-        return self.samplers[name].from_config(self.config.scheduler_config(), **{**defaults, **options})
+        return samplers[name].from_config(self.config.scheduler_config(), **{**defaults, **options})
 
     def predicted_x0(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """x̂_0 from the network's output at (x_t, t): Ho et al. Eq. 15 and its v / x_0 forms, x_σ − σ v̂ (flow), or

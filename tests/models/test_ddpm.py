@@ -387,6 +387,8 @@ def test_a_model_samples_with_its_own_scheduler_and_says_which_names_fit():
     assert fixed_model(prediction_type="v_prediction").default_sampler == "dpm_solver"
     with pytest.raises(ValueError, match=r"eval_sampler must be one of \['edm_dpm_solver', 'edm_euler', 'edm_heun'\]"):
         DDPM(DDPMConfig(**TINY, prediction_type="edm", eval_sampler="dpm_solver_sde"))
+    with pytest.raises(ValueError, match=r"eval_sampler must be one of .* got \['ddim'\]"):     # a config's bad JSON
+        DDPM(DDPMConfig(**TINY, eval_sampler=["ddim"]))
     assert own_samplers({"prediction_type": "epsilon", "eval_sampler": "ddpm"}) == ("ddpm", "dpm_solver",
                                                                                    "dpm_solver_sde", "ddim")
     for odd in ("euler", ["ddim"], None, 3):
