@@ -2,8 +2,9 @@
 
     python bench/ddpm_throughput.py [--repeats 3] [--threads 2] [--parts networks,schedulers]
 
-1. Training images/s at batch 128 (forward, MSE, backward, Adam step) of core.models.unet.UNet and a diffusers
-   UNet2DModel with the same block layout and the same parameter count, in float32 and in bf16 autocast.
+1. Training images/s at batch 128 (forward, MSE, backward, Adam step) of core.models.unet.UNet (in channels_last,
+   as genlab trains and samples it) and a diffusers UNet2DModel with the same block layout and the same parameter
+   count (in its default NCHW, and in channels_last as a second peer), in float32 and in bf16 autocast.
 2. Seconds to sample 64 images with 50 DDIM steps, each network driven by its own library's DDIMScheduler.
 3. Microseconds per scheduler `step` on a 64x1x32x32 tensor, ours vs diffusers, for DDPM, DDIM and DPM-Solver++
    (each a 50-step schedule, set_timesteps included), and the cost of the noise draw that a DDPM step must make.
@@ -26,13 +27,18 @@ CHANNELS, LAYERS, SIZE = (32, 64, 128), 1, 28
 
 
 def networks():
+    """Ours in the memory format genlab trains and samples it in (channels_last, `DDPM.channels_last`); diffusers'
+    in its default NCHW and, as a second peer, in channels_last too."""
     torch.manual_seed(0)
-    ours = UNet(channels=CHANNELS, layers_per_block=LAYERS)
-    theirs = diffusers.UNet2DModel(sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=CHANNELS,
-                                   layers_per_block=LAYERS, norm_num_groups=8, attention_head_dim=32,
-                                   down_block_types=("DownBlock2D",) * (len(CHANNELS) - 1) + ("AttnDownBlock2D",),
-                                   up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (len(CHANNELS) - 1))
-    return {"ours": (ours, lambda x, t: ours(x, t)), "diffusers": (theirs, lambda x, t: theirs(x, t).sample)}
+    ours = UNet(channels=CHANNELS, layers_per_block=LAYERS).to(memory_format=torch.channels_last)
+    peer = lambda layout: diffusers.UNet2DModel(
+        sample_size=SIZE, in_channels=1, out_channels=1, block_out_channels=CHANNELS, layers_per_block=LAYERS,
+        norm_num_groups=8, attention_head_dim=32,
+        down_block_types=("DownBlock2D",) * (len(CHANNELS) - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (len(CHANNELS) - 1)).to(memory_format=layout)
+    theirs, theirs_last = peer(torch.contiguous_format), peer(torch.channels_last)
+    return {"ours": (ours, ours), "diffusers": (theirs, lambda x, t: theirs(x, t).sample),
+            "diffusers, channels_last": (theirs_last, lambda x, t: theirs_last(x, t).sample)}
 
 
 def best(fn, repeats: int) -> float:
@@ -109,6 +115,7 @@ def network_rows(args) -> list[str]:
     nets = networks()
     params = {k: sum(p.numel() for p in net.parameters()) for k, (net, _) in nets.items()}
     print(f"parameters: ours {params['ours']:,}, diffusers {params['diffusers']:,}")
+    assert list(nets) == ["ours", "diffusers", "diffusers, channels_last"]
     results = {}
     for bf16 in (False, True):
         runs = {k: train_steps(net, fwd, bf16) for k, (net, fwd) in nets.items()}
@@ -118,8 +125,8 @@ def network_rows(args) -> list[str]:
                 timings[k].append(best(run, 1))
         for k, t in timings.items():
             results[("train", bf16, k)] = 3 * 128 / min(t)
-        samplers = {"ours": sample_64(nets["ours"][1], schedulers.DDIMScheduler(), bf16),
-                    "diffusers": sample_64(nets["diffusers"][1], diffusers.DDIMScheduler(), bf16)}
+        samplers = {k: sample_64(forward, (schedulers if k == "ours" else diffusers).DDIMScheduler(), bf16)
+                    for k, (_, forward) in nets.items()}
         for k, run in samplers.items():
             run()
         timings = {k: [] for k in samplers}
@@ -132,9 +139,9 @@ def network_rows(args) -> list[str]:
     for kind, label, unit in (("train", "training images/s, batch 128", "{:.0f}"),
                               ("sample", "seconds for 64 images, DDIM 50 steps", "{:.2f}")):
         for bf16 in (False, True):
-            ours, theirs = results[(kind, bf16, "ours")], results[(kind, bf16, "diffusers")]
+            ours, theirs, last = (results[(kind, bf16, k)] for k in nets)
             rows.append(f"| {label} | {'bf16 autocast' if bf16 else 'float32'} | {unit.format(ours)} | "
-                        f"{unit.format(theirs)} | {ours / theirs:.2f}x |")
+                        f"{unit.format(theirs)} | {ours / theirs:.2f}x | {unit.format(last)} | {ours / last:.2f}x |")
     net, forward = nets["ours"]
     x, t = torch.randn(128, 1, SIZE, SIZE), torch.randint(0, 1000, (128,))
     with FlopCounterMode(display=False) as counter:
@@ -156,8 +163,8 @@ def scheduler_rows(args) -> list[str]:
             mine.append(step_time(getattr(schedulers, name)(), 1))
             theirs.append(step_time(getattr(diffusers, name)(), 1))
         rows.append(f"| {name}.step µs, 64x1x32x32 | float32 | {min(mine):.0f} | {min(theirs):.0f} | "
-                    f"{min(mine) / min(theirs):.2f}x |")
-    rows.append(f"| of which the noise draw z ~ N(0, I) (DDPM) | float32 | {noise_draw_time(args.repeats):.0f} | | |")
+                    f"{min(mine) / min(theirs):.2f}x | | |")
+    rows.append(f"| of which the noise draw z ~ N(0, I) (DDPM) | float32 | {noise_draw_time(args.repeats):.0f} | | | | |")
     return rows
 
 
@@ -172,7 +179,8 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads")
     parts = args.parts.split(",")
     rows = (network_rows(args) if "networks" in parts else []) + (scheduler_rows(args) if "schedulers" in parts else [])
-    print("\n| | precision | ours | diffusers | ours / diffusers |\n|---|---|---|---|---|\n" + "\n".join(rows))
+    print("\n| | precision | ours | diffusers | ours / diffusers | diffusers, channels_last | ours / that |\n"
+          "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,20 @@ with GroupNorm in front and a residual around it) runs at the lowest resolution 
 follows diffusers' `UNet2DModel` (blocks per level, skip bookkeeping, one more block per up level than down), so the
 two compare at equal parameter counts (bench/ddpm_throughput.py). With class conditioning, labels 0..K−1 index an
 embedding added to temb, and label K is the "null" label used for classifier-free guidance (Ho & Salimans 2022).
+
+Two choices for speed on a CPU, the values unchanged up to rounding (bench/ddpm_throughput.py): GroupNorm computes
+in float32 whatever the autocast precision (PyTorch's bf16 GroupNorm in channels_last is several times slower than
+its float32 one), and attention over at most `EXPLICIT_ATTENTION_TOKENS` positions (the 7x7 level) is written out
+as softmax(QKᵀ/√d) V, which at that length runs faster than PyTorch's fused CPU kernel (whose bf16 backward is
+slow); longer sequences take the fused kernel.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+EXPLICIT_ATTENTION_TOKENS = 100    # up to here softmax(QKᵀ/√d) V beats the fused kernel (fp32 and bf16, 2 CPU cores)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -26,13 +34,20 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in float32, returned in the input's dtype (as in Dhariwal & Nichol's guided-diffusion)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_dim: int, groups: int, dropout: float):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.norm1 = GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.temb = nn.Linear(temb_dim, out_channels)
-        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.norm2 = GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -48,7 +63,7 @@ class SelfAttention(nn.Module):
     def __init__(self, channels: int, groups: int, head_dim: int):
         super().__init__()
         self.heads = max(1, channels // head_dim)
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm(groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
 
@@ -56,7 +71,11 @@ class SelfAttention(nn.Module):
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)                         # (B, C, H, W) -> (B, HW, C)
         q, k, v = self.qkv(tokens).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v)                       # (B, heads, HW, C/heads)
+        if h * w <= EXPLICIT_ATTENTION_TOKENS:
+            weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1, dtype=torch.float32)
+            attended = weights.to(v.dtype) @ v                                   # (B, heads, HW, C/heads)
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v)
         attended = attended.transpose(1, 2).reshape(b, h * w, c)
         return x + self.out(attended).transpose(1, 2).view(b, c, h, w)
 
@@ -108,7 +127,7 @@ class UNet(nn.Module):
             self.up.append(Level(ins, c, temb_dim, groups, dropout, i in attention_levels, head_dim))
             if i > 0:
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
-        self.norm_out = nn.GroupNorm(groups, channels[0])
+        self.norm_out = GroupNorm(groups, channels[0])
         self.conv_out = nn.Conv2d(channels[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)          # start as ε̂ = 0: the initial loss is E‖ε‖² = 1
         nn.init.zeros_(self.conv_out.bias)

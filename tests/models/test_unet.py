@@ -2,7 +2,8 @@ import diffusers
 import pytest
 import torch
 
-from core.models.unet import UNet, timestep_embedding
+from core.models import unet
+from core.models.unet import GroupNorm, SelfAttention, UNet, timestep_embedding
 
 
 def randomize_output(net: UNet) -> UNet:
@@ -43,3 +44,40 @@ def test_timestep_embedding_is_sinusoidal():
     torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))     # cos 0 = 1, sin 0 = 0
     torch.testing.assert_close(emb[1, 0], torch.cos(torch.tensor(1.0)))         # ω_0 = 1
     assert emb.shape == (2, 8)
+
+
+@pytest.mark.parametrize("channels_last", (False, True))
+def test_written_out_attention_matches_the_fused_kernel_values_and_gradients(monkeypatch, channels_last):
+    """Up to EXPLICIT_ATTENTION_TOKENS positions attention is softmax(QKᵀ/√d) V written out (faster on a CPU); it
+    gives the fused kernel's outputs and gradients, in NCHW and in channels_last."""
+    torch.manual_seed(0)
+    attention = SelfAttention(64, groups=8, head_dim=32)
+    x = torch.randn(3, 64, 7, 7)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    results = []
+    for limit in (unet.EXPLICIT_ATTENTION_TOKENS, 0):               # 49 positions: written out, then fused
+        monkeypatch.setattr(unet, "EXPLICIT_ATTENTION_TOKENS", limit)
+        inputs = x.clone().requires_grad_()
+        out = attention(inputs)
+        out.square().sum().backward()
+        results.append((out, inputs.grad, attention.qkv.weight.grad.clone()))
+        attention.zero_grad()
+    assert not torch.equal(results[0][0], results[1][0])             # two computations, not one path taken twice
+    for written, fused in zip(*results):
+        torch.testing.assert_close(written, fused, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):                # and in bf16, up to its rounding
+        low = attention(x)
+    torch.testing.assert_close(low, results[0][0].detach(), atol=0.05, rtol=0.05)
+
+
+def test_group_norm_computes_in_float32_under_bf16_autocast():
+    """A bf16 activation is normalised in float32 and handed back in bf16: exactly the float32 result, rounded."""
+    norm = GroupNorm(4, 16)
+    torch.nn.init.normal_(norm.weight)
+    x = (torch.randn(2, 16, 6, 6) * 5 + 3).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    assert out.dtype == torch.bfloat16
+    expected = torch.nn.functional.group_norm(x.float(), 4, norm.weight, norm.bias).bfloat16()
+    assert torch.equal(out, expected)
+    torch.testing.assert_close(norm(x.float()), expected.float(), atol=0.05, rtol=0.02)
