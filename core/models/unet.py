@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-EXPLICIT_ATTENTION_TOKENS = 100    # up to here softmax(QKᵀ/√d) V beats the fused kernel (fp32 and bf16, 2 CPU cores)
+EXPLICIT_ATTENTION_TOKENS = 100    # up to here softmax(QKᵀ/√d) V beats the fused kernel (fp32 and bf16, 2 cores)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -35,10 +35,13 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
 
 
 class GroupNorm(nn.GroupNorm):
-    """GroupNorm computed in float32, returned in the input's dtype (as in Dhariwal & Nichol's guided-diffusion)."""
+    """GroupNorm computed in at least float32, returned in the input's dtype (as in Dhariwal & Nichol's
+    guided-diffusion)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        weight, bias = self.weight.to(wide.dtype), self.bias.to(wide.dtype)
+        return F.group_norm(wide, self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 class ResidualBlock(nn.Module):

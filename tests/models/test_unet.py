@@ -81,3 +81,8 @@ def test_group_norm_computes_in_float32_under_bf16_autocast():
     expected = torch.nn.functional.group_norm(x.float(), 4, norm.weight, norm.bias).bfloat16()
     assert torch.equal(out, expected)
     torch.testing.assert_close(norm(x.float()), expected.float(), atol=0.05, rtol=0.02)
+    wide = x.double()                                                  # float64 stays float64
+    assert torch.equal(norm.double()(wide), torch.nn.functional.group_norm(wide, 4, norm.weight, norm.bias))
+    low = norm.bfloat16()                                               # a module cast to bf16 still works in fp32
+    assert torch.equal(low(x), torch.nn.functional.group_norm(x.float(), 4, low.weight.float(), low.bias.float())
+                       .bfloat16())
