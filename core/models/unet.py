@@ -12,16 +12,19 @@ two compare at equal parameter counts (bench/ddpm_throughput.py). With class con
 embedding added to temb, and label K is the "null" label used for classifier-free guidance (Ho & Salimans 2022).
 
 Two choices for speed on a CPU, the values unchanged up to rounding (bench/ddpm_throughput.py): GroupNorm computes
-in float32 whatever the autocast precision (PyTorch's bf16 GroupNorm in channels_last is several times slower than
-its float32 one), and attention over at most `EXPLICIT_ATTENTION_TOKENS` positions (the 7x7 level) is written out
-as softmax(QKᵀ/√d) V, which at that length runs faster than PyTorch's fused CPU kernel (whose bf16 backward is
-slow); longer sequences take the fused kernel.
+in float32 whatever the autocast precision, together with the SiLU after it in one C kernel on channels_last tensors
+(core/kernels.py; PyTorch's bf16 GroupNorm in channels_last is several times slower than its float32 one), and
+attention over at most `EXPLICIT_ATTENTION_TOKENS` positions (the 7x7 level) is written out as softmax(QKᵀ/√d) V,
+which at that length runs faster than PyTorch's fused CPU kernel (whose bf16 backward is slow); longer sequences
+take the fused kernel.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from core.kernels import group_norm_silu
 
 EXPLICIT_ATTENTION_TOKENS = 100    # up to here softmax(QKᵀ/√d) V beats the fused kernel (fp32 and bf16, 2 cores)
 
@@ -36,29 +39,31 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
 
 class GroupNorm(nn.GroupNorm):
     """GroupNorm computed in at least float32, returned in the input's dtype (as in Dhariwal & Nichol's
-    guided-diffusion)."""
+    guided-diffusion), with the SiLU that follows it folded in where `silu` (one fused CPU kernel: core.kernels)."""
+
+    def __init__(self, num_groups: int, num_channels: int, silu: bool = False):
+        super().__init__(num_groups, num_channels)
+        self.silu = silu
 
     def forward(self, x: Tensor) -> Tensor:
-        wide = x.to(torch.promote_types(x.dtype, torch.float32))
-        weight, bias = self.weight.to(wide.dtype), self.bias.to(wide.dtype)
-        return F.group_norm(wide, self.num_groups, weight, bias, self.eps).to(x.dtype)
+        return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, self.silu)
 
 
 class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_dim: int, groups: int, dropout: float):
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels)
+        self.norm1 = GroupNorm(groups, in_channels, silu=True)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.temb = nn.Linear(temb_dim, out_channels)
-        self.norm2 = GroupNorm(groups, out_channels)
+        self.norm2 = GroupNorm(groups, out_channels, silu=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x))                                       # norm1 and norm2 end in SiLU
         h = h + self.temb(F.silu(temb))[:, :, None, None]                    # the timestep enters every block
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h)))
         return self.skip(x) + h
 
 
@@ -130,7 +135,7 @@ class UNet(nn.Module):
             self.up.append(Level(ins, c, temb_dim, groups, dropout, i in attention_levels, head_dim))
             if i > 0:
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
-        self.norm_out = GroupNorm(groups, channels[0])
+        self.norm_out = GroupNorm(groups, channels[0], silu=True)
         self.conv_out = nn.Conv2d(channels[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)          # start as ε̂ = 0: the initial loss is E‖ε‖² = 1
         nn.init.zeros_(self.conv_out.bias)
@@ -158,4 +163,4 @@ class UNet(nn.Module):
                 h = attention(block(torch.cat([h, skips.pop()], dim=1), temb))
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))

@@ -1,0 +1,175 @@
+/* GroupNorm, optionally followed by SiLU, over channels_last (N, H, W, C) tensors of float32 or bfloat16, forward
+ * and backward, computed in float32. Loaded by core/kernels.py, which holds the equations and the reference.
+ *
+ * Per sample n and group g (channels c of g, positions p, M = |g| * HW elements):
+ *   mean = (1/M) Σ x,  var = (1/M) Σ (x − mean)²,  rstd = 1/√(var + eps)
+ *   z = γ_c (x − mean) rstd + β_c = a_c x + b_c,   y = z, or SiLU(z) = z σ(z)
+ * Backward, with dz = dy (or dy σ(z) (1 + z (1 − σ(z))) after SiLU) and x̂ = (x − mean) rstd:
+ *   dβ_c = Σ_{n,p} dz,  dγ_c = Σ_{n,p} dz x̂
+ *   dx = rstd (γ_c dz − m1 − x̂ m2),  m1 = (1/M) Σ_g γ dz,  m2 = (1/M) Σ_g γ dz x̂
+ * In channels_last a sample is HW rows of C contiguous channels: per-channel loops run along a row, over c.
+ * Parallel over samples; each sample is read into a float32 buffer (a few hundred kB: it stays in the core's cache)
+ * and written back once, so that the long loops vectorise. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void load(const void *src, float *restrict dst, int64_t count, int bf16) {
+    if (bf16) {
+        const uint16_t *restrict s = src;
+        uint32_t *restrict d = (uint32_t *)dst;
+        for (int64_t i = 0; i < count; i++) d[i] = (uint32_t)s[i] << 16;
+    } else {
+        memcpy(dst, src, count * sizeof(float));
+    }
+}
+
+static void store(void *dst, const float *restrict src, int64_t count, int bf16) {
+    if (bf16) {                                          /* round to nearest even, as torch's float -> bfloat16 */
+        const uint32_t *restrict s = (const uint32_t *)src;
+        uint16_t *restrict d = dst;
+        for (int64_t i = 0; i < count; i++) d[i] = (uint16_t)((s[i] + 0x7FFFu + ((s[i] >> 16) & 1u)) >> 16);
+    } else {
+        memcpy(dst, src, count * sizeof(float));
+    }
+}
+
+/* e^x = 2^k e^r with k = round(x / ln 2) and r = x − k ln 2 (ln 2 split in two so that r stays exact), |r| <= ln2/2,
+ * e^r from its Taylor series to r⁷ (relative error below 1e-7, about one float32 ulp). Written out rather than
+ * calling expf so that the SiLU loops vectorise without -ffast-math. */
+static inline float exp_approx(float x) {
+    x = x < -87.f ? -87.f : x > 88.f ? 88.f : x;                 /* e^x stays a normal float32 */
+    float k = rintf(x * 1.44269504089f);
+    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+    float p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720
+                                                                                        + r * (1.f / 5040)))))));
+    int32_t bits = ((int32_t)k + 127) << 23;                        /* 2^k */
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* A scratch buffer per thread, kept between calls (a fresh malloc of this size maps new pages every call). */
+static float *scratch(int64_t count) {
+    static __thread float *buffer = NULL;
+    static __thread int64_t capacity = 0;
+    if (count > capacity) {
+        free(buffer);
+        buffer = malloc(count * sizeof(float));
+        capacity = buffer ? count : 0;
+    }
+    return buffer;
+}
+
+/* a_c = γ_c rstd and b_c = β_c − mean a_c (y = a x + b before the SiLU), from the group statistics of a sample. */
+static void affine(const float *restrict gamma, const float *restrict beta, const float *restrict mean,
+                   const float *restrict rstd, float *restrict a, float *restrict b, int64_t c, int64_t groups) {
+    for (int64_t i = 0; i < c; i++) {
+        int64_t g = i / (c / groups);
+        a[i] = gamma[i] * rstd[g];
+        b[i] = beta[i] - mean[g] * a[i];
+    }
+}
+
+void group_norm_silu_forward(const void *x, void *y, const float *gamma, const float *beta, float *mean,
+                             float *rstd, int64_t n, int64_t hw, int64_t c, int64_t groups, float eps, int bf16,
+                             int silu, int threads) {
+    const int64_t per_group = c / groups, size = hw * c, element = bf16 ? 2 : 4;
+#pragma omp parallel num_threads(threads)
+    {
+        float *restrict xs = scratch(size + 4 * c);
+        float *restrict sum = xs + size, *restrict a = sum + c, *restrict b = a + c, *restrict mean_c = b + c;
+#pragma omp for schedule(static)
+        for (int64_t s = 0; s < n; s++) {
+            float *mean_s = mean + s * groups, *rstd_s = rstd + s * groups;
+            load((const char *)x + s * size * element, xs, size, bf16);
+            for (int64_t pass = 0; pass < 2; pass++) {                  /* Σ x, then Σ (x − mean)² */
+                memset(sum, 0, c * sizeof(float));
+                if (pass == 0)
+                    for (int64_t p = 0; p < hw; p++)
+                        for (int64_t i = 0; i < c; i++) sum[i] += xs[p * c + i];
+                else
+                    for (int64_t p = 0; p < hw; p++)
+                        for (int64_t i = 0; i < c; i++) {
+                            float d = xs[p * c + i] - mean_c[i];
+                            sum[i] += d * d;
+                        }
+                for (int64_t g = 0; g < groups; g++) {
+                    float total = 0.f;
+                    for (int64_t i = g * per_group; i < (g + 1) * per_group; i++) total += sum[i];
+                    total /= (float)(per_group * hw);
+                    if (pass == 0) mean_s[g] = total;
+                    else rstd_s[g] = 1.f / sqrtf(total + eps);
+                }
+                for (int64_t i = 0; i < c; i++) mean_c[i] = mean_s[i / per_group];
+            }
+            affine(gamma, beta, mean_s, rstd_s, a, b, c, groups);
+            for (int64_t p = 0; p < hw; p++)
+                for (int64_t i = 0; i < c; i++) xs[p * c + i] = xs[p * c + i] * a[i] + b[i];
+            if (silu)
+                for (int64_t i = 0; i < size; i++) xs[i] = xs[i] / (1.f + exp_approx(-xs[i]));
+            store((char *)y + s * size * element, xs, size, bf16);
+        }
+    }
+}
+
+/* dgamma and dbeta are (n, c): each sample's share, summed over n by the caller. */
+void group_norm_silu_backward(const void *dy, const void *x, const float *gamma, const float *beta,
+                              const float *mean, const float *rstd, void *dx, float *dgamma, float *dbeta, int64_t n,
+                              int64_t hw, int64_t c, int64_t groups, int bf16, int silu, int threads) {
+    const int64_t per_group = c / groups, size = hw * c, element = bf16 ? 2 : 4;
+    const float inv_m = 1.f / (float)(per_group * hw);
+#pragma omp parallel num_threads(threads)
+    {
+        float *restrict xs = scratch(3 * size + 6 * c + 2 * groups);
+        float *restrict grad = xs + size, *restrict zs = grad + size, *restrict a = zs + size, *restrict b = a + c;
+        float *restrict k_grad = b + c, *restrict k_x = k_grad + c, *restrict k = k_x + c;
+        float *restrict m1 = k + c, *restrict m2 = m1 + groups, *restrict mean_c = m2 + groups;
+#pragma omp for schedule(static)
+        for (int64_t s = 0; s < n; s++) {
+            const float *mean_s = mean + s * groups, *rstd_s = rstd + s * groups;
+            float *restrict dgamma_s = dgamma + s * c, *restrict dbeta_s = dbeta + s * c;
+            load((const char *)x + s * size * element, xs, size, bf16);
+            load((const char *)dy + s * size * element, grad, size, bf16);
+            affine(gamma, beta, mean_s, rstd_s, a, b, c, groups);
+            for (int64_t i = 0; i < c; i++) mean_c[i] = mean_s[i / per_group];
+            if (silu) {                                              /* dz = dy σ(z) (1 + z (1 − σ(z))) */
+                for (int64_t p = 0; p < hw; p++)
+                    for (int64_t i = 0; i < c; i++) zs[p * c + i] = xs[p * c + i] * a[i] + b[i];
+                for (int64_t i = 0; i < size; i++) {
+                    float sig = 1.f / (1.f + exp_approx(-zs[i]));
+                    grad[i] *= sig * (1.f + zs[i] * (1.f - sig));
+                }
+            }
+            memset(dgamma_s, 0, c * sizeof(float));
+            memset(dbeta_s, 0, c * sizeof(float));
+            for (int64_t p = 0; p < hw; p++)
+                for (int64_t i = 0; i < c; i++) {
+                    dbeta_s[i] += grad[p * c + i];
+                    dgamma_s[i] += grad[p * c + i] * (xs[p * c + i] - mean_c[i]);
+                }
+            for (int64_t g = 0; g < groups; g++) {
+                m1[g] = m2[g] = 0.f;
+                for (int64_t i = g * per_group; i < (g + 1) * per_group; i++) {
+                    dgamma_s[i] *= rstd_s[g];                                  /* Σ dz x̂ */
+                    m1[g] += gamma[i] * dbeta_s[i];
+                    m2[g] += gamma[i] * dgamma_s[i];
+                }
+                m1[g] *= inv_m;
+                m2[g] *= inv_m;
+            }
+            /* dx = rstd γ dz − rstd m1 − (x − mean) rstd² m2 = k_grad dz + k_x x + k */
+            for (int64_t i = 0; i < c; i++) {
+                int64_t g = i / per_group;
+                k_grad[i] = rstd_s[g] * gamma[i];
+                k_x[i] = -rstd_s[g] * rstd_s[g] * m2[g];
+                k[i] = -rstd_s[g] * m1[g] - mean_s[g] * k_x[i];
+            }
+            for (int64_t p = 0; p < hw; p++)
+                for (int64_t i = 0; i < c; i++)
+                    zs[p * c + i] = k_grad[i] * grad[p * c + i] + k_x[i] * xs[p * c + i] + k[i];
+            store((char *)dx + s * size * element, zs, size, bf16);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+"""The GroupNorm+SiLU C kernel against PyTorch's ops: values and gradients, both dtypes, when it applies and when not."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core import kernels
+from core.models.unet import UNet
+
+
+def reference(x, groups, weight, bias, silu):
+    """The same maths in float64 with PyTorch's ops, and its gradients."""
+    y = F.group_norm(x.double(), groups, weight.double(), bias.double(), 1e-5)
+    return F.silu(y) if silu else y
+
+
+def kernel_and_reference(dtype, shape, groups, silu, threads=2):
+    torch.manual_seed(0)
+    n, c, h, w = shape
+    x = (torch.randn(shape) * 3 + 2).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight, bias = torch.randn(c, requires_grad=True), torch.randn(c, requires_grad=True)
+    dy = torch.randn(shape).to(dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = kernels.group_norm_silu(x, groups, weight, bias, silu=silu)
+        y.backward(dy)
+    finally:
+        torch.set_num_threads(previous)
+    assert y.grad_fn.name() == "GroupNormSiLUFunctionBackward"        # the kernel ran, not the fallback
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    expected = reference(x64, groups, w64, b64, silu)
+    expected.backward(dy.double())
+    return (y, x.grad, weight.grad, bias.grad), (expected, x64.grad, w64.grad, b64.grad)
+
+
+@pytest.mark.parametrize("silu", (True, False))
+@pytest.mark.parametrize("shape, groups", [((4, 32, 28, 28), 8), ((3, 96, 7, 7), 8), ((5, 6, 3, 5), 6),
+                                           ((1, 12, 1, 1), 3)])
+def test_float32_kernel_equals_the_reference_in_values_and_gradients(shape, groups, silu):
+    for got, expected in zip(*kernel_and_reference(torch.float32, shape, groups, silu)):
+        torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("silu", (True, False))
+def test_bf16_kernel_is_the_float32_maths_rounded_once(silu, threads):
+    """bf16 in and out, float32 inside: the output is within one bf16 rounding (2^-8 relative) of the exact value;
+    weight and bias gradients (float32) are as exact as in float32 given the same bf16 input."""
+    (y, dx, dweight, dbias), (y64, dx64, dweight64, dbias64) = kernel_and_reference(
+        torch.bfloat16, (6, 64, 14, 14), 8, silu, threads)
+    assert ((y.double() - y64).abs() <= y64.abs() * 2 ** -8 + 1e-6).all()
+    torch.testing.assert_close(dx.double(), dx64, atol=0.02, rtol=2 ** -7)
+    torch.testing.assert_close(dweight.double(), dweight64, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(dbias.double(), dbias64, atol=1e-3, rtol=1e-4)
+
+
+def test_the_kernel_is_used_only_where_it_applies():
+    weight = torch.ones(8)
+    last = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert kernels.kernel_applies(last, 4, weight)
+    assert not kernels.kernel_applies(last.contiguous(), 4, weight)                  # NCHW: PyTorch's ops
+    assert not kernels.kernel_applies(last.double(), 4, weight)                      # float64
+    assert not kernels.kernel_applies(last, 4, weight.bfloat16())                    # a module cast to bf16
+    assert not kernels.kernel_applies(last, 3, weight)                               # 8 channels in 3 groups
+    nchw = kernels.group_norm_silu(last.contiguous().requires_grad_(), 4, weight, torch.zeros(8))
+    assert nchw.grad_fn.name() != "GroupNormSiLUFunctionBackward"
+    torch.testing.assert_close(nchw, kernels.group_norm_silu(last, 4, weight, torch.zeros(8)))
+    with pytest.raises(RuntimeError, match="divisible"):                             # PyTorch's own message
+        kernels.group_norm_silu(last, 3, weight, torch.zeros(8))
+
+
+def test_inference_mode_and_a_second_derivative():
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(8), torch.randn(8)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.group_norm_silu(x, 4, weight, bias),
+                                   reference(x, 4, weight, bias, True).float())
+    x.requires_grad_()
+    y = kernels.group_norm_silu(x, 4, weight, bias)
+    (grad,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)       # dy = 2y depends on x
+    with pytest.raises(RuntimeError, match="differentiate twice"):             # a clear refusal, not a wrong value
+        grad.sum().backward()
+
+
+def test_without_a_compiler_it_warns_once_and_computes_the_same(monkeypatch, tmp_path):
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(8), torch.randn(8)
+    fused = kernels.group_norm_silu(x, 4, weight, bias)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    kernels.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C compiler"):
+            fallback = kernels.group_norm_silu(x, 4, weight, bias)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                                  # once: the second call is silent
+            kernels.group_norm_silu(x, 4, weight, bias)
+    finally:
+        kernels.library.cache_clear()
+    torch.testing.assert_close(fallback, fused)
+
+
+def test_a_failed_build_warns_with_the_compilers_message(monkeypatch, tmp_path):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: fatal error: out of cheese' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kernels.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="out of cheese"):
+            assert kernels.library() is None
+    finally:
+        kernels.library.cache_clear()
+    assert not list((tmp_path / "cache").rglob("*.so"))                 # nothing half-built left in the cache
+
+
+@pytest.mark.parametrize("bf16", (False, True))
+def test_unet_in_channels_last_with_the_kernel_equals_pytorchs_ops(monkeypatch, bf16):
+    """The U-Net's forward and parameter gradients, kernel on (channels_last) against kernel off."""
+    torch.manual_seed(0)
+    net = UNet(channels=(16, 32), groups=4).to(memory_format=torch.channels_last)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    x = torch.randn(4, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(kernels, "enabled", enabled)
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x, torch.tensor([3, 50, 500, 900]))
+        out.float().square().mean().backward()
+        results.append((out.detach().float(), [p.grad.clone() for p in net.parameters()]))
+    (out, grads), (out_ref, grads_ref) = results
+    tolerance = dict(atol=0.05, rtol=0.05) if bf16 else dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out, out_ref, **tolerance)
+    for grad, grad_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(grad, grad_ref, **(dict(atol=0.05, rtol=0.1) if bf16 else tolerance))
