@@ -1,6 +1,6 @@
 """Our U-Net and schedulers against diffusers', side by side in one run (issue: DDPM benchmark).
 
-    python bench/ddpm_throughput.py [--repeats 3] [--threads 2] [--parts networks,schedulers]
+    python bench/ddpm_throughput.py [--repeats 3] [--threads 2] [--parts networks,schedulers] [--no-kernel]
 
 1. Training images/s at batch 128 (forward, MSE, backward, Adam step) of core.models.unet.UNet (in channels_last,
    as genlab trains and samples it) and a diffusers UNet2DModel with the same block layout and the same parameter
@@ -10,7 +10,8 @@
    (each a 50-step schedule, set_timesteps included), and the cost of the noise draw that a DDPM step must make.
 4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
    machine's measured matmul peak (a 2048^3 product in float32 and bf16, through BLAS and through oneDNN).
-Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine.
+Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine. --no-kernel runs
+our U-Net with PyTorch's GroupNorm and SiLU instead of the C kernel of core/kernels.py.
 """
 import argparse
 import time
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from core import schedulers
+from core import kernels, schedulers
 from core.models.unet import UNet
 
 CHANNELS, LAYERS, SIZE = (32, 64, 128), 1, 28
@@ -173,10 +174,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--parts", default="networks,schedulers", help="networks (1, 2, 4), schedulers (3), or both")
+    parser.add_argument("--no-kernel", action="store_true", help="GroupNorm+SiLU as PyTorch's ops, not the C kernel")
     args = parser.parse_args()
+    kernels.enabled = not args.no_kernel
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{torch.get_num_threads()} threads")
+    print(f"{torch.get_num_threads()} threads, GroupNorm+SiLU: {'C kernel' if kernels.enabled else 'PyTorch ops'}")
     parts = args.parts.split(",")
     rows = (network_rows(args) if "networks" in parts else []) + (scheduler_rows(args) if "schedulers" in parts else [])
     print("\n| | precision | ours | diffusers | ours / diffusers | diffusers, channels_last | ours / that |\n"

@@ -50,6 +50,14 @@ static inline float exp_approx(float x) {
     return p * scale;
 }
 
+__attribute__((target("prefer-vector-width=512")))
+static void silu_row(float *restrict row, const float *restrict a, const float *restrict b, int64_t c) {
+    for (int64_t i = 0; i < c; i++) {
+        float z = row[i] * a[i] + b[i];
+        row[i] = z / (1.f + exp_approx(-z));
+    }
+}
+
 /* A scratch buffer per thread, kept between calls (a fresh malloc of this size maps new pages every call). */
 static float *scratch(int64_t count) {
     static __thread float *buffer = NULL;
@@ -76,40 +84,49 @@ void group_norm_silu_forward(const void *x, void *y, const float *gamma, const f
                              float *rstd, int64_t n, int64_t hw, int64_t c, int64_t groups, float eps, int bf16,
                              int silu, int threads) {
     const int64_t per_group = c / groups, size = hw * c, element = bf16 ? 2 : 4;
+    const float inv_m = 1.f / (float)(per_group * hw);
 #pragma omp parallel num_threads(threads)
     {
-        float *restrict xs = scratch(size + 4 * c);
-        float *restrict sum = xs + size, *restrict a = sum + c, *restrict b = a + c, *restrict mean_c = b + c;
+        float *restrict row = scratch(6 * c);
+        float *restrict shift = row + c, *restrict sum = shift + c, *restrict squares = sum + c, *restrict a = squares + c,
+                        *restrict b = a + c;
 #pragma omp for schedule(static)
         for (int64_t s = 0; s < n; s++) {
+            const char *xs = (const char *)x + s * size * element;
+            char *ys = (char *)y + s * size * element;
             float *mean_s = mean + s * groups, *rstd_s = rstd + s * groups;
-            load((const char *)x + s * size * element, xs, size, bf16);
-            for (int64_t pass = 0; pass < 2; pass++) {                  /* Σ x, then Σ (x − mean)² */
-                memset(sum, 0, c * sizeof(float));
-                if (pass == 0)
-                    for (int64_t p = 0; p < hw; p++)
-                        for (int64_t i = 0; i < c; i++) sum[i] += xs[p * c + i];
-                else
-                    for (int64_t p = 0; p < hw; p++)
-                        for (int64_t i = 0; i < c; i++) {
-                            float d = xs[p * c + i] - mean_c[i];
-                            sum[i] += d * d;
-                        }
-                for (int64_t g = 0; g < groups; g++) {
-                    float total = 0.f;
-                    for (int64_t i = g * per_group; i < (g + 1) * per_group; i++) total += sum[i];
-                    total /= (float)(per_group * hw);
-                    if (pass == 0) mean_s[g] = total;
-                    else rstd_s[g] = 1.f / sqrtf(total + eps);
+            /* One pass of shifted sums: with k_g a value of the group (its first), mean = k + Σ(x − k)/M and
+             * var = Σ(x − k)²/M − (Σ(x − k)/M)², which keeps float32 accurate when |mean| >> std. */
+            load(xs, row, c, bf16);
+            for (int64_t i = 0; i < c; i++) shift[i] = row[i - i % per_group];
+            memset(sum, 0, 2 * c * sizeof(float));
+            for (int64_t p = 0; p < hw; p++) {
+                load(xs + p * c * element, row, c, bf16);
+                for (int64_t i = 0; i < c; i++) {
+                    float d = row[i] - shift[i];
+                    sum[i] += d;
+                    squares[i] += d * d;
                 }
-                for (int64_t i = 0; i < c; i++) mean_c[i] = mean_s[i / per_group];
+            }
+            for (int64_t g = 0; g < groups; g++) {
+                float total = 0.f, total_squares = 0.f;
+                for (int64_t i = g * per_group; i < (g + 1) * per_group; i++) {
+                    total += sum[i];
+                    total_squares += squares[i];
+                }
+                float offset = total * inv_m, var = total_squares * inv_m - offset * offset;
+                mean_s[g] = shift[g * per_group] + offset;
+                rstd_s[g] = 1.f / sqrtf((var > 0.f ? var : 0.f) + eps);
             }
             affine(gamma, beta, mean_s, rstd_s, a, b, c, groups);
-            for (int64_t p = 0; p < hw; p++)
-                for (int64_t i = 0; i < c; i++) xs[p * c + i] = xs[p * c + i] * a[i] + b[i];
-            if (silu)
-                for (int64_t i = 0; i < size; i++) xs[i] = xs[i] / (1.f + exp_approx(-xs[i]));
-            store((char *)y + s * size * element, xs, size, bf16);
+            for (int64_t p = 0; p < hw; p++) {                          /* the sample is still in cache */
+                load(xs + p * c * element, row, c, bf16);
+                if (silu)
+                    silu_row(row, a, b, c);
+                else
+                    for (int64_t i = 0; i < c; i++) row[i] = row[i] * a[i] + b[i];
+                store(ys + p * c * element, row, c, bf16);
+            }
         }
     }
 }

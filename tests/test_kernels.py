@@ -15,10 +15,10 @@ def reference(x, groups, weight, bias, silu):
     return F.silu(y) if silu else y
 
 
-def kernel_and_reference(dtype, shape, groups, silu, threads=2):
+def kernel_and_reference(dtype, shape, groups, silu, threads=2, scale=3.0, offset=2.0):
     torch.manual_seed(0)
     n, c, h, w = shape
-    x = (torch.randn(shape) * 3 + 2).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = (torch.randn(shape) * scale + offset).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
     weight, bias = torch.randn(c, requires_grad=True), torch.randn(c, requires_grad=True)
     dy = torch.randn(shape).to(dtype)
     previous = torch.get_num_threads()
@@ -42,6 +42,14 @@ def kernel_and_reference(dtype, shape, groups, silu, threads=2):
 def test_float32_kernel_equals_the_reference_in_values_and_gradients(shape, groups, silu):
     for got, expected in zip(*kernel_and_reference(torch.float32, shape, groups, silu)):
         torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_float32_statistics_stay_accurate_when_the_mean_dwarfs_the_spread():
+    """Mean 300, standard deviation 0.05: the variance from one pass of shifted sums stays float32-accurate."""
+    (y, dx, *_), (y64, dx64, *_) = kernel_and_reference(torch.float32, (2, 16, 14, 14), 4, False, scale=0.05,
+                                                         offset=300.0)
+    torch.testing.assert_close(y.double(), y64, atol=2e-3, rtol=1e-3)        # x itself is stored to 2e-5 (0.04%)
+    torch.testing.assert_close(dx.double(), dx64, atol=0.02, rtol=1e-3)
 
 
 @pytest.mark.parametrize("threads", (1, 2))
