@@ -7,9 +7,9 @@
  * Backward, with dz = dy (or dy σ(z) (1 + z (1 − σ(z))) after SiLU) and x̂ = (x − mean) rstd:
  *   dβ_c = Σ_{n,p} dz,  dγ_c = Σ_{n,p} dz x̂
  *   dx = rstd (γ_c dz − m1 − x̂ m2),  m1 = (1/M) Σ_g γ dz,  m2 = (1/M) Σ_g γ dz x̂
- * In channels_last a sample is HW rows of C contiguous channels: per-channel loops run along a row, over c.
- * Parallel over samples; each sample is read into a float32 buffer (a few hundred kB: it stays in the core's cache)
- * and written back once, so that the long loops vectorise. */
+ * In channels_last a sample is HW rows of C contiguous channels: per-channel loops run along a row, over c, and
+ * vectorise. Parallel over samples. The forward reads a sample twice (statistics, then output) while it stays in the
+ * core's cache; the backward reads x and dy of a sample into float32 buffers once and writes dx once. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -50,7 +50,6 @@ static inline float exp_approx(float x) {
     return p * scale;
 }
 
-__attribute__((target("prefer-vector-width=512")))
 static void silu_row(float *restrict row, const float *restrict a, const float *restrict b, int64_t c) {
     for (int64_t i = 0; i < c; i++) {
         float z = row[i] * a[i] + b[i];

@@ -7,8 +7,9 @@ channels_last is several times slower than its float32 one; together they are mo
 once the convolutions run in bf16 (bench/ddpm_throughput.py). `group_norm_silu.c` beside this file does the whole
 thing, forward and backward, in two or three passes over each sample in float32, rounding to the input's dtype once.
 It is compiled on first use with the system's C compiler (`cc`, or $CC) into a per-machine cache and called through
-ctypes; without a compiler, or for any other layout, dtype or device, `group_norm_silu` computes the same with
-PyTorch's own ops (the reference the tests compare the kernel against), after one warning.
+ctypes; without a compiler that builds it (gcc or clang with OpenMP; Apple's clang has none), or for any other
+layout, dtype or device, `group_norm_silu` computes the same with PyTorch's own ops (the reference the tests compare
+the kernel against); a missing or failing compiler says so in one warning.
 """
 import ctypes
 import functools
