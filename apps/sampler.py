@@ -237,22 +237,23 @@ def class_picker(model, family):
     return gr.update(interactive=conditional, value=-1 if not conditional else gr.skip())
 
 
-def diffusion_defaults(model) -> tuple[tuple[str, ...], float]:
-    """The schedulers that suit the model (diffusion, flow matching or EDM), its default first, and its guidance
-    scale (its card's for a guided model, else 1), for the layout: a diffusion model's when there is no config."""
+def diffusion_defaults(model) -> tuple[tuple[str, ...], float, int]:
+    """The model's schedulers (its own first), guidance scale and steps, for the layout: a diffusion model's
+    defaults when there is no config."""
     try:
-        return pipeline.sampler_names(model), pipeline.default_guidance(model)
+        return pipeline.diffusion_defaults(model)
     except RequestError:
-        return tuple(diffusion.samplers_for("epsilon")), 1.0
+        return tuple(diffusion.samplers_for("epsilon")), 1.0, diffusion.DDPMConfig.eval_steps
 
 
 def diffusion_pickers(model):
-    """The scheduler picker and guidance slider follow the chosen model (private: not an endpoint)."""
+    """The scheduler picker, guidance and steps sliders follow the chosen model (private: not an endpoint)."""
     try:
-        names, guidance = pipeline.sampler_names(model), pipeline.default_guidance(model)
+        names, guidance, steps = pipeline.diffusion_defaults(model)
     except RequestError:
-        return gr.skip(), gr.skip()
-    return gr.update(choices=[(SCHEDULER_LABELS[n], n) for n in names], value=names[0]), gr.update(value=guidance)
+        return gr.skip(), gr.skip(), gr.skip()
+    return (gr.update(choices=[(SCHEDULER_LABELS[n], n) for n in names], value=names[0]), gr.update(value=guidance),
+            gr.update(value=steps))
 
 
 # ------------------------------------------------------------------------------------------------------ layout
@@ -424,9 +425,9 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
     with gr.Tab("Diffusion"):
         with gr.Row():
             ddpm_model = model_box("ddpm", "ddpm")
-            samplers, guidance_scale = diffusion_defaults(ddpm_model.value)
+            samplers, guidance_scale, default_steps = diffusion_defaults(ddpm_model.value)
             scheduler = gr.Dropdown([(SCHEDULER_LABELS[n], n) for n in samplers], value=samplers[0], label="scheduler")
-            steps = gr.Slider(1, diffusion.MAX_STEPS, value=20, step=1, label="steps")
+            steps = gr.Slider(1, diffusion.MAX_STEPS, value=default_steps, step=1, label="steps")
             eta = gr.Slider(*diffusion.ETA_RANGE, value=0, step=0.05, label="η (DDIM only: 0 deterministic, 1 DDPM-like)")
         with gr.Row():
             ddpm_n = count(16)
@@ -434,7 +435,7 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
             ddpm_label = gr.Dropdown(CLASSES, value=-1, label="class (ddpm-cond only)")
             guidance = gr.Slider(*diffusion.GUIDANCE_RANGE, value=guidance_scale,
                                  step=0.05, label="guidance scale w (1: none; a guided model starts at its card's)")
-            ddpm_model.change(diffusion_pickers, ddpm_model, [scheduler, guidance], api_visibility="private")
+            ddpm_model.change(diffusion_pickers, ddpm_model, [scheduler, guidance, steps], api_visibility="private")
         ddpm_button = gr.Button("Denoise", variant="primary")
         ddpm_status = gr.Markdown()
         with gr.Row():

@@ -193,6 +193,17 @@ def default_guidance(spec) -> float:
     return real_number(scale, "the config's eval_guidance", *diffusion.GUIDANCE_RANGE)
 
 
+def default_steps(spec) -> int:
+    """The sampling steps a diffusion-family model's card was measured at: its eval_steps (read from its config)."""
+    steps = model_config(spec, "ddpm").get("eval_steps", diffusion.DDPMConfig.eval_steps)
+    return whole_number(steps, "the config's eval_steps", 1, diffusion.MAX_STEPS)
+
+
+def diffusion_defaults(spec) -> tuple[tuple[str, ...], float, int]:
+    """What a diffusion-family model's card was measured with: its schedulers (its own first), guidance and steps."""
+    return sampler_names(spec), default_guidance(spec), default_steps(spec)
+
+
 def label_or_none(value, model, name: str = "label") -> int | None:
     """-1 (or None) means every class in turn; otherwise a class index the model knows."""
     value = class_index(value)

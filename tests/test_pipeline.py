@@ -143,6 +143,11 @@ def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "guide_widths": "8", "eval_guidance": "2"}')
     with pytest.raises(R.RequestError, match="the config's eval_guidance must be a number from 0 to 20"):
         P.default_guidance("someone/odd")
+    assert P.default_steps("someone/odd") == 20                                     # no eval_steps: the default
+    for steps in ('"/etc/passwd"', "1e9", "0", "2.5"):
+        (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "eval_steps": %s}' % steps)
+        with pytest.raises(R.RequestError, match="the config's eval_steps must be a whole number from 1 to 1000"):
+            P.default_steps("someone/odd")
     assert {"euler", "heun", "edm_heun", "edm_euler", "edm_dpm_solver", "dpm_solver", "dpm_solver_sde", "ddim",
             "ddpm"} == set(P.SCHEDULERS)
 
@@ -213,6 +218,8 @@ def test_guidance_needs_a_guided_model_and_the_sliders_start_at_the_cards_scale(
     guided = DDPM(DDPMConfig(**tiny)).with_guide(DDPM(DDPMConfig(**{**tiny, "widths": "8"})), 1.5)
     assert next(P.DiffusionPipeline(guided, "guided").denoise(1, 2, "edm_euler", 0.0, 0, guidance_scale=2.0))
     assert P.default_guidance("ddpm-cond") == 2.0 and P.default_guidance("ddpm") == 1.0   # the guide: for w > 1
+    assert P.default_steps("ddpm") == 40 and P.default_steps("ddpm-cond") == 20           # as on their cards
+    assert P.diffusion_defaults("ddpm") == (P.sampler_names("ddpm"), 1.0, 40)
     assert P.sampler_names("ddpm")[0] == "dpm_solver_sde" and P.sampler_names("ddpm-cond")[0] == "dpm_solver"
 
 
