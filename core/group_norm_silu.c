@@ -87,8 +87,8 @@ void group_norm_silu_forward(const void *x, void *y, const float *gamma, const f
 #pragma omp parallel num_threads(threads)
     {
         float *restrict row = scratch(6 * c);
-        float *restrict shift = row + c, *restrict sum = shift + c, *restrict squares = sum + c, *restrict a = squares + c,
-                        *restrict b = a + c;
+        float *restrict shift = row + c, *restrict sum = shift + c, *restrict squares = sum + c;
+        float *restrict a = squares + c, *restrict b = a + c;
 #pragma omp for schedule(static)
         for (int64_t s = 0; s < n; s++) {
             const char *xs = (const char *)x + s * size * element;

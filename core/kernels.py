@@ -32,23 +32,25 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared"]
 enabled = True                 # False: always PyTorch's ops (tests and bench/ddpm_throughput.py compare the two)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genlab" / "kernels"
+def build_path(compiler: str) -> Path:
+    """Where the build of this source with this compiler, these flags and this CPU (-march=native) is cached."""
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu_flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(), cpu_flags])
+                         .encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "genlab" / "kernels" / f"group_norm_silu-{key}.so"
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, built once per source, flags and CPU (-march=native), or None (with a warning)."""
+    """The compiled kernel, built on first use into the cache, or None (with a warning)."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         warnings.warn("no C compiler (cc) found: GroupNorm+SiLU runs as separate PyTorch ops (slower); "
                       "install one, e.g. apt-get install gcc", RuntimeWarning, stacklevel=3)
         return None
-    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
-    cpu_flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(), cpu_flags])
-                         .encode()).hexdigest()[:16]
-    target = cache_dir() / f"group_norm_silu-{key}.so"
+    target = build_path(compiler)
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -59,8 +61,9 @@ def library() -> ctypes.CDLL | None:
                 os.replace(built, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
+        target.unlink(missing_ok=True)                        # a damaged build in the cache is rebuilt next time
         detail = getattr(error, "stderr", None) or error
-        warnings.warn(f"the GroupNorm+SiLU kernel did not build ({detail}); using PyTorch's ops (slower)",
+        warnings.warn(f"the GroupNorm+SiLU kernel did not build or load ({detail}); using PyTorch's ops (slower)",
                       RuntimeWarning, stacklevel=3)
         return None
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
@@ -71,9 +74,9 @@ def library() -> ctypes.CDLL | None:
 
 def kernel_applies(x: Tensor, groups: int, weight: Tensor | None) -> bool:
     return (enabled and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
-            and x.shape[1] % groups == 0 and weight is not None and weight.dtype == torch.float32 and weight.device.type == "cpu"
-            and x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling() and library() is not None)
+            and x.numel() > 0 and x.shape[1] % groups == 0 and x.is_contiguous(memory_format=torch.channels_last)
+            and weight is not None and weight.dtype == torch.float32 and weight.device.type == "cpu"
+            and not torch.jit.is_scripting() and not torch.compiler.is_compiling() and library() is not None)
 
 
 class GroupNormSiLUFunction(torch.autograd.Function):

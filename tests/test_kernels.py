@@ -1,4 +1,6 @@
-"""The GroupNorm+SiLU C kernel against PyTorch's ops: values and gradients, both dtypes, when it applies and when not."""
+"""The GroupNorm+SiLU C kernel against PyTorch's ops: values and gradients in both dtypes; where it applies."""
+import os
+import shutil
 import warnings
 
 import pytest
@@ -73,6 +75,7 @@ def test_the_kernel_is_used_only_where_it_applies():
     assert not kernels.kernel_applies(last.double(), 4, weight)                      # float64
     assert not kernels.kernel_applies(last, 4, weight.bfloat16())                    # a module cast to bf16
     assert not kernels.kernel_applies(last, 3, weight)                               # 8 channels in 3 groups
+    assert not kernels.kernel_applies(last[:0], 4, weight)                           # an empty batch
     nchw = kernels.group_norm_silu(last.contiguous().requires_grad_(), 4, weight, torch.zeros(8))
     assert nchw.grad_fn.name() != "GroupNormSiLUFunctionBackward"
     torch.testing.assert_close(nchw, kernels.group_norm_silu(last, 4, weight, torch.zeros(8)))
@@ -123,6 +126,24 @@ def test_a_failed_build_warns_with_the_compilers_message(monkeypatch, tmp_path):
     finally:
         kernels.library.cache_clear()
     assert not list((tmp_path / "cache").rglob("*.so"))                 # nothing half-built left in the cache
+
+
+def test_a_damaged_cached_build_is_refused_then_rebuilt(monkeypatch, tmp_path):
+    """A damaged file in the build's place (written before any load: genlab never overwrites a loaded build in place,
+    it moves a fresh one there) is refused with a warning, removed, and built again next time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    target = kernels.build_path(shutil.which(os.environ.get("CC", "cc")))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not a shared object")
+    kernels.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="did not build or load"):
+            assert kernels.library() is None
+        assert not target.exists()
+        kernels.library.cache_clear()
+        assert kernels.library() is not None and target.stat().st_size > 1000        # built again, and loads
+    finally:
+        kernels.library.cache_clear()
 
 
 @pytest.mark.parametrize("bf16", (False, True))
