@@ -57,6 +57,15 @@ static void silu_row(float *restrict row, const float *restrict a, const float *
     }
 }
 
+/* dz = dy σ(z) (1 + z (1 − σ(z))), the gradient through SiLU at z = a x + b, written over dy's row. */
+static void silu_grad_row(const float *restrict row, const float *restrict a, const float *restrict b,
+                          float *restrict grad, int64_t c) {
+    for (int64_t i = 0; i < c; i++) {
+        float z = row[i] * a[i] + b[i], sig = 1.f / (1.f + exp_approx(-z));
+        grad[i] *= sig * (1.f + z * (1.f - sig));
+    }
+}
+
 /* A scratch buffer per thread, kept between calls (a fresh malloc of this size maps new pages every call). */
 static float *scratch(int64_t count) {
     static __thread float *buffer = NULL;
@@ -138,33 +147,29 @@ void group_norm_silu_backward(const void *dy, const void *x, const float *gamma,
     const float inv_m = 1.f / (float)(per_group * hw);
 #pragma omp parallel num_threads(threads)
     {
-        float *restrict xs = scratch(3 * size + 6 * c + 2 * groups);
-        float *restrict grad = xs + size, *restrict zs = grad + size, *restrict a = zs + size, *restrict b = a + c;
-        float *restrict k_grad = b + c, *restrict k_x = k_grad + c, *restrict k = k_x + c;
-        float *restrict m1 = k + c, *restrict m2 = m1 + groups, *restrict mean_c = m2 + groups;
+        float *restrict dz = scratch(size + 8 * c + 2 * groups);            /* dz of the sample, then rows */
+        float *restrict row = dz + size, *restrict grad = row + c, *restrict a = grad + c, *restrict b = a + c;
+        float *restrict mean_c = b + c, *restrict k_grad = mean_c + c, *restrict k_x = k_grad + c, *restrict k = k_x + c;
+        float *restrict m1 = k + c, *restrict m2 = m1 + groups;
 #pragma omp for schedule(static)
         for (int64_t s = 0; s < n; s++) {
+            const char *xs = (const char *)x + s * size * element, *dys = (const char *)dy + s * size * element;
             const float *mean_s = mean + s * groups, *rstd_s = rstd + s * groups;
             float *restrict dgamma_s = dgamma + s * c, *restrict dbeta_s = dbeta + s * c;
-            load((const char *)x + s * size * element, xs, size, bf16);
-            load((const char *)dy + s * size * element, grad, size, bf16);
             affine(gamma, beta, mean_s, rstd_s, a, b, c, groups);
             for (int64_t i = 0; i < c; i++) mean_c[i] = mean_s[i / per_group];
-            if (silu) {                                              /* dz = dy σ(z) (1 + z (1 − σ(z))) */
-                for (int64_t p = 0; p < hw; p++)
-                    for (int64_t i = 0; i < c; i++) zs[p * c + i] = xs[p * c + i] * a[i] + b[i];
-                for (int64_t i = 0; i < size; i++) {
-                    float sig = 1.f / (1.f + exp_approx(-zs[i]));
-                    grad[i] *= sig * (1.f + zs[i] * (1.f - sig));
-                }
-            }
             memset(dgamma_s, 0, c * sizeof(float));
             memset(dbeta_s, 0, c * sizeof(float));
-            for (int64_t p = 0; p < hw; p++)
+            for (int64_t p = 0; p < hw; p++) {                     /* dz, Σ dz and Σ dz (x − mean) per channel */
+                float *restrict dz_p = dz + p * c;
+                load(xs + p * c * element, row, c, bf16);
+                load(dys + p * c * element, dz_p, c, bf16);
+                if (silu) silu_grad_row(row, a, b, dz_p, c);
                 for (int64_t i = 0; i < c; i++) {
-                    dbeta_s[i] += grad[p * c + i];
-                    dgamma_s[i] += grad[p * c + i] * (xs[p * c + i] - mean_c[i]);
+                    dbeta_s[i] += dz_p[i];
+                    dgamma_s[i] += dz_p[i] * (row[i] - mean_c[i]);
                 }
+            }
             for (int64_t g = 0; g < groups; g++) {
                 m1[g] = m2[g] = 0.f;
                 for (int64_t i = g * per_group; i < (g + 1) * per_group; i++) {
@@ -182,10 +187,11 @@ void group_norm_silu_backward(const void *dy, const void *x, const float *gamma,
                 k_x[i] = -rstd_s[g] * rstd_s[g] * m2[g];
                 k[i] = -rstd_s[g] * m1[g] - mean_s[g] * k_x[i];
             }
-            for (int64_t p = 0; p < hw; p++)
-                for (int64_t i = 0; i < c; i++)
-                    zs[p * c + i] = k_grad[i] * grad[p * c + i] + k_x[i] * xs[p * c + i] + k[i];
-            store((char *)dx + s * size * element, zs, size, bf16);
+            for (int64_t p = 0; p < hw; p++) {
+                load(xs + p * c * element, row, c, bf16);
+                for (int64_t i = 0; i < c; i++) row[i] = k_grad[i] * dz[p * c + i] + k_x[i] * row[i] + k[i];
+                store((char *)dx + (s * size + p * c) * element, row, c, bf16);
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 PyTorch runs GroupNorm, the dtype casts around it and SiLU as separate passes over memory, and its bf16 GroupNorm in
 channels_last is several times slower than its float32 one; together they are most of a small U-Net's time on a CPU
 once the convolutions run in bf16 (bench/ddpm_throughput.py). `group_norm_silu.c` beside this file does the whole
-thing, forward and backward, in two or three passes over each sample in float32, rounding to the input's dtype once.
+thing, forward and backward, reading each sample twice, in float32, rounding to the input's dtype once.
 It is compiled on first use with the system's C compiler (`cc`, or $CC) into a per-machine cache and called through
 ctypes; without a compiler that builds it (gcc or clang with OpenMP; Apple's clang has none), or for any other
 layout, dtype or device, `group_norm_silu` computes the same with PyTorch's own ops (the reference the tests compare
