@@ -1,5 +1,5 @@
 /* GroupNorm, optionally followed by SiLU, over channels_last (N, H, W, C) tensors of float32 or bfloat16, forward
- * and backward, computed in float32. Loaded by core/kernels.py, which holds the equations and the reference.
+ * and backward, computed in float32 and rounded once to the tensor's dtype.
  *
  * Per sample n and group g (channels c of g, positions p, M = |g| * HW elements):
  *   mean = (1/M) Σ x,  var = (1/M) Σ (x − mean)²,  rstd = 1/√(var + eps)
@@ -8,8 +8,9 @@
  *   dβ_c = Σ_{n,p} dz,  dγ_c = Σ_{n,p} dz x̂
  *   dx = rstd (γ_c dz − m1 − x̂ m2),  m1 = (1/M) Σ_g γ dz,  m2 = (1/M) Σ_g γ dz x̂
  * In channels_last a sample is HW rows of C contiguous channels: per-channel loops run along a row, over c, and
- * vectorise. Parallel over samples. The forward reads a sample twice (statistics, then output) while it stays in the
- * core's cache; the backward reads x and dy of a sample into float32 buffers once and writes dx once. */
+ * vectorise. Parallel over samples. Each direction reads a sample's x twice while it stays in the core's cache:
+ * the forward for the statistics, then the output; the backward for dz (kept in a float32 buffer) and its sums,
+ * then dx. Loaded by core/kernels.py, which holds the reference in PyTorch's ops. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
