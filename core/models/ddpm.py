@@ -101,7 +101,8 @@ class DDPMConfig:
                                     "[-1, 1]: 0.71; Karras et al.: 0.5)")
     shift: float = option(1.0, "flow_prediction: the samplers' σ shift s σ / (1 + (s − 1) σ) (1: none)")
     ema_decay: float = option(0.9995, "decay of the weights' moving average used for sampling (0: no EMA)")
-    eval_steps: int = option(20, "steps of the default sampler for the samples and metrics logged during training")
+    eval_steps: int = option(20, "steps of the model's own sampler (training logs, the card's metrics, the "
+                                 "sampler's default)")
     eval_guidance: float = option(2.0, "guidance scale of a guided model's own samples (training logs, the card's "
                                        "metrics, the sampler's default): class-conditional or autoguided")
     guide_widths: str = option("", "autoguidance: widths of the guide U-Net stored with the model (empty: none); "
