@@ -31,6 +31,7 @@ SOURCE = Path(__file__).with_name("group_norm_silu.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared"] + (
     ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])   # AVX-512: 11% faster here
 enabled = True                 # False: always PyTorch's ops (tests and bench/ddpm_throughput.py compare the two)
+MAX_SAMPLE_ELEMENTS = 2 ** 24  # C x H x W; larger samples take PyTorch's ops (the kernel buffers a sample per thread)
 
 
 def build_path(compiler: str) -> Path:
@@ -75,7 +76,8 @@ def library() -> ctypes.CDLL | None:
 
 def kernel_applies(x: Tensor, groups: int, weight: Tensor | None) -> bool:
     return (enabled and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
-            and x.numel() > 0 and x.shape[1] % groups == 0 and x.is_contiguous(memory_format=torch.channels_last)
+            and 0 < x.numel() <= MAX_SAMPLE_ELEMENTS * x.shape[0] and x.shape[1] % groups == 0
+            and x.is_contiguous(memory_format=torch.channels_last)
             and weight is not None and weight.dtype == torch.float32 and weight.device.type == "cpu"
             and not torch.jit.is_scripting() and not torch.compiler.is_compiling() and library() is not None)
 

@@ -67,7 +67,7 @@ def test_bf16_kernel_is_the_float32_maths_rounded_once(silu, threads):
     torch.testing.assert_close(dbias.double(), dbias64, atol=1e-3, rtol=1e-4)
 
 
-def test_the_kernel_is_used_only_where_it_applies():
+def test_the_kernel_is_used_only_where_it_applies(monkeypatch):
     weight = torch.ones(8)
     last = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
     assert kernels.kernel_applies(last, 4, weight)
@@ -76,6 +76,10 @@ def test_the_kernel_is_used_only_where_it_applies():
     assert not kernels.kernel_applies(last, 4, weight.bfloat16())                    # a module cast to bf16
     assert not kernels.kernel_applies(last, 3, weight)                               # 8 channels in 3 groups
     assert not kernels.kernel_applies(last[:0], 4, weight)                           # an empty batch
+    assert not kernels.kernel_applies(last[:, :, :0], 4, weight)                     # empty images
+    monkeypatch.setattr(kernels, "MAX_SAMPLE_ELEMENTS", 8 * 4 * 4 - 1)
+    assert not kernels.kernel_applies(last, 4, weight)                               # a sample too large to buffer
+    monkeypatch.undo()
     nchw = kernels.group_norm_silu(last.contiguous().requires_grad_(), 4, weight, torch.zeros(8))
     assert nchw.grad_fn.name() != "GroupNormSiLUFunctionBackward"
     torch.testing.assert_close(nchw, kernels.group_norm_silu(last, 4, weight, torch.zeros(8)))
