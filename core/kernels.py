@@ -47,9 +47,10 @@ def build_path(compiler: str) -> Path:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built on first use into the cache, or None (with a warning)."""
-    compiler = shutil.which(os.environ.get("CC", "cc"))
+    name = os.environ.get("CC", "cc")
+    compiler = shutil.which(name)
     if compiler is None:
-        warnings.warn("no C compiler (cc) found: GroupNorm+SiLU runs as separate PyTorch ops (slower); "
+        warnings.warn(f"no C compiler ({name}) found: GroupNorm+SiLU runs as separate PyTorch ops (slower); "
                       "install one, e.g. apt-get install gcc", RuntimeWarning, stacklevel=3)
         return None
     target = build_path(compiler)
