@@ -79,6 +79,19 @@ class TrainableModel(HubModel):
         """The model written to the run's final Hub folder; a family may drop what sampling does not need."""
         return self
 
+    def fine_tuning_config(self):
+        """The options a run that starts from this saved model trains with (given options override them)."""
+        return self.config
+
+    def init_from(self, saved: "TrainableModel") -> None:
+        """Start training from a saved model of this family (fine-tuning, `--init-from`): its weights, which must
+        match this model's one for one. A family whose shipped folder differs from what it trains overrides this."""
+        missing, unexpected = self.load_state_dict(saved.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"the saved {type(saved).__name__} does not match the model to train: missing "
+                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]} (a family that drops "
+                             "weights from its shipped folder cannot be fine-tuned from it)")
+
     def check_data(self, data: "ImageData") -> None:
         """Refuse, before any step, data the model was not built for (here: another image shape); the message
         names the options that fix it. (The CLI builds models from the data's shape unless told otherwise.)"""

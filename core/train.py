@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from core.cards import write_model_card
+from core.checkpoint import read_class_name
 from core.config import TrainConfig, add_options, from_json, pick_options, save_json, to_json
 from core.data import ImageData, load_dataset
 from core.evaluate import metric_yardstick
@@ -339,6 +340,9 @@ def main(argv: list[str] | None = None) -> Path:
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
         family_parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                                    help="continue RUN_DIR from its last checkpoint; given options override its config")
+        family_parser.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                                   help="fine-tune: start from the weights of a saved model of this family (a Hub "
+                                        "folder, e.g. checkpoints/ddpm); its options are the defaults")
         add_options(family_parser, TrainConfig, "training options")
         add_options(family_parser, cls.config_class, f"{family} options")
     args = parser.parse_args(argv)
@@ -350,11 +354,22 @@ def main(argv: list[str] | None = None) -> Path:
             parser.error(f"{args.resume} is a {saved['family']} run, not {args.family}")
         train_base = from_json(TrainConfig, saved["train"])
         model_base = from_json(cls.config_class, saved["model"])
+    start = None
+    if args.init_from:
+        if args.resume:
+            parser.error("--init-from starts a new run; --resume continues one: give one of them")
+        if read_class_name(args.init_from) != cls.__name__:
+            parser.error(f"{args.init_from} holds a {read_class_name(args.init_from)}, not a {cls.__name__}")
+        start = cls.from_pretrained(args.init_from)
+        model_base = start.fine_tuning_config()
     cfg = pick_options(args, TrainConfig, train_base)
     data, eval_data = training_data(cfg, None, None)
     model_cfg = pick_options(args, cls.config_class, model_base or shaped_like(cls.config_class, data.image_shape))
     torch.manual_seed(cfg.seed)
-    return train(cls(model_cfg), cfg, args.family, resume=args.resume, data=data, eval_data=eval_data,
+    model = cls(model_cfg)
+    if start is not None:
+        model.init_from(start)
+    return train(model, cfg, args.family, resume=args.resume, data=data, eval_data=eval_data,
                  command="python -m core.train " + " ".join(argv))
 
 

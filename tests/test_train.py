@@ -134,6 +134,25 @@ def test_cli_trains_and_resumes_with_overrides(tmp_path):
         main(["classifier", "--dataset", "imagenet", "--max-steps", "1", "--runs-dir", str(tmp_path)])
 
 
+def test_cli_fine_tunes_from_a_saved_model(tmp_path):
+    """--init-from starts a new run from a saved model's weights and options (at lr 0 they stay as saved); it
+    refuses another family's folder, a missing one, and --resume beside it."""
+    base = ["--dataset", "digits", "--batch-size", "32", "--runs-dir", str(tmp_path), "--eval-size", "32", "--cpu"]
+    saved = main(["classifier", *base, "--run-name", "first", "--width", "8", "--max-steps", "3"]) / "model"
+    tuned = main(["classifier", *base, "--run-name", "tuned", "--init-from", str(saved), "--max-steps", "2",
+                  "--lr", "0"])
+    assert json.loads((tuned / "config.json").read_text())["model"]["width"] == 8     # the saved model's options
+    first, second = (dict(load_model(folder).named_parameters()) for folder in (saved, tuned / "model"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)   # (not the
+                                                                        # batch-norm statistics, which training moves)
+    for wrong in (["gan", "--init-from", str(saved)],
+                  ["classifier", "--init-from", str(saved), "--resume", str(tuned)]):
+        with pytest.raises(SystemExit, match="2"):
+            main(wrong + ["--max-steps", "1"])
+    with pytest.raises(FileNotFoundError):
+        main(["classifier", "--init-from", str(tmp_path / "missing"), "--max-steps", "1"])
+
+
 def test_two_processes_with_accelerate_keep_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     with socket.socket() as probe:                     # a free port for the processes' rendezvous
@@ -145,7 +164,7 @@ def test_two_processes_with_accelerate_keep_identical_weights(tmp_path):
                              str(ROOT / "tests" / "dist_worker.py"), str(tmp_path)],
                             capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = sorted(re.findall(r"rank (\d) of (\d) checksum (\S+)", result.stdout))
+    lines = sorted(re.findall(r"rank (\d) of (\d) checksum ([-+.\de]+)\n", result.stdout))
     assert [(r, n) for r, n, _ in lines] == [("0", "2"), ("1", "2")], result.stdout
     assert lines[0][2] == lines[1][2]                  # gradients were averaged: both copies stayed equal
     run_dir = tmp_path / "dist"

@@ -301,6 +301,19 @@ models with each other and are not comparable with Inception-FIDs from papers.
         export.unet.load_state_dict(self.ema.average.state_dict())
         return export.to(self.fixed_noise.device)
 
+    def fine_tuning_config(self) -> DDPMConfig:
+        """A shipped folder's options, less what only sampling uses: no guide, and a moving average again (an
+        exported model keeps its average as its weights: ema_decay 0)."""
+        ema_decay = self.config.ema_decay or DDPMConfig.ema_decay
+        return dataclasses.replace(self.config, guide_widths="", ema_decay=ema_decay)
+
+    def init_from(self, saved: "DDPM") -> None:
+        """Fine-tune from a shipped folder: its sampling weights (the EMA it exported) become both the weights
+        trained and the start of the moving average; a guide it carries is not trained and is dropped."""
+        self.unet.load_state_dict(saved.denoiser.state_dict())
+        if self.ema is not None:
+            self.ema.average.load_state_dict(self.unet.state_dict())
+
     def with_guide(self, guide: "DDPM", scale: float, sampler: str | None = None) -> "DDPM":
         """This model's sampling weights with `guide` attached for autoguidance at scale w (the model's default
         guidance from then on; `sampler`, if given, its default scheduler): a new model, saved as one checkpoint.

@@ -407,3 +407,23 @@ def test_a_guided_model_is_for_sampling_not_training():
         DDPM(DDPMConfig(**TINY, num_classes=3, guide_widths="8,16"))
     with pytest.raises(ValueError, match="autoguidance takes an unconditional model without a guide"):
         guided.with_guide(fixed_model(prediction_type="edm", widths="8,16"), 1.5)
+
+
+def test_fine_tuning_starts_from_the_shipped_weights_without_the_guide(tmp_path):
+    """A shipped folder (EMA weights only, a guide attached) gives the training model its weights, twice: as the
+    weights trained and as the start of the moving average; the guide is not trained and is dropped."""
+    model = fixed_model(prediction_type="v_prediction")
+    for _ in range(3):                                          # the average and the weights part ways
+        torch.nn.init.normal_(model.unet.conv_in.weight)
+        model.ema.update(model.unet)
+    model.exported().with_guide(fixed_model(prediction_type="v_prediction", widths="8,16"), 1.5) \
+        .save_pretrained(tmp_path / "shipped")
+    shipped = load_model(tmp_path / "shipped")
+    config = shipped.fine_tuning_config()
+    assert config.guide_widths == "" and config.ema_decay == DDPMConfig.ema_decay and config.eval_guidance == 1.5
+    tuned = DDPM(config)
+    tuned.init_from(shipped)
+    for weights in (tuned.unet, tuned.ema.average):
+        for (name, a), b in zip(weights.state_dict().items(), model.ema.average.state_dict().values()):
+            assert torch.equal(a, b), name
+    assert not torch.equal(tuned.unet.conv_in.weight, model.unet.conv_in.weight)      # the average, not the last
