@@ -11,7 +11,8 @@
 4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
    machine's measured matmul peak (a 2048^3 product in float32 and bf16, through BLAS and through oneDNN).
 Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine. --no-kernel runs
-our U-Net with PyTorch's GroupNorm and SiLU instead of the C kernel of core/kernels.py.
+our U-Net on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py, and sampling's
+convolutions without weights reordered once and the fused residual add (core.kernels.Conv2d).
 """
 import argparse
 import time
@@ -174,12 +175,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--parts", default="networks,schedulers", help="networks (1, 2, 4), schedulers (3), or both")
-    parser.add_argument("--no-kernel", action="store_true", help="GroupNorm+SiLU as PyTorch's ops, not the C kernel")
+    parser.add_argument("--no-kernel", action="store_true", help="PyTorch's plain ops: no C kernel, no reordered weights")
     args = parser.parse_args()
     kernels.enabled = not args.no_kernel
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{torch.get_num_threads()} threads, GroupNorm+SiLU: {'C kernel' if kernels.enabled else 'PyTorch ops'}")
+    print(f"{torch.get_num_threads()} threads, core.kernels: {'on' if kernels.enabled else 'off (PyTorch ops)'}")
     parts = args.parts.split(",")
     rows = (network_rows(args) if "networks" in parts else []) + (scheduler_rows(args) if "schedulers" in parts else [])
     print("\n| | precision | ours | diffusers | ours / diffusers | diffusers, channels_last | ours / that |\n"

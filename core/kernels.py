@@ -1,4 +1,5 @@
-"""GroupNorm followed by SiLU as one CPU kernel, for channels_last float32 and bfloat16 tensors.
+"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last float32 and bfloat16
+tensors; and, for sampling, convolutions on weights reordered once for oneDNN with the residual add fused (Conv2d).
 
     y = SiLU(γ (x − μ_{n,g}) / √(σ²_{n,g} + ε) + β),   SiLU(z) = z σ(z)        (Wu & He 2018; Elfwing et al. 2018)
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("group_norm_silu.c")
@@ -123,3 +124,60 @@ def group_norm_silu(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: f
     wide = x.to(torch.promote_types(x.dtype, torch.float32))
     y = F.group_norm(wide, groups, weight.to(wide.dtype), bias.to(wide.dtype), eps)
     return (F.silu(y) if silu else y).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------ convolutions for sampling
+def _conv_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
+    """The dtype nn.Conv2d would compute in here (bf16 autocast, or the tensors' own float32/bf16), or None."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.is_floating_point() else None
+    return x.dtype if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype else None
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d that, when no gradient is wanted (sampling), runs oneDNN's convolution on weights reordered once
+    into its blocked layout instead of on every call, and adds `residual` in the same pass: y = conv(x) + residual.
+    The weights are reordered again when they change (their version counter, an optimizer step or a load) or when
+    the dtype or input shape does. Training, and any case oneDNN's fused ops do not take (another device, dtype,
+    padding mode), run the plain nn.Conv2d followed by `residual + y`: the same values up to rounding."""
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        dtype = self._packed_dtype(x)
+        if dtype is None:
+            y = super().forward(x)
+            return y if residual is None else residual + y
+        weight, bias = self._packed_weights(x, dtype)
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        if residual is None or residual.dtype != dtype or residual.shape != self._output_shape(x):
+            y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, "none", [], None)
+            return y if residual is None else residual + y
+        residual = residual.contiguous(memory_format=torch.channels_last)
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *geometry, "add", None, None,
+                                                              [], None)
+
+    def _output_shape(self, x: Tensor) -> torch.Size:
+        n, _, *sizes = x.shape
+        sizes = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                 zip(sizes, self.padding, self.dilation, self.kernel_size, self.stride)]
+        return torch.Size([n, self.out_channels, *sizes])
+
+    def _packed_dtype(self, x: Tensor) -> torch.dtype | None:
+        applies = (enabled and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
+                   and x.numel() > 0 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+                   and self.weight.device.type == "cpu" and not self.weight.is_inference()
+                   and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                   and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+                   and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+        return _conv_dtype(x, self.weight) if applies else None
+
+    def _packed_weights(self, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        key = (dtype, tuple(x.shape), self.weight.data_ptr(), self.weight._version,
+               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
+        if getattr(self, "_packed", (None,))[0] != key:
+            weight = self.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+            packed = torch.ops.mkldnn._reorder_convolution_weight(weight, list(self.padding), list(self.stride),
+                                                                   list(self.dilation), self.groups, list(x.shape))
+            bias = None if self.bias is None else self.bias.detach().to(dtype)
+            self._packed = (key, packed, bias)
+        return self._packed[1:]
