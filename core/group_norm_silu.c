@@ -1,6 +1,8 @@
 /* GroupNorm, optionally followed by SiLU, over channels_last (N, H, W, C) tensors of float32 or bfloat16, forward
  * and backward, computed in float32 and rounded once to the tensor's dtype.
  *
+ * An optional per-sample shift t_{n,c} (a U-Net's timestep embedding) is added first, in float32: x ← x + t, and
+ * its gradient dt_{n,c} = Σ_p dx is returned beside dx.
  * Per sample n and group g (channels c of g, positions p, M = |g| * HW elements):
  *   mean = (1/M) Σ x,  var = (1/M) Σ (x − mean)²,  rstd = 1/√(var + eps)
  *   z = γ_c (x − mean) rstd + β_c = a_c x + b_c,   y = z, or SiLU(z) = z σ(z)
@@ -24,6 +26,13 @@ static void load(const void *src, float *restrict dst, int64_t count, int bf16) 
     } else {
         memcpy(dst, src, count * sizeof(float));
     }
+}
+
+/* a row of x, plus the sample's shift where there is one */
+static void load_shifted(const void *src, float *restrict dst, const float *restrict shift, int64_t count, int bf16) {
+    load(src, dst, count, bf16);
+    if (shift)
+        for (int64_t i = 0; i < count; i++) dst[i] += shift[i];
 }
 
 static void store(void *dst, const float *restrict src, int64_t count, int bf16) {
@@ -89,30 +98,31 @@ static void affine(const float *restrict gamma, const float *restrict beta, cons
     }
 }
 
-void group_norm_silu_forward(const void *x, void *y, const float *gamma, const float *beta, float *mean,
-                             float *rstd, int64_t n, int64_t hw, int64_t c, int64_t groups, float eps, int bf16,
-                             int silu, int threads) {
+void group_norm_silu_forward(const void *x, const float *shift, void *y, const float *gamma, const float *beta,
+                             float *mean, float *rstd, int64_t n, int64_t hw, int64_t c, int64_t groups, float eps,
+                             int bf16, int silu, int threads) {
     const int64_t per_group = c / groups, size = hw * c, element = bf16 ? 2 : 4;
     const float inv_m = 1.f / (float)(per_group * hw);
 #pragma omp parallel num_threads(threads)
     {
         float *restrict row = scratch(6 * c);
-        float *restrict shift = row + c, *restrict sum = shift + c, *restrict squares = sum + c;
+        float *restrict first = row + c, *restrict sum = first + c, *restrict squares = sum + c;
         float *restrict a = squares + c, *restrict b = a + c;
 #pragma omp for schedule(static)
         for (int64_t s = 0; s < n; s++) {
             const char *xs = (const char *)x + s * size * element;
             char *ys = (char *)y + s * size * element;
             float *mean_s = mean + s * groups, *rstd_s = rstd + s * groups;
+            const float *shift_s = shift ? shift + s * c : NULL;
             /* One pass of shifted sums: with k_g a value of the group (its first), mean = k + Σ(x − k)/M and
              * var = Σ(x − k)²/M − (Σ(x − k)/M)², which keeps float32 accurate when |mean| >> std. */
-            load(xs, row, c, bf16);
-            for (int64_t i = 0; i < c; i++) shift[i] = row[i - i % per_group];
+            load_shifted(xs, row, shift_s, c, bf16);
+            for (int64_t i = 0; i < c; i++) first[i] = row[i - i % per_group];
             memset(sum, 0, 2 * c * sizeof(float));
             for (int64_t p = 0; p < hw; p++) {
-                load(xs + p * c * element, row, c, bf16);
+                load_shifted(xs + p * c * element, row, shift_s, c, bf16);
                 for (int64_t i = 0; i < c; i++) {
-                    float d = row[i] - shift[i];
+                    float d = row[i] - first[i];
                     sum[i] += d;
                     squares[i] += d * d;
                 }
@@ -124,12 +134,12 @@ void group_norm_silu_forward(const void *x, void *y, const float *gamma, const f
                     total_squares += squares[i];
                 }
                 float offset = total * inv_m, var = total_squares * inv_m - offset * offset;
-                mean_s[g] = shift[g * per_group] + offset;
+                mean_s[g] = first[g * per_group] + offset;
                 rstd_s[g] = 1.f / sqrtf((var > 0.f ? var : 0.f) + eps);
             }
             affine(gamma, beta, mean_s, rstd_s, a, b, c, groups);
             for (int64_t p = 0; p < hw; p++) {                          /* the sample is still in cache */
-                load(xs + p * c * element, row, c, bf16);
+                load_shifted(xs + p * c * element, row, shift_s, c, bf16);
                 if (silu)
                     silu_row(row, a, b, c);
                 else
@@ -141,9 +151,10 @@ void group_norm_silu_forward(const void *x, void *y, const float *gamma, const f
 }
 
 /* dgamma and dbeta are (n, c): each sample's share, summed over n by the caller. */
-void group_norm_silu_backward(const void *dy, const void *x, const float *gamma, const float *beta,
-                              const float *mean, const float *rstd, void *dx, float *dgamma, float *dbeta, int64_t n,
-                              int64_t hw, int64_t c, int64_t groups, int bf16, int silu, int threads) {
+void group_norm_silu_backward(const void *dy, const void *x, const float *shift, const float *gamma,
+                              const float *beta, const float *mean, const float *rstd, void *dx, float *dshift,
+                              float *dgamma, float *dbeta, int64_t n, int64_t hw, int64_t c, int64_t groups, int bf16,
+                              int silu, int threads) {
     const int64_t per_group = c / groups, size = hw * c, element = bf16 ? 2 : 4;
     const float inv_m = 1.f / (float)(per_group * hw);
 #pragma omp parallel num_threads(threads)
@@ -157,13 +168,15 @@ void group_norm_silu_backward(const void *dy, const void *x, const float *gamma,
             const char *xs = (const char *)x + s * size * element, *dys = (const char *)dy + s * size * element;
             const float *mean_s = mean + s * groups, *rstd_s = rstd + s * groups;
             float *restrict dgamma_s = dgamma + s * c, *restrict dbeta_s = dbeta + s * c;
+            const float *shift_s = shift ? shift + s * c : NULL;
+            float *restrict dshift_s = dshift ? dshift + s * c : NULL;
             affine(gamma, beta, mean_s, rstd_s, a, b, c, groups);
             for (int64_t i = 0; i < c; i++) mean_c[i] = mean_s[i / per_group];
             memset(dgamma_s, 0, c * sizeof(float));
             memset(dbeta_s, 0, c * sizeof(float));
             for (int64_t p = 0; p < hw; p++) {                     /* dz, Σ dz and Σ dz (x − mean) per channel */
                 float *restrict dz_p = dz + p * c;
-                load(xs + p * c * element, row, c, bf16);
+                load_shifted(xs + p * c * element, row, shift_s, c, bf16);
                 load(dys + p * c * element, dz_p, c, bf16);
                 if (silu) silu_grad_row(row, a, b, dz_p, c);
                 for (int64_t i = 0; i < c; i++) {
@@ -188,9 +201,12 @@ void group_norm_silu_backward(const void *dy, const void *x, const float *gamma,
                 k_x[i] = -rstd_s[g] * rstd_s[g] * m2[g];
                 k[i] = -rstd_s[g] * m1[g] - mean_s[g] * k_x[i];
             }
+            if (dshift_s) memset(dshift_s, 0, c * sizeof(float));
             for (int64_t p = 0; p < hw; p++) {
-                load(xs + p * c * element, row, c, bf16);
+                load_shifted(xs + p * c * element, row, shift_s, c, bf16);
                 for (int64_t i = 0; i < c; i++) row[i] = k_grad[i] * dz[p * c + i] + k_x[i] * row[i] + k[i];
+                if (dshift_s)
+                    for (int64_t i = 0; i < c; i++) dshift_s[i] += row[i];
                 store((char *)dx + (s * size + p * c) * element, row, c, bf16);
             }
         }

@@ -71,12 +71,14 @@ def library() -> ctypes.CDLL | None:
                       RuntimeWarning, stacklevel=3)
         return None
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.group_norm_silu_forward.argtypes = [ptr] * 6 + [i64] * 4 + [f32] + [ctypes.c_int] * 3
-    lib.group_norm_silu_backward.argtypes = [ptr] * 9 + [i64] * 4 + [ctypes.c_int] * 3
+    lib.group_norm_silu_forward.argtypes = [ptr] * 7 + [i64] * 4 + [f32] + [ctypes.c_int] * 3
+    lib.group_norm_silu_backward.argtypes = [ptr] * 11 + [i64] * 4 + [ctypes.c_int] * 3
     return lib
 
 
-def kernel_applies(x: Tensor, groups: int, weight: Tensor | None) -> bool:
+def kernel_applies(x: Tensor, groups: int, weight: Tensor | None, shift: Tensor | None = None) -> bool:
+    if shift is not None and (shift.shape != x.shape[:2] or shift.dtype != x.dtype or shift.device != x.device):
+        return False
     return (enabled and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
             and 0 < x.numel() <= MAX_SAMPLE_ELEMENTS * x.shape[0] and x.shape[1] % groups == 0
             and x.is_contiguous(memory_format=torch.channels_last)
@@ -88,39 +90,51 @@ class GroupNormSiLUFunction(torch.autograd.Function):
     """The C kernel with its hand-written backward (equations in group_norm_silu.c); first derivatives only."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool) -> Tensor:
+    def forward(ctx, x: Tensor, shift: Tensor | None, weight: Tensor, bias: Tensor, groups: int, eps: float,
+                silu: bool) -> Tensor:
         n, c, h, w = x.shape
         weight, bias = weight.detach().contiguous(), bias.detach().float().contiguous()
+        shift = None if shift is None else shift.detach().float().contiguous()
         y = torch.empty_like(x, memory_format=torch.channels_last)
         mean, rstd = x.new_empty(n, groups, dtype=torch.float32), x.new_empty(n, groups, dtype=torch.float32)
-        library().group_norm_silu_forward(x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(),
-                                          mean.data_ptr(), rstd.data_ptr(), n, h * w, c, groups, eps,
+        library().group_norm_silu_forward(x.data_ptr(), address(shift), y.data_ptr(), weight.data_ptr(),
+                                          bias.data_ptr(), mean.data_ptr(), rstd.data_ptr(), n, h * w, c, groups, eps,
                                           x.dtype == torch.bfloat16, silu, torch.get_num_threads())
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.save_for_backward(x, shift, weight, bias, mean, rstd)
         ctx.groups, ctx.silu = groups, silu
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: Tensor):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, shift, weight, bias, mean, rstd = ctx.saved_tensors
         n, c, h, w = x.shape
         dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(x, memory_format=torch.channels_last)
         dweight, dbias = x.new_empty(n, c, dtype=torch.float32), x.new_empty(n, c, dtype=torch.float32)
-        library().group_norm_silu_backward(dy.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(),
-                                           mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(), dweight.data_ptr(),
-                                           dbias.data_ptr(), n, h * w, c, ctx.groups, x.dtype == torch.bfloat16,
-                                           ctx.silu, torch.get_num_threads())
-        return dx, dweight.sum(0), dbias.sum(0), None, None, None
+        dshift = None if shift is None else x.new_empty(n, c, dtype=torch.float32)
+        library().group_norm_silu_backward(dy.data_ptr(), x.data_ptr(), address(shift), weight.data_ptr(),
+                                           bias.data_ptr(), mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(),
+                                           address(dshift), dweight.data_ptr(), dbias.data_ptr(), n, h * w, c,
+                                           ctx.groups, x.dtype == torch.bfloat16, ctx.silu, torch.get_num_threads())
+        dshift = None if dshift is None else dshift.to(x.dtype)
+        return dx, dshift, dweight.sum(0), dbias.sum(0), None, None, None
+
+
+def address(tensor: Tensor | None) -> int | None:
+    """A tensor's data pointer for the kernel, or NULL for none."""
+    return None if tensor is None else tensor.data_ptr()
 
 
 def group_norm_silu(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float = 1e-5,
-                    silu: bool = True) -> Tensor:
-    """GroupNorm (then SiLU if `silu`) computed in at least float32 and returned in x's dtype: the C kernel where
-    it applies, else PyTorch's ops (the reference)."""
-    if kernel_applies(x, groups, weight):
-        return GroupNormSiLUFunction.apply(x, weight, bias, groups, eps, silu)
+                    silu: bool = True, shift: Tensor | None = None) -> Tensor:
+    """GroupNorm (then SiLU if `silu`) of x, or of x + shift (an (N, C) shift per sample and channel: a U-Net's
+    timestep embedding), computed in at least float32 and returned in x's dtype: the C kernel where it applies, else
+    PyTorch's ops (the reference, which adds the shift in x's dtype)."""
+    if kernel_applies(x, groups, weight, shift):
+        return GroupNormSiLUFunction.apply(x, shift, weight, bias, groups, eps, silu)
+    if shift is not None:
+        x = x + shift[:, :, None, None]
     wide = x.to(torch.promote_types(x.dtype, torch.float32))
     y = F.group_norm(wide, groups, weight.to(wide.dtype), bias.to(wide.dtype), eps)
     return (F.silu(y) if silu else y).to(x.dtype)

@@ -67,6 +67,38 @@ def test_bf16_kernel_is_the_float32_maths_rounded_once(silu, threads):
     torch.testing.assert_close(dbias.double(), dbias64, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_a_per_sample_shift_is_added_before_normalising_with_its_gradient(dtype):
+    """GN(x + t) with t of shape (N, C) (a U-Net's timestep embedding): values and the gradients of x, t, γ, β
+    against float64 (bf16: within its rounding), and the same as PyTorch's ops adding t first."""
+    torch.manual_seed(0)
+    shape = (3, 32, 7, 9)
+    x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    shift = (torch.randn(3, 32) * 2).to(dtype).requires_grad_()
+    weight, bias = torch.randn(32, requires_grad=True), torch.randn(32, requires_grad=True)
+    dy = torch.randn(shape).to(dtype)
+    y = kernels.group_norm_silu(x, 8, weight, bias, shift=shift)
+    assert y.grad_fn.name() == "GroupNormSiLUFunctionBackward" and y.dtype == dtype
+    y.backward(dy)
+    x64, s64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, shift, weight, bias))
+    expected = reference(x64 + s64[:, :, None, None], 8, w64, b64, True)
+    expected.backward(dy.double())
+    loose = dtype == torch.bfloat16
+    for got, want in ((y, expected), (x.grad, x64.grad), (shift.grad, s64.grad), (weight.grad, w64.grad),
+                      (bias.grad, b64.grad)):
+        torch.testing.assert_close(got.double(), want, **(dict(atol=0.05, rtol=2 ** -6) if loose else
+                                                          dict(atol=5e-5, rtol=1e-4)))
+    assert shift.grad.dtype == dtype
+    torch.testing.assert_close(shift.grad.double(), x.grad.double().sum((2, 3)), **(dict(atol=0.3, rtol=0.02) if loose
+                                                                                  else dict(atol=1e-4, rtol=1e-4)))
+    ops = kernels.group_norm_silu(x.contiguous(), 8, weight, bias, shift=shift)        # NCHW: PyTorch's ops
+    assert ops.grad_fn.name() != "GroupNormSiLUFunctionBackward"
+    torch.testing.assert_close(ops.double(), y.double(), **(dict(atol=0.05, rtol=0.02) if loose else
+                                                            dict(atol=1e-5, rtol=1e-4)))
+    assert not kernels.kernel_applies(x, 8, weight, shift.float() if loose else shift.double())  # another dtype
+    assert not kernels.kernel_applies(x, 8, weight, shift[:, :16])                                # another shape
+
+
 def test_the_kernel_is_used_only_where_it_applies(monkeypatch):
     weight = torch.ones(8)
     last = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)

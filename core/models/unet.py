@@ -46,8 +46,9 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(num_groups, num_channels)
         self.silu = silu
 
-    def forward(self, x: Tensor) -> Tensor:
-        return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, self.silu)
+    def forward(self, x: Tensor, shift: Tensor | None = None) -> Tensor:
+        """GroupNorm(x), or GroupNorm(x + shift) with an (N, C) shift broadcast over positions (the timestep)."""
+        return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, self.silu, shift)
 
 
 class ResidualBlock(nn.Module):
@@ -63,8 +64,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h = self.conv1(self.norm1(x))                                       # norm1 and norm2 end in SiLU
-        h = h + self.temb(F.silu(temb))[:, :, None, None]                    # the timestep enters every block
-        return self.conv2(self.dropout(self.norm2(h)), residual=self.skip(x))     # + skip(x) in the same pass
+        h = self.norm2(h, shift=self.temb(F.silu(temb)))     # GN(h + Linear(SiLU(temb))): the timestep, every block
+        return self.conv2(self.dropout(h), residual=self.skip(x))                    # + skip(x) in the same pass
 
 
 class SelfAttention(nn.Module):
