@@ -15,9 +15,10 @@ Choices for speed on a CPU, the values unchanged up to rounding (bench/ddpm_thro
 in float32 whatever the autocast precision, together with the SiLU after it in one C kernel on channels_last tensors
 (core/kernels.py; PyTorch's bf16 GroupNorm in channels_last is several times slower than its float32 one); when
 sampling, the convolutions run on weights reordered once for oneDNN and the residual add joins the block's last
-convolution (core.kernels.Conv2d); and attention over at most `EXPLICIT_ATTENTION_TOKENS` positions (the 7x7 level) is written out as softmax(QKᵀ/√d) V,
-which at that length runs faster than PyTorch's fused CPU kernel (whose bf16 backward is slow); longer sequences
-take the fused kernel.
+convolution (core.kernels.Conv2d); and in training, attention over at most `EXPLICIT_ATTENTION_TOKENS` positions
+(the 7x7 level) is written out as softmax(QKᵀ/√d) V, which at that length trains faster than PyTorch's fused CPU
+kernel (whose bf16 backward is slow); sampling and longer sequences take the fused kernel (2% faster per forward
+there).
 """
 import math
 
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from core.kernels import Conv2d, group_norm_silu
 
-EXPLICIT_ATTENTION_TOKENS = 100    # up to here softmax(QKᵀ/√d) V beats the fused kernel (fp32 and bf16, 2 cores)
+EXPLICIT_ATTENTION_TOKENS = 100    # up to here softmax(QKᵀ/√d) V trains faster than the fused kernel (2 cores)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -80,7 +81,7 @@ class SelfAttention(nn.Module):
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)                         # (B, C, H, W) -> (B, HW, C)
         q, k, v = self.qkv(tokens).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        if h * w <= EXPLICIT_ATTENTION_TOKENS:
+        if h * w <= EXPLICIT_ATTENTION_TOKENS and torch.is_grad_enabled():
             weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1, dtype=torch.float32)
             attended = weights.to(v.dtype) @ v                                   # (B, heads, HW, C/heads)
         else:

@@ -48,8 +48,8 @@ def test_timestep_embedding_is_sinusoidal():
 
 @pytest.mark.parametrize("channels_last", (False, True))
 def test_written_out_attention_matches_the_fused_kernel_values_and_gradients(monkeypatch, channels_last):
-    """Up to EXPLICIT_ATTENTION_TOKENS positions attention is softmax(QKᵀ/√d) V written out (faster on a CPU); it
-    gives the fused kernel's outputs and gradients, in NCHW and in channels_last."""
+    """In training, up to EXPLICIT_ATTENTION_TOKENS positions attention is softmax(QKᵀ/√d) V written out (faster on
+    a CPU); it gives the fused kernel's outputs and gradients, in NCHW and in channels_last."""
     torch.manual_seed(0)
     attention = SelfAttention(64, groups=8, head_dim=32)
     x = torch.randn(3, 64, 7, 7)
@@ -65,6 +65,8 @@ def test_written_out_attention_matches_the_fused_kernel_values_and_gradients(mon
     assert not torch.equal(results[0][0], results[1][0])             # two computations, not one path taken twice
     for written, fused in zip(*results):
         torch.testing.assert_close(written, fused, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():                                            # sampling takes the fused kernel
+        assert torch.equal(attention(x), results[1][0]) and not torch.equal(attention(x), results[0][0])
     with torch.autocast("cpu", dtype=torch.bfloat16):                # and in bf16, up to its rounding
         low = attention(x)
     torch.testing.assert_close(low, results[0][0].detach(), atol=0.05, rtol=0.05)
