@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -188,10 +189,15 @@ class Conv2d(nn.Conv2d):
     def _packed_weights(self, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         key = (dtype, tuple(x.shape), self.weight.data_ptr(), self.weight._version,
                None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
-        if getattr(self, "_packed", (None,))[0] != key:
+        if PACKED.get(self, (None,))[0] != key:
             weight = self.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
             packed = torch.ops.mkldnn._reorder_convolution_weight(weight, list(self.padding), list(self.stride),
                                                                    list(self.dilation), self.groups, list(x.shape))
             bias = None if self.bias is None else self.bias.detach().to(dtype)
-            self._packed = (key, packed, bias)
-        return self._packed[1:]
+            PACKED[self] = (key, packed, bias)
+        return PACKED[self][1:]
+
+
+# each Conv2d's reordered weights, outside the module: oneDNN's opaque tensors cannot be copied or saved, and a
+# deep copy (an EMA, a guide) must not carry them
+PACKED: "weakref.WeakKeyDictionary[Conv2d, tuple]" = weakref.WeakKeyDictionary()

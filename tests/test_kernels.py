@@ -1,4 +1,5 @@
 """The GroupNorm+SiLU C kernel against PyTorch's ops: values and gradients in both dtypes; where it applies."""
+import copy
 import os
 import shutil
 import warnings
@@ -227,7 +228,7 @@ def test_sampling_convolution_on_reordered_weights_equals_nn_conv2d(bf16, stride
             torch.testing.assert_close(y, plain, **(dict(atol=0, rtol=0) if bf16 else {}))
             torch.testing.assert_close(fused.float(), (residual + plain).float(),
                                        **(dict(atol=0.02, rtol=0.01) if bf16 else {}))
-            assert conv._packed[0][1] == tuple(batch.shape)          # reordered for this shape, once
+            assert kernels.PACKED[conv][0][1] == tuple(batch.shape)     # reordered for this shape, once
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")        # torch's note on leaving mkldnn.flags
@@ -237,6 +238,8 @@ def test_sampling_convolution_follows_weight_updates_and_training_takes_nn_conv2
     conv, x = conv_pair()
     with torch.no_grad():
         before = conv(x)
+        twin = copy.deepcopy(conv)                              # a copy (an EMA) after sampling: its own cache
+        torch.testing.assert_close(twin(x), before)
         conv.weight.mul_(-1)                                    # what an in-place update does
         conv.load_state_dict({"weight": conv.weight * 2, "bias": conv.bias})
         torch.testing.assert_close(conv(x), torch.nn.Conv2d.forward(conv, x))
