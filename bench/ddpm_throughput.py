@@ -11,8 +11,9 @@
 4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
    machine's measured matmul peak (a 2048^3 product in float32 and bf16, through BLAS and through oneDNN).
 Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine. --no-kernel runs
-our U-Net on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py, and sampling's
-convolutions without weights reordered once and the fused residual add (core.kernels.Conv2d).
+our U-Net and schedulers on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py,
+sampling's convolutions without weights reordered once and the fused residual add (core.kernels.Conv2d), and each
+scheduler step as PyTorch's separate element-wise ops instead of one pass (core/scheduler_steps.c).
 """
 import argparse
 import time
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--parts", default="networks,schedulers", help="networks (1, 2, 4), schedulers (3), or both")
-    parser.add_argument("--no-kernel", action="store_true", help="PyTorch's plain ops: no C kernel, no reordered weights")
+    parser.add_argument("--no-kernel", action="store_true", help="PyTorch's plain ops: no C kernels, no reordered weights")
     args = parser.parse_args()
     kernels.enabled = not args.no_kernel
     if args.threads:

@@ -1,5 +1,6 @@
-"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last float32 and bfloat16
-tensors; and, for sampling, convolutions on weights reordered once for oneDNN with the residual add fused (Conv2d).
+"""CPU speed for the U-Net and its samplers: GroupNorm followed by SiLU as one kernel, for channels_last float32 and
+bfloat16 tensors; for sampling, convolutions on weights reordered once for oneDNN with the residual add fused
+(Conv2d); and each sampler step's image-sized arithmetic in one pass (ddpm_step, ddim_step, dpm_solver_step).
 
     y = SiLU(γ (x − μ_{n,g}) / √(σ²_{n,g} + ε) + β),   SiLU(z) = z σ(z)        (Wu & He 2018; Elfwing et al. 2018)
 
@@ -7,10 +8,13 @@ PyTorch runs GroupNorm, the dtype casts around it and SiLU as separate passes ov
 channels_last is several times slower than its float32 one; together they are most of a small U-Net's time on a CPU
 once the convolutions run in bf16 (bench/ddpm_throughput.py). `group_norm_silu.c` beside this file does the whole
 thing, forward and backward, reading each sample twice, in float32, rounding to the input's dtype once.
-It is compiled on first use with the system's C compiler (`cc`, or $CC) into a per-machine cache and called through
-ctypes; without a compiler that builds it (gcc or clang with OpenMP; Apple's clang has none), or for any other
-layout, dtype or device, `group_norm_silu` computes the same with PyTorch's own ops (the reference the tests compare
-the kernel against); a missing or failing compiler says so in one warning.
+A sampler step is likewise eight or so element-wise operations, each a pass of its own in PyTorch;
+`scheduler_steps.c` makes the same float32 operations in the same order in one pass, so the results are the same
+bits (the schedulers keep the PyTorch expression as the reference, and fall back to it).
+Both are compiled on first use with the system's C compiler (`cc`, or $CC) into a per-machine cache and called
+through ctypes; without a compiler that builds them (gcc or clang with OpenMP; Apple's clang has none), or for any
+other layout, dtype or device, the callers compute the same with PyTorch's own ops (the reference the tests compare
+the kernels against); a missing or failing compiler says so in one warning.
 """
 import ctypes
 import functools
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-SOURCE = Path(__file__).with_name("group_norm_silu.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("group_norm_silu.c", "scheduler_steps.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared"] + (
     ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])   # AVX-512: 11% faster here
 enabled = True                 # False: always PyTorch's ops (tests and bench/ddpm_throughput.py compare the two)
@@ -37,23 +41,23 @@ MAX_SAMPLE_ELEMENTS = 2 ** 24  # C x H x W; larger samples take PyTorch's ops (t
 
 
 def build_path(compiler: str) -> Path:
-    """Where the build of this source with this compiler, these flags and this CPU (-march=native) is cached."""
+    """Where the build of these sources with this compiler, these flags and this CPU (-march=native) is cached."""
     cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
     cpu_flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *FLAGS, platform.machine(), cpu_flags])
+    key = hashlib.sha256("\n".join([*(source.read_text() for source in SOURCES), compiler, *FLAGS, platform.machine(), cpu_flags])
                          .encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "genlab" / "kernels" / f"group_norm_silu-{key}.so"
+    return cache / "genlab" / "kernels" / f"kernels-{key}.so"
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use into the cache, or None (with a warning)."""
+    """The compiled kernels, built on first use into the cache, or None (with a warning)."""
     name = os.environ.get("CC", "cc")
     compiler = shutil.which(name)
     if compiler is None:
-        warnings.warn(f"no C compiler ({name}) found: GroupNorm+SiLU runs as separate PyTorch ops (slower); "
-                      "install one, e.g. apt-get install gcc", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"no C compiler ({name}) found: GroupNorm+SiLU and the sampler steps run as separate PyTorch "
+                      "ops (slower); install one, e.g. apt-get install gcc", RuntimeWarning, stacklevel=3)
         return None
     target = build_path(compiler)
     try:
@@ -61,19 +65,23 @@ def library() -> ctypes.CDLL | None:
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:    # build, then move into place
                 built = Path(scratch) / target.name
-                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True,
+                subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"], check=True,
                                capture_output=True, text=True, timeout=120)
                 os.replace(built, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         target.unlink(missing_ok=True)                        # a damaged build in the cache is rebuilt next time
         detail = getattr(error, "stderr", None) or error
-        warnings.warn(f"the GroupNorm+SiLU kernel did not build or load ({detail}); using PyTorch's ops (slower)",
+        warnings.warn(f"genlab's C kernels did not build or load ({detail}); using PyTorch's ops (slower)",
                       RuntimeWarning, stacklevel=3)
         return None
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.group_norm_silu_forward.argtypes = [ptr] * 7 + [i64] * 4 + [f32] + [ctypes.c_int] * 3
     lib.group_norm_silu_backward.argtypes = [ptr] * 11 + [i64] * 4 + [ctypes.c_int] * 3
+    lib.ddpm_step.argtypes = [ptr] * 5 + [i64, ctypes.c_int, f32, f32, ctypes.c_int] + [f32] * 4 + [ctypes.c_int]
+    lib.ddim_step.argtypes = ([ptr] * 5 + [i64, ctypes.c_int, f32, f32, ctypes.c_int, f32, ctypes.c_int] + [f32] * 3
+                              + [ctypes.c_int])
+    lib.dpm_solver_step.argtypes = [ptr] * 5 + [i64] + [f32] * 3 + [ctypes.c_int] + [f32] * 2 + [ctypes.c_int]
     return lib
 
 
@@ -201,3 +209,48 @@ class Conv2d(nn.Conv2d):
 # each Conv2d's reordered weights, outside the module: oneDNN's opaque tensors cannot be copied or saved, and a
 # deep copy (an EMA, a guide) must not carry them
 PACKED: "weakref.WeakKeyDictionary[Conv2d, tuple]" = weakref.WeakKeyDictionary()
+
+
+# ------------------------------------------------------------------------------------------------ sampler steps
+def steps_apply(*tensors: Tensor | None) -> bool:
+    """Whether scheduler_steps.c takes these tensors (None: one the step has not): float32 CPU tensors of one shape,
+    all contiguous or all channels_last (one order in memory, read element by element), none wanting a gradient."""
+    present = [t for t in tensors if t is not None]
+    shape = present[0].shape
+    return (enabled and all(t.dtype == torch.float32 and t.is_cpu and not t.requires_grad and t.shape == shape
+                            for t in present) and present[0].numel() > 0
+            and (all(t.is_contiguous() for t in present)
+                 or all(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in present))
+            and not torch.compiler.is_compiling() and library() is not None)
+
+def ddpm_step(model_output: Tensor, sample: Tensor, noise: Tensor | None, prediction: int, clip: float | None,
+              alpha: float, sigma: float, x0_coeff: float, xt_coeff: float, std: float) -> tuple[Tensor, Tensor]:
+    """(x̂_0, x_{t'}) of core.schedulers.DDPMScheduler.step; `prediction` indexes PREDICTION_TYPES, `clip` is the
+    clipping range (None: no clipping), the scalars are the step's row of its `_coefficients`."""
+    x0, prev = torch.empty_like(sample), torch.empty_like(sample)
+    library().ddpm_step(model_output.data_ptr(), sample.data_ptr(), address(noise), x0.data_ptr(), prev.data_ptr(),
+                        sample.numel(), prediction, alpha, sigma, clip is not None, clip or 0.0, x0_coeff, xt_coeff,
+                        std, torch.get_num_threads())
+    return x0, prev
+
+
+def ddim_step(model_output: Tensor, sample: Tensor, noise: Tensor | None, prediction: int, clip: float | None,
+              clipped_eps: bool, alpha: float, sigma: float, alpha_prev: float, direction: float,
+              std: float) -> tuple[Tensor, Tensor]:
+    """(x̂_0, x_{t'}) of core.schedulers.DDIMScheduler.step, arguments as in `ddpm_step` (`clipped_eps`:
+    use_clipped_model_output)."""
+    x0, prev = torch.empty_like(sample), torch.empty_like(sample)
+    library().ddim_step(model_output.data_ptr(), sample.data_ptr(), address(noise), x0.data_ptr(), prev.data_ptr(),
+                        sample.numel(), prediction, alpha, sigma, clip is not None, clip or 0.0, clipped_eps,
+                        alpha_prev, direction, std, torch.get_num_threads())
+    return x0, prev
+
+
+def dpm_solver_step(sample: Tensor, x0: Tensor, x0_prev: Tensor | None, noise: Tensor | None, ratio: float,
+                    first: float, inverse_r: float, heun: bool, correction: float, noise_scale: float) -> Tensor:
+    """x_t of core.schedulers.DPMSolverMultistepScheduler.step from x̂_0 (and the previous x̂_0 for 2M)."""
+    prev = torch.empty_like(sample)
+    library().dpm_solver_step(sample.data_ptr(), x0.data_ptr(), address(x0_prev), address(noise), prev.data_ptr(),
+                              sample.numel(), ratio, first, inverse_r, heun, correction, noise_scale,
+                              torch.get_num_threads())
+    return prev
