@@ -176,7 +176,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--parts", default="networks,schedulers", help="networks (1, 2, 4), schedulers (3), or both")
-    parser.add_argument("--no-kernel", action="store_true", help="PyTorch's plain ops: no C kernels, no reordered weights")
+    parser.add_argument("--no-kernel", action="store_true",
+                        help="PyTorch's plain ops: no C kernels, no reordered weights")
     args = parser.parse_args()
     kernels.enabled = not args.no_kernel
     if args.threads:

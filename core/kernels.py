@@ -44,8 +44,8 @@ def build_path(compiler: str) -> Path:
     """Where the build of these sources with this compiler, these flags and this CPU (-march=native) is cached."""
     cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
     cpu_flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
-    key = hashlib.sha256("\n".join([*(source.read_text() for source in SOURCES), compiler, *FLAGS, platform.machine(), cpu_flags])
-                         .encode()).hexdigest()[:16]
+    text = "\n".join([*(source.read_text() for source in SOURCES), compiler, *FLAGS, platform.machine(), cpu_flags])
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "genlab" / "kernels" / f"kernels-{key}.so"
 
@@ -222,6 +222,7 @@ def steps_apply(*tensors: Tensor | None) -> bool:
             and (all(t.is_contiguous() for t in present)
                  or all(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in present))
             and not torch.compiler.is_compiling() and library() is not None)
+
 
 def ddpm_step(model_output: Tensor, sample: Tensor, noise: Tensor | None, prediction: int, clip: float | None,
               alpha: float, sigma: float, x0_coeff: float, xt_coeff: float, std: float) -> tuple[Tensor, Tensor]:

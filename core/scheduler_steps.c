@@ -2,8 +2,8 @@
  *
  * Each function computes, element by element, exactly the float32 operations that core/schedulers/ writes with
  * PyTorch's ops, in the same order (diffusers' order, which the schedulers follow bit for bit): one rounding per
- * +, −, ×, ÷, and no fused multiply-add (the pragmas below: a compiler may otherwise contract a × b + c). So the results
- * are the same bits as the reference, in one pass over memory instead of one pass per operation. The step's
+ * +, −, ×, ÷, and no fused multiply-add (the pragmas below: a compiler may otherwise contract a × b + c). So the
+ * results are the same bits as the reference, in one pass over memory instead of one pass per operation. The step's
  * scalars come precomputed from the scheduler's `_coefficients`; the noise z is drawn by PyTorch beforehand.
  * Large tensors are split over `threads` OpenMP threads (torch's own runtime), which changes no value.
  *

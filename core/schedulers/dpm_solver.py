@@ -156,9 +156,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         z = step_noise(sample, generator) if c.algorithm_type == "sde-dpmsolver++" else None   # fresh at every step
         if kernels.steps_apply(sample, x0, previous, z):                      # the same bits in one pass
             sigma_ratio, first_order, inverse_r, midpoint, heun, noise = self._rows[i, 2:].tolist()
+            uses_heun = c.solver_type == "heun"
             prev_sample = kernels.dpm_solver_step(sample, x0, previous, z, sigma_ratio, first_order, inverse_r,
-                                                  c.solver_type == "heun", heun if c.solver_type == "heun" else midpoint,
-                                                  noise)
+                                                  uses_heun, heun if uses_heun else midpoint, noise)
         else:
             *_, sigma_ratio, first_order, inverse_r, midpoint, heun, noise = self._rows[i].unbind()   # float32 scalars
             # (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D_s, in place on fresh tensors (the same roundings, fewer allocations)
