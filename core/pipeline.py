@@ -135,7 +135,7 @@ def checked_spec(spec, family: str) -> str:
     if isinstance(spec, str) and (spec in read_manifest() or (hub and len(spec) <= 200 and HUB_ID.fullmatch(spec))):
         return spec
     other = " or a Hub repo id such as owner/name@revision" if hub else ""
-    raise RequestError(f"model must be one of {', '.join(model_names(family))}{other}, got {shown(spec)}")
+    raise RequestError(f"model must be one of {', '.join(model_names(family))}{other}, got {shown(spec)}", "model")
 
 
 _locks: dict[str, threading.Lock] = {}

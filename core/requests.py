@@ -32,7 +32,12 @@ ECHO = 80                      # characters of a bad value repeated in a message
 
 
 class RequestError(ValueError):
-    """Bad input from a user or an API caller; the message says what is allowed."""
+    """Bad input from a user or an API caller; the message says what is allowed, `field` which input it was (None
+    where no single one: a cost over the cap)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def shown(value) -> str:
@@ -53,19 +58,19 @@ def whole_number(value, name: str, low: int, high: int) -> int:
     """A whole number in [low, high]; 3.0 is accepted, 2.5, NaN, None, True and "3" are not."""
     whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
     if isinstance(value, bool) or not whole or not low <= value <= high:
-        raise RequestError(f"{name} must be a whole number from {low} to {high}, got {shown(value)}")
+        raise RequestError(f"{name} must be a whole number from {low} to {high}, got {shown(value)}", name)
     return int(value)
 
 
 def real_number(value, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:   # NaN fails too
-        raise RequestError(f"{name} must be a number from {low:g} to {high:g}, got {shown(value)}")
+        raise RequestError(f"{name} must be a number from {low:g} to {high:g}, got {shown(value)}", name)
     return float(value)
 
 
 def one_of(value, name: str, options) -> str:
     if isinstance(value, (list, dict)) or value not in options:
-        raise RequestError(f"{name} must be one of {', '.join(map(str, options))}; got {shown(value)}")
+        raise RequestError(f"{name} must be one of {', '.join(map(str, options))}; got {shown(value)}", name)
     return value
 
 

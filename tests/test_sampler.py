@@ -215,6 +215,19 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
 ]
 
 
+def test_diffusion_refusal_is_shown_on_the_input_at_fault(client):
+    """Admission refuses before queueing; its message goes to the offending input, a cost over the cap to steps."""
+    good = dict(model="ddpm", n=4, steps=20, scheduler="ddim", eta=0.0, seed=0, label=-1, guidance_scale=1.0)
+    for name, value, message in [("n", 10 ** 9, "n must be"), ("scheduler", {"path": "/etc/passwd"}, "scheduler must"),
+                                 ("model", "/etc/passwd", "model must be"), ("eta", 7.0, "eta must be"),
+                                 ("guidance_scale", 1e308, "guidance_scale must be"),
+                                 ("steps", 1000, "n x steps x passes")]:
+        arguments = {**good, name: value, **({"n": 64} if name == "steps" else {})}
+        with pytest.raises(ValidationError) as caught:
+            client.predict(*arguments.values(), api_name="/ddpm_sample")
+        assert f"- {name}: {message}" in str(caught.value), str(caught.value)
+
+
 def test_bad_input_answers_with_what_is_allowed(client, sampler_url, tmp_path):
     files = bad_files(tmp_path)
     image = lambda a: files[a] if a in files else handle_file(a) if isinstance(a, str) and a.endswith(".png") else a
