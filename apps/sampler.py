@@ -154,16 +154,16 @@ def vae_latent_plane(image):
 def admit_diffusion(model, n, steps, scheduler, eta, seed, label, guidance_scale, request: gr.Request):
     """Runs before the request is queued (Gradio's validator): its cost, and the client's share of the queue. A
     refusal is Gradio's validation error carrying our message (gradio_client raises ValidationError with it)."""
-    message, where = "", "steps"              # a refusal of no single input (cost, queue share): on the steps slider
+    message, field = "", None
     try:
         pipeline.checked_spec(model, "ddpm")
         pipeline.diffusion_work(n, steps, scheduler, eta, seed, guidance_scale)
         ADMISSION.admit(request.session_hash or "")
     except Exception as exc:
-        message, where = as_gradio_error("ddpm_sample admission", exc).message, getattr(exc, "field", None) or where
+        message, field = as_gradio_error("ddpm_sample admission", exc).message, getattr(exc, "field", None)
     inputs = ("model", "n", "steps", "scheduler", "eta", "seed", "label", "guidance_scale")
-    where = where if where in inputs else "steps"
-    return [gr.validate(not message or name != where, message) for name in inputs]
+    shown_on = field if field in inputs else "steps"          # no single input at fault (cost, queue share): steps
+    return [gr.validate(not message or name != shown_on, message) for name in inputs]
 
 
 @guarded
