@@ -76,6 +76,101 @@ static void silu_grad_row(const float *restrict row, const float *restrict a, co
     }
 }
 
+/* The forward's two passes with AVX-512 intrinsics, for rows of a multiple of 16 channels: 16 channels per register,
+ * loaded, shifted, normalised, passed through SiLU and rounded without leaving registers (GCC's vectorisation of the
+ * loops above spends most of its time in loop set-up at 32-128 channels). The same float32 arithmetic, except that
+ * σ(z) = 1/(1 + e^−z) takes the reciprocal estimate with one Newton step, r ← r (2 − d r) (relative error ~1e-7),
+ * instead of a division. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define VECTOR_ROWS(c) ((c) % 16 == 0)
+
+static inline __m512 load16(const char *src, int bf16) {
+    if (!bf16) return _mm512_loadu_ps((const float *)src);
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)src));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+static inline void store16(char *dst, __m512 value, int bf16) {
+    if (!bf16) {
+        _mm512_storeu_ps((float *)dst, value);
+        return;
+    }
+#if defined(__AVX512BF16__)
+    _mm256_storeu_si256((__m256i *)dst, (__m256i)_mm512_cvtneps_pbh(value));   /* round to nearest even */
+#else
+    __m512i bits = _mm512_castps_si512(value);                          /* round to nearest even, as store() */
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+#endif
+}
+
+/* SiLU(z) = z σ(z), σ(z) = 1/(1 + e^−z), with e^−z as exp_approx computes it (to r⁶ here) but with the negation
+ * folded into its constants: k = round(−z / ln 2), r = −z − k ln 2. z is clamped from below at −88 (e^88 stays a
+ * float32), and 2^k applied by scalef, which underflows to 0 for large z. */
+static inline __m512 silu16(__m512 z) {
+    __m512 clamped = _mm512_max_ps(z, _mm512_set1_ps(-88.f));
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(clamped, _mm512_set1_ps(-1.44269504089f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693145751953125f), clamped);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.f / 720);
+    static const float taylor[] = {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f};
+    for (int i = 0; i < 6; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(taylor[i]));
+    __m512 d = _mm512_add_ps(_mm512_set1_ps(1.f), _mm512_scalef_ps(p, k));          /* 1 + e^−z */
+    __m512 inverse = _mm512_rcp14_ps(d);
+    inverse = _mm512_mul_ps(inverse, _mm512_fnmadd_ps(d, inverse, _mm512_set1_ps(2.f)));
+    return _mm512_mul_ps(z, inverse);
+}
+
+/* Σ (x − k) and Σ (x − k)² per channel over a sample's rows, two rows per iteration (halving the dependency chains
+ * through the accumulators). */
+static void sums16(const char *xs, const float *shift, const float *first, float *sum, float *squares, int64_t hw,
+                   int64_t c, int bf16) {
+    const int64_t element = bf16 ? 2 : 4, stride = c * element;
+    for (int64_t j = 0; j < c; j += 16) {
+        __m512 k = _mm512_loadu_ps(first + j), total = _mm512_setzero_ps(), total_squares = _mm512_setzero_ps();
+        if (shift) k = _mm512_sub_ps(k, _mm512_loadu_ps(shift + j));        /* (x + t) − k = x − (k − t) */
+        const char *column = xs + j * element;
+        int64_t p = 0;
+        for (; p + 1 < hw; p += 2) {
+            __m512 d0 = _mm512_sub_ps(load16(column + p * stride, bf16), k);
+            __m512 d1 = _mm512_sub_ps(load16(column + (p + 1) * stride, bf16), k);
+            total = _mm512_add_ps(total, _mm512_add_ps(d0, d1));
+            total_squares = _mm512_add_ps(total_squares, _mm512_fmadd_ps(d0, d0, _mm512_mul_ps(d1, d1)));
+        }
+        if (p < hw) {
+            __m512 d = _mm512_sub_ps(load16(column + p * stride, bf16), k);
+            total = _mm512_add_ps(total, d);
+            total_squares = _mm512_fmadd_ps(d, d, total_squares);
+        }
+        _mm512_storeu_ps(sum + j, total);
+        _mm512_storeu_ps(squares + j, total_squares);
+    }
+}
+
+/* y = a x + b (then SiLU) over a sample's rows: (x + t) a + b = x a + (t a + b) */
+static void output16(const char *xs, char *ys, const float *shift, const float *a, const float *b, int64_t hw,
+                     int64_t c, int bf16, int silu) {
+    const int64_t element = bf16 ? 2 : 4, stride = c * element;
+    for (int64_t j = 0; j < c; j += 16) {
+        __m512 scale = _mm512_loadu_ps(a + j), offset = _mm512_loadu_ps(b + j);
+        if (shift) offset = _mm512_fmadd_ps(_mm512_loadu_ps(shift + j), scale, offset);
+        for (int64_t p = 0; p < hw; p++) {
+            __m512 z = _mm512_fmadd_ps(load16(xs + p * stride + j * element, bf16), scale, offset);
+            store16(ys + p * stride + j * element, silu ? silu16(z) : z, bf16);
+        }
+    }
+}
+#else
+#define VECTOR_ROWS(c) 0
+static void sums16(const char *xs, const float *shift, const float *first, float *sum, float *squares, int64_t hw,
+                   int64_t c, int bf16) {}
+static void output16(const char *xs, char *ys, const float *shift, const float *a, const float *b, int64_t hw,
+                     int64_t c, int bf16, int silu) {}
+#endif
+
 /* A scratch buffer per thread, kept between calls (a fresh malloc of this size maps new pages every call). */
 static float *scratch(int64_t count) {
     static __thread float *buffer = NULL;
@@ -119,14 +214,17 @@ void group_norm_silu_forward(const void *x, const float *shift, void *y, const f
             load_shifted(xs, row, shift_s, c, bf16);
             for (int64_t i = 0; i < c; i++) first[i] = row[i - i % per_group];
             memset(sum, 0, 2 * c * sizeof(float));
-            for (int64_t p = 0; p < hw; p++) {
-                load_shifted(xs + p * c * element, row, shift_s, c, bf16);
-                for (int64_t i = 0; i < c; i++) {
-                    float d = row[i] - first[i];
-                    sum[i] += d;
-                    squares[i] += d * d;
+            if (VECTOR_ROWS(c))
+                sums16(xs, shift_s, first, sum, squares, hw, c, bf16);
+            else
+                for (int64_t p = 0; p < hw; p++) {
+                    load_shifted(xs + p * c * element, row, shift_s, c, bf16);
+                    for (int64_t i = 0; i < c; i++) {
+                        float d = row[i] - first[i];
+                        sum[i] += d;
+                        squares[i] += d * d;
+                    }
                 }
-            }
             for (int64_t g = 0; g < groups; g++) {
                 float total = 0.f, total_squares = 0.f;
                 for (int64_t i = g * per_group; i < (g + 1) * per_group; i++) {
@@ -138,14 +236,17 @@ void group_norm_silu_forward(const void *x, const float *shift, void *y, const f
                 rstd_s[g] = 1.f / sqrtf((var > 0.f ? var : 0.f) + eps);
             }
             affine(gamma, beta, mean_s, rstd_s, a, b, c, groups);
-            for (int64_t p = 0; p < hw; p++) {                          /* the sample is still in cache */
-                load_shifted(xs + p * c * element, row, shift_s, c, bf16);
-                if (silu)
-                    silu_row(row, a, b, c);
-                else
-                    for (int64_t i = 0; i < c; i++) row[i] = row[i] * a[i] + b[i];
-                store(ys + p * c * element, row, c, bf16);
-            }
+            if (VECTOR_ROWS(c))                                         /* the sample is still in cache */
+                output16(xs, ys, shift_s, a, b, hw, c, bf16, silu);
+            else
+                for (int64_t p = 0; p < hw; p++) {
+                    load_shifted(xs + p * c * element, row, shift_s, c, bf16);
+                    if (silu)
+                        silu_row(row, a, b, c);
+                    else
+                        for (int64_t i = 0; i < c; i++) row[i] = row[i] * a[i] + b[i];
+                    store(ys + p * c * element, row, c, bf16);
+                }
         }
     }
 }

@@ -71,6 +71,22 @@ def test_bf16_kernel_is_the_float32_maths_rounded_once(silu, threads):
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("channels", (32, 12))                  # 16 channels per register, and the scalar loops
+def test_silu_holds_far_out_in_both_tails(dtype, channels):
+    """γ up to ±2000 drives z = GN(x) far beyond e^z's float32 range on both sides (e^88 overflows): SiLU(z) is
+    still z σ(z): ≈ z for large z, ≈ 0 for very negative z, never inf or NaN."""
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, 5, 5).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.linspace(-2000, 2000, channels)
+    bias = torch.zeros(channels)
+    with torch.no_grad():
+        y = kernels.group_norm_silu(x, 4, weight, bias)
+        expected = F.silu(F.group_norm(x.double(), 4, weight.double(), bias.double(), 1e-5))
+    assert kernels.kernel_applies(x, 4, weight) and torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), expected, atol=1e-3, rtol=2 ** -8 if dtype == torch.bfloat16 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
 def test_a_per_sample_shift_is_added_before_normalising_with_its_gradient(dtype):
     """GN(x + t) with t of shape (N, C) (a U-Net's timestep embedding): values and the gradients of x, t, γ, β
     against float64 (bf16: within its rounding), and the same as PyTorch's ops adding t first."""
