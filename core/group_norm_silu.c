@@ -48,10 +48,15 @@ static void store(void *dst, const float *restrict src, int64_t count, int bf16)
 /* e^x = 2^k e^r with k = round(x / ln 2) and r = x − k ln 2 (ln 2 split in two so that r stays exact), |r| <= ln2/2,
  * e^r from its Taylor series to r⁷ (relative error below 1e-7, about one float32 ulp). Written out rather than
  * calling expf so that the SiLU loops vectorise without -ffast-math. */
+#define EXP_MAX 88.f                                                /* e^88 is still a float32 */
+#define LOG2_E 1.44269504089f
+#define LN2_HIGH 0.693145751953125f
+#define LN2_LOW 1.428606765330187e-06f
+
 static inline float exp_approx(float x) {
-    x = x < -87.f ? -87.f : x > 88.f ? 88.f : x;                 /* e^x stays a normal float32 */
-    float k = rintf(x * 1.44269504089f);
-    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+    x = x < -87.f ? -87.f : x > EXP_MAX ? EXP_MAX : x;          /* e^x stays a normal float32 */
+    float k = rintf(x * LOG2_E);
+    float r = x - k * LN2_HIGH - k * LN2_LOW;
     float p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720
                                                                                         + r * (1.f / 5040)))))));
     int32_t bits = ((int32_t)k + 127) << 23;                        /* 2^k */
@@ -79,8 +84,8 @@ static void silu_grad_row(const float *restrict row, const float *restrict a, co
 /* The forward's two passes with AVX-512 intrinsics, for rows of a multiple of 16 channels: 16 channels per register,
  * loaded, shifted, normalised, passed through SiLU and rounded without leaving registers (GCC's vectorisation of the
  * loops above spends most of its time in loop set-up at 32-128 channels). The same float32 arithmetic, except that
- * σ(z) = 1/(1 + e^−z) takes the reciprocal estimate with one Newton step, r ← r (2 − d r) (relative error ~1e-7),
- * instead of a division. */
+ * e^−z stops at r⁶ and σ(z) = 1/(1 + e^−z) takes the reciprocal estimate with one Newton step, r ← r (2 − d r)
+ * (relative error ~1e-7), instead of a division. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define VECTOR_ROWS(c) ((c) % 16 == 0)
@@ -107,14 +112,14 @@ static inline void store16(char *dst, __m512 value, int bf16) {
 }
 
 /* SiLU(z) = z σ(z), σ(z) = 1/(1 + e^−z), with e^−z as exp_approx computes it (to r⁶ here) but with the negation
- * folded into its constants: k = round(−z / ln 2), r = −z − k ln 2. z is clamped from below at −88 (e^88 stays a
- * float32), and 2^k applied by scalef, which underflows to 0 for large z. */
+ * folded into its constants: k = round(−z / ln 2), r = −z − k ln 2. z is clamped from below at −EXP_MAX, and 2^k
+ * applied by scalef, which underflows to 0 for large z. */
 static inline __m512 silu16(__m512 z) {
-    __m512 clamped = _mm512_max_ps(z, _mm512_set1_ps(-88.f));
-    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(clamped, _mm512_set1_ps(-1.44269504089f)),
+    __m512 clamped = _mm512_max_ps(z, _mm512_set1_ps(-EXP_MAX));
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(clamped, _mm512_set1_ps(-LOG2_E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693145751953125f), clamped);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(LN2_HIGH), clamped);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_LOW), r);
     __m512 p = _mm512_set1_ps(1.f / 720);
     static const float taylor[] = {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f};
     for (int i = 0; i < 6; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(taylor[i]));
