@@ -1,6 +1,6 @@
 """Our U-Net and schedulers against diffusers', side by side in one run (issue: DDPM benchmark).
 
-    python bench/ddpm_throughput.py [--repeats 3] [--threads 2] [--parts networks,schedulers] [--no-kernel]
+    python bench/ddpm_throughput.py [--repeats 3] [--threads 2] [--parts networks,schedulers,profile] [--no-kernel]
 
 1. Training images/s at batch 128 (forward, MSE, backward, Adam step) of core.models.unet.UNet (in channels_last,
    as genlab trains and samples it) and a diffusers UNet2DModel with the same block layout and the same parameter
@@ -10,6 +10,10 @@
    (each a 50-step schedule, set_timesteps included), and the cost of the noise draw that a DDPM step must make.
 4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
    machine's measured matmul peak (a 2048^3 product in float32 and bf16, through BLAS and through oneDNN).
+5. (--parts profile) Where a training step's time goes, by torch.profiler's self CPU time: the convolutions
+   (forward and backward, oneDNN in both libraries) against the rest, for ours and diffusers'. Diffusers' step
+   divided by our convolutions' time is the most our speed-up could be at this architecture if every other op
+   took no time.
 Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine. --no-kernel runs
 our U-Net and schedulers on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py,
 sampling's convolutions without weights reordered once and the fused residual add (core.kernels.Conv2d), and each
@@ -157,6 +161,30 @@ def network_rows(args) -> list[str]:
     return rows
 
 
+def profile_rows(args) -> list[str]:
+    nets = {k: v for k, v in networks().items() if k != "diffusers, channels_last"}
+    rows = []
+    for bf16 in (False, True):
+        shares = {}
+        for k, (net, fwd) in nets.items():
+            run = train_steps(net, fwd, bf16)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+                run()
+            events = profiler.key_averages()
+            total = sum(e.self_cpu_time_total for e in events) / 3 / 1e3              # ms per step of batch 128
+            conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 3 / 1e3
+            shares[k] = total, conv
+        (ours, ours_conv), (theirs, theirs_conv) = shares["ours"], shares["diffusers"]
+        precision = "bf16 autocast" if bf16 else "float32"
+        rows += [f"| ms per training step (profiled), batch 128 | {precision} | {ours:.0f} | {theirs:.0f} | "
+                 f"{ours / theirs:.2f}x | | |",
+                 f"| of which convolutions, forward + backward | {precision} | {ours_conv:.0f} ({ours_conv / ours:.0%})"
+                 f" | {theirs_conv:.0f} ({theirs_conv / theirs:.0%}) | {ours_conv / theirs_conv:.2f}x | | |",
+                 f"| speed-up over diffusers if all but our convolutions took no time | {precision} | "
+                 f"{theirs / ours_conv:.2f}x | | | | |"]
+    return rows
+
+
 def scheduler_rows(args) -> list[str]:
     rows = []
     for name in ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"):
@@ -175,7 +203,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--parts", default="networks,schedulers", help="networks (1, 2, 4), schedulers (3), or both")
+    parser.add_argument("--parts", default="networks,schedulers",
+                        help="comma-separated: networks (1, 2, 4), schedulers (3), profile (5)")
     parser.add_argument("--no-kernel", action="store_true",
                         help="PyTorch's plain ops: no C kernels, no reordered weights")
     args = parser.parse_args()
@@ -184,7 +213,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"{torch.get_num_threads()} threads, core.kernels: {'on' if kernels.enabled else 'off (PyTorch ops)'}")
     parts = args.parts.split(",")
-    rows = (network_rows(args) if "networks" in parts else []) + (scheduler_rows(args) if "schedulers" in parts else [])
+    rows = [row for part, make in (("networks", network_rows), ("profile", profile_rows), ("schedulers", scheduler_rows))
+            if part in parts for row in make(args)]
     print("\n| | precision | ours | diffusers | ours / diffusers | diffusers, channels_last | ours / that |\n"
           "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
