@@ -10,10 +10,10 @@
    (each a 50-step schedule, set_timesteps included), and the cost of the noise draw that a DDPM step must make.
 4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
    machine's measured matmul peak (a 2048^3 product in float32 and bf16, through BLAS and through oneDNN).
-5. (--parts profile) Where a training step's time goes, by torch.profiler's self CPU time: the convolutions
-   (forward and backward, oneDNN in both libraries) against the rest, for ours and diffusers'. Diffusers' step
-   divided by our convolutions' time is the most our speed-up could be at this architecture if every other op
-   took no time.
+5. (--parts profile) Where the time of a training step and of sampling goes, by torch.profiler's self CPU time:
+   the convolutions (forward and backward, oneDNN in both libraries) against the rest, for ours and diffusers'.
+   Our convolutions' time over diffusers' whole time is the least our ratio could be at this architecture if every
+   other op took no time.
 Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine. --no-kernel runs
 our U-Net and schedulers on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py,
 sampling's convolutions without weights reordered once and the fused residual add (core.kernels.Conv2d), and each
@@ -161,27 +161,32 @@ def network_rows(args) -> list[str]:
     return rows
 
 
+def convolution_share(run) -> tuple[float, float]:
+    """(all, convolutions) self CPU ms of one call of run, by torch.profiler (forward and backward convolutions)."""
+    run()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        run()
+    events = profiler.key_averages()
+    return (sum(e.self_cpu_time_total for e in events) / 1e3,
+            sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e3)
+
+
 def profile_rows(args) -> list[str]:
     nets = {k: v for k, v in networks().items() if k != "diffusers, channels_last"}
     rows = []
-    for bf16 in (False, True):
-        shares = {}
-        for k, (net, fwd) in nets.items():
-            run = train_steps(net, fwd, bf16)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-                run()
-            events = profiler.key_averages()
-            total = sum(e.self_cpu_time_total for e in events) / 3 / 1e3              # ms per step of batch 128
-            conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 3 / 1e3
-            shares[k] = total, conv
-        (ours, ours_conv), (theirs, theirs_conv) = shares["ours"], shares["diffusers"]
-        precision = "bf16 autocast" if bf16 else "float32"
-        rows += [f"| ms per training step (profiled), batch 128 | {precision} | {ours:.0f} | {theirs:.0f} | "
-                 f"{ours / theirs:.2f}x | | |",
-                 f"| of which convolutions, forward + backward | {precision} | {ours_conv:.0f} ({ours_conv / ours:.0%})"
-                 f" | {theirs_conv:.0f} ({theirs_conv / theirs:.0%}) | {ours_conv / theirs_conv:.2f}x | | |",
-                 f"| speed-up over diffusers if all but our convolutions took no time | {precision} | "
-                 f"{theirs / ours_conv:.2f}x | | | | |"]
+    for label, make in (("ms per training step (profiled), batch 128", lambda k, net, fwd, bf16: train_steps(
+                            net, fwd, bf16, steps=1)),
+                        ("ms for 64 images, DDIM 50 steps (profiled)", lambda k, net, fwd, bf16: sample_64(
+                            fwd, (schedulers if k == "ours" else diffusers).DDIMScheduler(), bf16))):
+        for bf16 in (False, True):
+            (ours, ours_conv), (theirs, theirs_conv) = (convolution_share(make(k, net, fwd, bf16))
+                                                        for k, (net, fwd) in nets.items())
+            precision = "bf16 autocast" if bf16 else "float32"
+            rows += [f"| {label} | {precision} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f}x | | |",
+                     f"| of which convolutions | {precision} | {ours_conv:.0f} ({ours_conv / ours:.0%}) | "
+                     f"{theirs_conv:.0f} ({theirs_conv / theirs:.0%}) | {ours_conv / theirs_conv:.2f}x | | |",
+                     f"| ours / diffusers if all but our convolutions took no time | {precision} | | | "
+                     f"{ours_conv / theirs:.2f}x | | |"]
     return rows
 
 
