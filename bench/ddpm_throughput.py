@@ -8,8 +8,10 @@
 2. Seconds to sample 64 images with 50 DDIM steps, each network driven by its own library's DDIMScheduler.
 3. Microseconds per scheduler `step` on a 64x1x32x32 tensor, ours vs diffusers, for DDPM, DDIM and DPM-Solver++
    (each a 50-step schedule, set_timesteps included), and the cost of the noise draw that a DDPM step must make.
-4. Achieved GFLOP/s of our U-Net's training step (FLOPs counted by torch.utils.flop_counter) against this
-   machine's measured matmul peak (a 2048^3 product in float32 and bf16, through BLAS and through oneDNN).
+4. Achieved GFLOP/s of training and sampling, ours and diffusers' (the same FLOPs, counted by
+   torch.utils.flop_counter), against this machine's measured matmul peak (a 2048^3 product in float32 and bf16,
+   through BLAS and through oneDNN), and the rate that 1.5x diffusers' training speed and half its sampling time
+   would need at these FLOPs. The CPU's name is printed first: bf16 figures differ most with and without AMX.
 5. (--parts profile) Where the time of a training step and of sampling goes, by torch.profiler's self CPU time:
    the convolutions (forward and backward, oneDNN in both libraries) against the rest, for ours and diffusers'.
    Our convolutions' time over diffusers' whole time is the least our ratio could be at this architecture if every
@@ -20,7 +22,9 @@ sampling's convolutions without weights reordered once and the fused residual ad
 scheduler step as PyTorch's separate element-wise ops instead of one pass (core/scheduler_steps.c).
 """
 import argparse
+import platform
 import time
+from pathlib import Path
 
 import diffusers
 import torch
@@ -118,6 +122,15 @@ def noise_draw_time(repeats: int, n: int = 50) -> float:
     return best(run, repeats) / n * 1e6
 
 
+def cpu_name() -> str:
+    """The CPU's model name, and whether it has AMX (bf16 tile matrix units, which oneDNN uses for bf16
+    convolutions): bf16 figures differ most between machines with and without it."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine())
+    return f"{name}, {'with' if ' amx_bf16' in info else 'without'} AMX"
+
+
 def network_rows(args) -> list[str]:
     nets = networks()
     params = {k: sum(p.numel() for p in net.parameters()) for k, (net, _) in nets.items()}
@@ -152,12 +165,22 @@ def network_rows(args) -> list[str]:
     x, t = torch.randn(128, 1, SIZE, SIZE), torch.randint(0, 1000, (128,))
     with FlopCounterMode(display=False) as counter:
         F.mse_loss(forward(x, t), x).backward()
-    flops = counter.get_total_flops()
-    print(f"our U-Net: {flops / 128 / 1e9:.3f} GFLOP per training image (forward + backward)")
+    train_flops = counter.get_total_flops() / 128                                  # per image, forward + backward
+    with FlopCounterMode(display=False) as counter:     # with autograd on: nn.Conv2d, which the counter sees
+        forward(x[:64], t[:64])
+    sample_flops = counter.get_total_flops() * 50                                  # 64 images, 50 steps
+    print(f"our U-Net: {train_flops / 1e9:.3f} GFLOP per training image (forward + backward), "
+          f"{sample_flops / 1e12:.2f} TFLOP for 64 images in 50 steps")
     for bf16, peak in ((False, matmul_peak(torch.float32)), (True, matmul_peak(torch.bfloat16))):
-        achieved = flops / 128 * results[("train", bf16, "ours")] / 1e9
-        print(f"{'bf16' if bf16 else 'fp32'}: {achieved:.0f} GFLOP/s achieved in training vs a {peak:.0f} GFLOP/s "
-              f"matmul peak ({100 * achieved / peak:.0f}%)")
+        name = "bf16" if bf16 else "fp32"
+        train = {k: train_flops * results[("train", bf16, k)] / 1e9 for k in ("ours", "diffusers")}
+        sample = {k: sample_flops / results[("sample", bf16, k)] / 1e9 for k in ("ours", "diffusers")}
+        print(f"{name}: matmul peak {peak:.0f} GFLOP/s. Training: ours {train['ours']:.0f} GFLOP/s "
+              f"({train['ours'] / peak:.0%} of it), diffusers {train['diffusers']:.0f}; 1.5x diffusers' images/s "
+              f"at these FLOPs needs {1.5 * train['diffusers']:.0f} ({1.5 * train['diffusers'] / peak:.0%}). "
+              f"Sampling: ours {sample['ours']:.0f} ({sample['ours'] / peak:.0%}), diffusers "
+              f"{sample['diffusers']:.0f}; half diffusers' time needs {2 * sample['diffusers']:.0f} "
+              f"({2 * sample['diffusers'] / peak:.0%})")
     return rows
 
 
@@ -216,7 +239,8 @@ def main() -> None:
     kernels.enabled = not args.no_kernel
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{torch.get_num_threads()} threads, core.kernels: {'on' if kernels.enabled else 'off (PyTorch ops)'}")
+    print(f"{torch.get_num_threads()} threads, core.kernels: {'on' if kernels.enabled else 'off (PyTorch ops)'}, "
+          f"CPU: {cpu_name()}")
     parts = args.parts.split(",")
     rows = [row for part, make in (("networks", network_rows), ("profile", profile_rows), ("schedulers", scheduler_rows))
             if part in parts for row in make(args)]
