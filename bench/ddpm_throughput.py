@@ -236,14 +236,16 @@ def main() -> None:
     parser.add_argument("--no-kernel", action="store_true",
                         help="PyTorch's plain ops: no C kernels, no reordered weights")
     args = parser.parse_args()
+    makers = {"networks": network_rows, "profile": profile_rows, "schedulers": scheduler_rows}
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(makers):
+        parser.error(f"--parts takes {', '.join(makers)}; got {', '.join(sorted(unknown))}")
     kernels.enabled = not args.no_kernel
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"{torch.get_num_threads()} threads, core.kernels: {'on' if kernels.enabled else 'off (PyTorch ops)'}, "
           f"CPU: {cpu_name()}")
-    parts = args.parts.split(",")
-    rows = [row for part, make in (("networks", network_rows), ("profile", profile_rows), ("schedulers", scheduler_rows))
-            if part in parts for row in make(args)]
+    rows = [row for part, make in makers.items() if part in parts for row in make(args)]
     print("\n| | precision | ours | diffusers | ours / diffusers | diffusers, channels_last | ours / that |\n"
           "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
