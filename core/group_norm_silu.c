@@ -83,9 +83,9 @@ static void silu_grad_row(const float *restrict row, const float *restrict a, co
 
 /* The two passes of each direction with AVX-512 intrinsics, for rows of a multiple of 16 channels: 16 channels per
  * register, loaded, shifted, normalised, passed through SiLU (or its gradient) and rounded without leaving registers
- * (GCC's vectorisation of the loops above spends most of its time in loop set-up at 32-128 channels). The same float32 arithmetic, except that
- * e^−z stops at r⁶ and σ(z) = 1/(1 + e^−z) takes the reciprocal estimate with one Newton step, r ← r (2 − d r)
- * (relative error ~1e-7), instead of a division. */
+ * (GCC's vectorisation of the loops above spends most of its time in loop set-up at 32-128 channels). The same
+ * float32 arithmetic, except that e^−z stops at r⁶ and σ(z) = 1/(1 + e^−z) takes the reciprocal estimate with one
+ * Newton step, r ← r (2 − d r) (relative error ~1e-7), instead of a division. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define VECTOR_ROWS(c) ((c) % 16 == 0)
