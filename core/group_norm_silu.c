@@ -171,17 +171,21 @@ static void output16(const char *xs, char *ys, const float *shift, const float *
 }
 
 /* The backward's first pass: dz (through SiLU at z = a (x + t) + b) into a float32 buffer of the sample, with
- * Σ dz and Σ dz (x + t − mean) per channel. */
+ * Σ dz and Σ dz (x + t − mean) per channel; t folded in as in output16: z = a x + (t a + b), x − (mean − t). */
 static void grads16(const char *xs, const char *dys, const float *shift, const float *a, const float *b,
                     const float *mean_c, float *dz, float *dbeta, float *dgamma, int64_t hw, int64_t c, int bf16,
                     int silu) {
     const int64_t element = bf16 ? 2 : 4, stride = c * element;
     for (int64_t j = 0; j < c; j += 16) {
         __m512 scale = _mm512_loadu_ps(a + j), offset = _mm512_loadu_ps(b + j), centre = _mm512_loadu_ps(mean_c + j);
-        __m512 t = shift ? _mm512_loadu_ps(shift + j) : _mm512_setzero_ps();
+        if (shift) {
+            __m512 t = _mm512_loadu_ps(shift + j);
+            offset = _mm512_fmadd_ps(t, scale, offset);
+            centre = _mm512_sub_ps(centre, t);
+        }
         __m512 total = _mm512_setzero_ps(), total_x = _mm512_setzero_ps();
         for (int64_t p = 0; p < hw; p++) {
-            __m512 x = _mm512_add_ps(load16(xs + p * stride + j * element, bf16), t);
+            __m512 x = load16(xs + p * stride + j * element, bf16);
             __m512 grad = load16(dys + p * stride + j * element, bf16);
             if (silu) {                                         /* dy σ (1 + z (1 − σ)) */
                 __m512 z = _mm512_fmadd_ps(x, scale, offset), sig = sigmoid16(z);
@@ -197,15 +201,17 @@ static void grads16(const char *xs, const char *dys, const float *shift, const f
     }
 }
 
-/* The second pass: dx = k_grad dz + k_x (x + t) + k, and dt = Σ_p dx where there is a shift. */
+/* The second pass: dx = k_grad dz + k_x (x + t) + k = k_grad dz + k_x x + (k_x t + k), and dt = Σ_p dx where there
+ * is a shift. */
 static void inputs16(const char *xs, const float *dz, const float *shift, const float *k_grad, const float *k_x,
                      const float *k, char *dxs, float *dshift, int64_t hw, int64_t c, int bf16) {
     const int64_t element = bf16 ? 2 : 4, stride = c * element;
     for (int64_t j = 0; j < c; j += 16) {
         __m512 kg = _mm512_loadu_ps(k_grad + j), kx = _mm512_loadu_ps(k_x + j), k0 = _mm512_loadu_ps(k + j);
-        __m512 t = shift ? _mm512_loadu_ps(shift + j) : _mm512_setzero_ps(), total = _mm512_setzero_ps();
+        if (shift) k0 = _mm512_fmadd_ps(kx, _mm512_loadu_ps(shift + j), k0);
+        __m512 total = _mm512_setzero_ps();
         for (int64_t p = 0; p < hw; p++) {
-            __m512 x = _mm512_add_ps(load16(xs + p * stride + j * element, bf16), t);
+            __m512 x = load16(xs + p * stride + j * element, bf16);
             __m512 value = _mm512_fmadd_ps(kg, _mm512_loadu_ps(dz + p * c + j), _mm512_fmadd_ps(kx, x, k0));
             total = _mm512_add_ps(total, value);
             store16(dxs + p * stride + j * element, value, bf16);
