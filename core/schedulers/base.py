@@ -13,6 +13,7 @@ keeps diffusers' float32 order of operations, so the two agree to float32 roundi
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -147,10 +148,17 @@ def expand(values: Tensor, like: Tensor) -> Tensor:
 
 
 class Scheduler:
-    """Shared configuration handling and the forward process. Subclasses set `defaults` and implement `step`."""
+    """Shared configuration handling and the forward process. Subclasses set `defaults` and implement `step`.
+
+    What a sampling loop (core.models.diffusion.denoising_loop) reads of every scheduler, defined here so that it
+    need not probe: `init_noise_sigma` (x_T = σ_init · noise), `scale_model_input` (the network's input),
+    `takes_eta` (whether `step` takes DDIM's η), `state_in_first_order` (False while a second-order step waits for
+    its correction) and `order` (network passes per step)."""
     defaults: dict = {}
     order = 1
     init_noise_sigma = 1.0
+    takes_eta = False
+    state_in_first_order = True
     config_name = CONFIG_NAME
 
     def __init__(self, **options):
@@ -295,3 +303,41 @@ class HeunSteps:
             dt, sample = self.dt, self.start
             self.derivative = self.dt = self.start = None
         return sample + derivative * dt, denoised
+
+
+class ForeignScheduler:
+    """A scheduler of another library with the diffusers API (diffusers' own classes), seen through what the
+    sampling loop reads of a genlab `Scheduler`. diffusers leaves some of it out of some classes (no
+    `init_noise_sigma` on its flow-matching schedulers, no `state_in_first_order` on first-order ones) and declares
+    η by `step`'s signature; here the missing parts take genlab's neutral values, once, so no loop has to probe."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.takes_eta = "eta" in inspect.signature(scheduler.step).parameters
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+    @property
+    def state_in_first_order(self) -> bool:
+        return getattr(self.scheduler, "state_in_first_order", True)
+
+    @property
+    def timesteps(self) -> Tensor:
+        return self.scheduler.timesteps
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        self.scheduler.set_timesteps(num_inference_steps)
+
+    def scale_model_input(self, sample: Tensor, timestep) -> Tensor:
+        scale = getattr(self.scheduler, "scale_model_input", None)
+        return scale(sample, timestep) if scale is not None else sample
+
+    def step(self, model_output: Tensor, timestep, sample: Tensor, **options):
+        return self.scheduler.step(model_output, timestep, sample, **options)
+
+
+def as_scheduler(scheduler) -> Scheduler | ForeignScheduler:
+    """A genlab scheduler as it is; any other with the diffusers API wrapped in `ForeignScheduler`."""
+    return scheduler if isinstance(scheduler, (Scheduler, ForeignScheduler)) else ForeignScheduler(scheduler)

@@ -18,6 +18,7 @@ from core.schedulers.base import (PREDICTION_TYPES, Scheduler, SchedulerOutput, 
 
 
 class DDIMScheduler(Scheduler):
+    takes_eta = True                     # step(..., eta): Eq. 16's η
     defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                     clip_sample=True, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
                     thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0, sample_max_value=1.0,
