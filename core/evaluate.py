@@ -79,7 +79,8 @@ def extremes(yardstick: metrics.Yardstick, images: torch.Tensor, data, k: int, f
             save_grid(images[order.flip(0)[:k]], folder / "best.png", scale=2)]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[float], list[str]]:
+    """The command line, checked: (options, attack budgets, attacks)."""
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="checkpoint folder or Hub repo id")
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--limit and --worst must be >= 0")
     if (args.reference or args.write) and not Path(args.checkpoint).is_dir():
         parser.error("--reference and --write need a local checkpoint folder")
+    return args, epsilons, attacks
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, epsilons, attacks = arguments(argv)
     try:
         model = load_model(args.checkpoint)
     except (CheckpointError, OSError) as exc:

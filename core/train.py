@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import safetensors.torch
 import torch
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 from core.cards import write_model_card
 from core.checkpoint import read_class_name
 from core.config import TrainConfig, add_options, from_json, pick_options, save_json, to_json
-from core.data import ImageData, load_dataset
+from core.data import Batch, ImageData, load_dataset
 from core.evaluate import metric_yardstick
 from core.families import FAMILIES
 from core.images import save_grid
@@ -191,15 +192,9 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed + accelerator.process_index)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    if cfg.batch_size % world:
-        raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     data, eval_data = training_data(cfg, data, eval_data)
     model.check_data(data)
-    per_process = cfg.batch_size // world
-    steps_per_epoch = len(data) // world // per_process
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(data)} training images are fewer than one batch of {cfg.batch_size}")
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    per_process, steps_per_epoch, total = schedule(cfg, len(data), world)
 
     run_dir = Path(resume) if resume else Path(cfg.runs_dir) / (cfg.run_name or f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
     model.to(accelerator.device, memory_format=torch.channels_last if model.channels_last else torch.contiguous_format)
@@ -209,10 +204,9 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     step, elapsed_before = load_checkpoint(latest_checkpoint(run_dir), model, optimizers, accelerator) if resume else (0, 0.0)
     if main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        save_json({"family": family, "model": model.config_dict(), "train": to_json(cfg),
-                   "num_processes": world, "command": command, "hardware": hardware(accelerator)},
-                  run_dir / "config.json")
-        save_json({"status": "running", "step": step, "total_steps": total, "time": time.time()}, run_dir / "status.json")
+        save_json({"family": family, "model": model.config_dict(), "train": to_json(cfg), "num_processes": world,
+                   "command": command, "hardware": hardware(accelerator)}, run_dir / "config.json")
+        write_status(run_dir, "running", step, total_steps=total)
     log = (run_dir / "metrics.jsonl").open("a") if main else None
     start = time.perf_counter() - elapsed_before
     window = LogWindow()
@@ -221,13 +215,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
         while step < total:
             epoch, skip = divmod(step, steps_per_epoch)
             batches = data.batches(per_process, cfg.seed, epoch, rank, world, start=skip)
-            while step < total:
-                fetch = time.perf_counter()
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                batch = batch.to(accelerator.device)
-                window.data_seconds += time.perf_counter() - fetch
+            for batch in timed(batches, window, accelerator.device):
                 set_learning_rates(optimizers, lr_factor(cfg, step, total))
                 model.train()
                 window.add(model.run_training_step(batch, step), len(batch.images) * world)
@@ -246,23 +234,55 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
                     save_checkpoint(run_dir, model, optimizers, step, time.perf_counter() - start, accelerator,
                                     cfg.keep_checkpoints)
                 window.paused += time.perf_counter() - pause
+                if last:
+                    break
         if main:
             export_model(model, run_dir, family, cfg, step, time.perf_counter() - start, accelerator, command)
-            save_json({"status": "finished", "step": step, "total_steps": total, "time": time.time()},
-                      run_dir / "status.json")
+            write_status(run_dir, "finished", step, total_steps=total)
     except BaseException as exc:
         if main:
-            save_json({"status": "failed", "step": step, "error": f"{type(exc).__name__}: {exc}", "time": time.time()},
-                      run_dir / "status.json")
+            write_status(run_dir, "failed", step, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        bar.close()
-        model.to(memory_format=torch.contiguous_format)     # back to the layout a loaded model has (dropout masks and
-                                                            # noise are drawn in memory order)
-        if log:
-            log.close()
-        accelerator.wait_for_everyone()
+        close_run(model, bar, log, accelerator)
     return run_dir
+
+
+def timed(batches, window: LogWindow, device) -> Iterator[Batch]:
+    """The batches moved to `device`, the time spent fetching each added to the window's data time."""
+    while True:
+        fetch = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        batch = batch.to(device)
+        window.data_seconds += time.perf_counter() - fetch
+        yield batch
+
+
+def write_status(run_dir: Path, status: str, step: int, **details) -> None:
+    """status.json: running, finished or failed, at which step (what the monitor shows)."""
+    save_json({"status": status, "step": step, **details, "time": time.time()}, run_dir / "status.json")
+
+
+def close_run(model: TrainableModel, bar, log, accelerator: Accelerator) -> None:
+    bar.close()
+    model.to(memory_format=torch.contiguous_format)     # back to the layout a loaded model has (dropout masks and
+                                                        # noise are drawn in memory order)
+    if log:
+        log.close()
+    accelerator.wait_for_everyone()
+
+
+def schedule(cfg: TrainConfig, images: int, world: int) -> tuple[int, int, int]:
+    """(images per process per step, steps per epoch, steps in all) of a run over `images` on `world` processes."""
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
+    per_process = cfg.batch_size // world
+    steps_per_epoch = images // world // per_process
+    if steps_per_epoch == 0:
+        raise ValueError(f"{images} training images are fewer than one batch of {cfg.batch_size}")
+    return per_process, steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch
 
 
 def training_data(cfg: TrainConfig, data: ImageData | None, eval_data: ImageData | None) -> tuple[ImageData, ImageData]:

@@ -5,7 +5,8 @@ from pathlib import Path
 from conftest import ROOT
 
 LAYERS = {"base": 1, "models": 2, "registry": 3, "services": 4, "apps": 5}
-SERVICES = {"train", "hub", "cards", "evaluate", "sample", "pipeline"}
+SERVICES = {"train", "hub", "cards", "evaluate", "sample", "services"}
+APPS_MAY_IMPORT = ("core.services", "core.data")   # the apps see the services (and data constants), never a model
 
 
 def layer(module: str) -> str | None:
@@ -48,6 +49,8 @@ def violations(root: Path = ROOT) -> list[str]:
             other = layer(name)
             if other and LAYERS[other] > LAYERS[own]:
                 found.append(f"{name_here} ({own}) imports {name} ({other})")
+            if own == "apps" and other and other != "apps" and not name.startswith(APPS_MAY_IMPORT):
+                found.append(f"{name_here} (apps) imports {name}: apps go through core.services")
     return found
 
 
@@ -62,9 +65,28 @@ def test_the_rule_catches_upward_arrows(tmp_path):
     (tmp_path / "core" / "models" / "bad.py").write_text("from core.train import train\n")
     (tmp_path / "core" / "metrics.py").write_text("from core.hub import load_model\nfrom core.models import gan\n")
     (tmp_path / "core" / "train.py").write_text("import apps.sampler\nimport importlib\n")
+    (tmp_path / "apps" / "ui.py").write_text("from core.models import ddpm\nfrom core.schedulers import DDIMScheduler\n"
+                                            "from core.services import SERVICES\n")
     found = violations(tmp_path)
     assert any("core.models.bad (models) imports core.train" in f for f in found)
     assert any("core.metrics (base) imports core.hub" in f for f in found)
     assert any("core.metrics (base) imports core.models.gan" in f for f in found)
     assert any("core.train (services) imports apps.sampler" in f for f in found)
     assert any("core.train uses importlib" in f for f in found)
+    assert any("apps.ui (apps) imports core.models" in f for f in found)
+    assert any("apps.ui (apps) imports core.schedulers: apps go through core.services" in f for f in found)
+    assert not any("core.services" in f for f in found)
+
+
+def test_files_and_functions_stay_small():
+    """No module of core/ or apps/ over 400 lines, no function over 60 (docs/ARCHITECTURE.md), sampler.py under 300."""
+    long = []
+    for path in sorted((ROOT / "core").rglob("*.py")) + sorted((ROOT / "apps").glob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            long.append(f"{path.relative_to(ROOT)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}")
+    assert len((ROOT / "apps" / "sampler.py").read_text().splitlines()) < 300
+    assert long == []

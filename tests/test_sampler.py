@@ -14,13 +14,17 @@ from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image
 
 from conftest import ROOT
-from core import pipeline as P
+from core.services.diffusion import STREAM_FRAMES
+from core.services.pictures import SCALE
+from core.services.pix2pix import PIX2PIX_OUTPUTS
+from core.services.simclr import NEIGHBOURS
+from core.services.stylegan import NOISE_DRAWS
 from core import requests as R
 
 SNEAKER = str(ROOT / "apps" / "examples" / "7-sneaker.png")
 SNEAKER_EDGES = str(ROOT / "apps" / "examples" / "edges" / "7-sneaker.png")
 BOOT = str(ROOT / "apps" / "examples" / "9-ankle-boot.png")
-SIDE = lambda cells: (cells * 30 + 2) * P.SCALE          # a grid of `cells` 28-pixel images with 2-pixel gaps
+SIDE = lambda cells: (cells * 30 + 2) * SCALE          # a grid of `cells` 28-pixel images with 2-pixel gaps
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +47,13 @@ def size(path) -> tuple[int, int]:
 def test_every_endpoint_returns_images_of_the_right_size(client):
     assert size(client.predict("dcgan", 64, 0, -1, api_name="/gan_sample")) == (SIDE(8), SIDE(8))
     strip, animation = client.predict("cgan", 1, 2, 10, True, 3, api_name="/gan_interpolate")
-    assert size(strip) == (10 * 28 * P.SCALE, 28 * P.SCALE)
+    assert size(strip) == (10 * 28 * SCALE, 28 * SCALE)
     with Image.open(animation) as gif:
         assert gif.format == "GIF" and gif.n_frames == 18           # 10 there, 8 back
     assert size(client.predict("cgan", 10, 0, api_name="/gan_class_grid")) == (SIDE(10), SIDE(10))
     assert size(client.predict("vae", 64, 0, api_name="/vae_sample")) == (SIDE(8), SIDE(8))
     seen, reconstruction = client.predict("vae", handle_file(SNEAKER), api_name="/vae_reconstruct")
-    assert size(seen) == size(reconstruction) == (28 * P.SCALE, 28 * P.SCALE)
+    assert size(seen) == size(reconstruction) == (28 * SCALE, 28 * SCALE)
     path = client.predict("vae", handle_file(SNEAKER), handle_file(BOOT), 10, api_name="/vae_interpolate")
     assert size(path) == (SIDE(10), SIDE(1))
     plane, note = client.predict(handle_file(SNEAKER), api_name="/vae_latent_plane")
@@ -63,22 +67,22 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
     assert size(frame) == size(guess) == (SIDE(4), SIDE(4)) and size(strip) == (SIDE(10), SIDE(8))
     assert status.startswith("step 20/20 · ") and status.endswith(" s")
     outputs = client.predict("cyclegan", handle_file(SNEAKER), "a2b", api_name="/cyclegan_translate")
-    assert [size(p) for p in outputs[:3]] == [(28 * P.SCALE, 28 * P.SCALE)] * 3 and outputs[3] == ""
+    assert [size(p) for p in outputs[:3]] == [(28 * SCALE, 28 * SCALE)] * 3 and outputs[3] == ""
     seen, outputs, note = client.predict("pix2pix-edges", None, handle_file(SNEAKER_EDGES), "edge map", 0,
                                          api_name="/pix2pix_translate")
-    assert size(seen) == (28 * P.SCALE, 28 * P.SCALE) and size(outputs) == (SIDE(P.PIX2PIX_OUTPUTS), SIDE(1))
+    assert size(seen) == (28 * SCALE, 28 * SCALE) and size(outputs) == (SIDE(PIX2PIX_OUTPUTS), SIDE(1))
     assert "dropout" in note
     assert size(client.predict("stylegan", 16, 0, 0.7, api_name="/stylegan_sample")) == (SIDE(4), SIDE(4))
     assert size(client.predict("stylegan", 10, 20, 3, 5, 3, 1.0, api_name="/stylegan_mix")) == (SIDE(6), SIDE(4))
     variants, spread = client.predict("stylegan", 0, 1.0, api_name="/stylegan_noise")
-    assert size(variants) == (SIDE(P.NOISE_DRAWS), SIDE(1)) and size(spread) == (SIDE(2), SIDE(1))
+    assert size(variants) == (SIDE(NOISE_DRAWS), SIDE(1)) and size(spread) == (SIDE(2), SIDE(1))
     assert size(client.predict("stylegan", 1, 2, 7, 1.0, api_name="/stylegan_interpolate")) == (SIDE(7), SIDE(2))
     seen, neighbours, plane, note = client.predict("simclr", handle_file(SNEAKER), api_name="/simclr_nearest")
-    assert size(seen) == (28 * P.SCALE, 28 * P.SCALE) and size(neighbours) == (SIDE(P.NEIGHBOURS), SIDE(1))
+    assert size(seen) == (28 * SCALE, 28 * SCALE) and size(neighbours) == (SIDE(NEIGHBOURS), SIDE(1))
     assert size(plane)[0] > 500 and note.startswith("Nearest of ")
     *images, before, after = client.predict("classifier", handle_file(SNEAKER), "fgsm", 0.05, 0,
                                             api_name="/fgsm_attack")
-    assert [size(p) for p in images] == [(28 * P.SCALE, 28 * P.SCALE)] * 3
+    assert [size(p) for p in images] == [(28 * SCALE, 28 * SCALE)] * 3
     assert len(before["confidences"]) == len(after["confidences"]) == 3
     boundary, animation, note = client.predict("XOR", "two-layer MLP", "tanh", 0, 300, api_name="/foundations_train")
     assert size(boundary) == size(animation) == (360, 360) and note == "All four points right from epoch 37."
@@ -100,7 +104,7 @@ def test_denoising_streams_frames_before_the_result(client):
     job = client.submit("ddpm", 4, 40, "ddim", 0.0, 0, -1, 1, api_name="/ddpm_sample")
     job.result()
     statuses = [output[3] for output in job.outputs()]
-    assert len(statuses) == P.STREAM_FRAMES and statuses[0].startswith("step 2/40") and statuses[-1].startswith("step 40/40")
+    assert len(statuses) == STREAM_FRAMES and statuses[0].startswith("step 2/40") and statuses[-1].startswith("step 40/40")
     first, last = pixels(job.outputs()[0][0]), pixels(job.outputs()[-1][0])
     assert first.std() > last.std() * 0.5 and not np.array_equal(first, last)     # noise first, garments last
     distance = lambda a, b: np.abs(a.astype(int) - b.astype(int)).mean()

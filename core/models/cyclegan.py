@@ -104,6 +104,11 @@ def l1(x: Tensor, y: Tensor) -> Tensor:
     return (x - y).abs().mean()
 
 
+def domain_name(label: int) -> str:
+    """A domain's name: its Fashion-MNIST class, or its label (a folder pair's 0 and 1)."""
+    return FASHION_CLASSES[label] if isinstance(label, int) and 0 <= label < len(FASHION_CLASSES) else str(label)
+
+
 class CycleGAN(TrainableModel):
     """CycleGAN: unpaired translation between two image domains."""
     config_class = CycleGANConfig
@@ -131,8 +136,7 @@ test images with real test images of the target domain on that classifier's feat
         self.pool_a, self.pool_b = ImagePool(c.pool_size), ImagePool(c.pool_size)
 
     def domain_names(self) -> tuple[str, str]:
-        names = lambda k: FASHION_CLASSES[k] if 0 <= k < len(FASHION_CLASSES) else str(k)
-        return names(self.config.domain_a), names(self.config.domain_b)
+        return domain_name(self.config.domain_a), domain_name(self.config.domain_b)
 
     # ---------------------------------------------------------------------------------------------- training
     def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:

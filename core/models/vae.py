@@ -39,6 +39,7 @@ from core.model import TrainableModel
 KINDS = ("vae", "ae")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 PRIORS = ("gaussian", "vamp")
+PLANE_QUANTILES = (0.05, 0.95)   # the latent-plane grid spans these N(0, 1) quantiles on each axis
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
         return self.decode(mu).cpu()
 
     @torch.no_grad()
-    def latent_grid(self, side: int = 15, low: float = 0.05, high: float = 0.95) -> Tensor:
+    def latent_grid(self, side: int = 15, low: float = PLANE_QUANTILES[0], high: float = PLANE_QUANTILES[1]) -> Tensor:
         """2-D latent only: decoded z on a side x side grid of N(0, 1) quantiles (Kingma & Welling, Fig. 4), in
         row-major order with z₁ rising left to right and z₂ rising bottom to top, as in a plot of the plane."""
         if self.config.latent_dim != 2:
@@ -277,7 +278,7 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
         return self.decode(z.to(self.fixed_latents.device)).cpu()
 
     @staticmethod
-    def grid_coordinates(side: int, low: float = 0.05, high: float = 0.95) -> Tensor:
+    def grid_coordinates(side: int, low: float = PLANE_QUANTILES[0], high: float = PLANE_QUANTILES[1]) -> Tensor:
         return torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(low, high, side))
 
     @torch.no_grad()
