@@ -25,6 +25,7 @@ import pandas as pd
 from core.services import SERVICES, Admission, OutputFiles, RequestError, figures_markdown
 from core.services.base import Choice, Endpoint, Flag, ModelChoice, Number, Sketch, Upload, model_names, share_cores
 
+ROW = 4                        # controls per row
 WORKERS = 2                    # share of the cores one model call gets (quick calls and diffusion runs go side by side)
 EXAMPLES = ROOT / "apps" / "examples"
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
@@ -165,6 +166,17 @@ def output_widget(spec):
     return gr.Image(label=spec.label, type="filepath", format="png", interactive=False, height=spec.height)
 
 
+def output_widgets(specs) -> list:
+    """Notes above, pictures in a row, scores in a row below; returned in the endpoint's order."""
+    made = {}
+    for kinds in (("text",), ("picture", "animation", "loop"), ("scores",)):
+        chosen = [k for k, spec in enumerate(specs) if spec.kind in kinds]
+        if chosen:
+            with gr.Row():
+                made.update({k: output_widget(specs[k]) for k in chosen})
+    return [made[k] for k in range(len(specs))]
+
+
 def upload_examples(spec: Upload, widgets: dict) -> None:
     files = sorted(str(path) for path in (EXAMPLES / spec.examples).glob("*.png"))
     if not files:
@@ -188,9 +200,9 @@ def new_inputs(endpoint: Endpoint, widgets: dict, settings: dict) -> None:
                 with gr.Column():
                     widgets[spec.widget_name] = input_widget(spec, {})
     controls = [i for i in new if i not in pictures]
-    if controls:
+    for row in range(0, len(controls), ROW):
         with gr.Row():
-            for spec in controls:
+            for spec in controls[row:row + ROW]:
                 widgets[spec.widget_name] = input_widget(spec, settings.get(spec.widget_name, {}))
     for spec in pictures:
         if isinstance(spec, Upload):
@@ -213,7 +225,8 @@ def following(service, widgets: dict, keys: list[str]) -> None:
     """The tab's widgets follow its model box (Service.follow): private, not an endpoint."""
     def update(spec):
         settings = service.follow(spec)
-        return [gr.update(**settings[key]) if key in settings else gr.skip() for key in keys]
+        updates = [gr.update(**settings[key]) if key in settings else gr.skip() for key in keys]
+        return updates if len(updates) > 1 else updates[0]
     widgets["model"].change(update, widgets["model"], [widgets[key] for key in keys], api_visibility="private")
 
 
@@ -224,8 +237,7 @@ def tab(service, files: OutputFiles, admission: Admission) -> None:
     for k, endpoint in enumerate(service.endpoints):
         new_inputs(endpoint, widgets, settings)
         button = gr.Button(endpoint.button, variant="primary" if k == 0 else "secondary")
-        with gr.Row():
-            outputs = [output_widget(spec) for spec in endpoint.outputs]
+        outputs = output_widgets(endpoint.outputs)
         wire(service, endpoint, widgets, button, outputs, files, admission)
     if settings:
         following(service, widgets, list(settings))

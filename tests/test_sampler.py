@@ -430,3 +430,24 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
                     assert any(part in str(exc) for part in OURS) and "upstream" not in str(exc), (api_name, i, value,
                                                                                                     str(exc))
     assert calls > 100
+
+
+def test_every_endpoint_keeps_its_name_parameters_components_and_defaults(sampler_url):
+    """The API clients rely on: each public endpoint's parameter names, widgets and defaults, and its outputs, as
+    they were before the tabs were built from the services' tables (tests/data/sampler_api.json, written from the
+    hand-wired app). A new endpoint is added to the file; a changed one is a change for every API client."""
+    config = json.loads(urllib.request.urlopen(f"{sampler_url}/config", timeout=10).read())
+    by_id = {c["id"]: c for c in config["components"]}
+    api = Client(sampler_url, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
+    plain = lambda value: value.get("orig_name") if isinstance(value, dict) else value     # an example file's name
+    found = {}
+    for dependency in config["dependencies"]:
+        name = dependency.get("api_name")
+        if not name or dependency.get("api_visibility", "public") != "public":
+            continue
+        found[name] = [{"name": p["parameter_name"], "component": by_id[i]["type"],
+                        "default": plain(p["parameter_default"] if p.get("parameter_has_default")
+                                         else by_id[i].get("props", {}).get("value"))}
+                       for p, i in zip(api[f"/{name}"]["parameters"], dependency["inputs"])]
+        found[f"{name}:outputs"] = [by_id[i]["type"] for i in dependency["outputs"]]
+    assert found == json.loads((ROOT / "tests" / "data" / "sampler_api.json").read_text())

@@ -78,3 +78,34 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         page.screenshot(path=str(ARTIFACTS / "sampler-about.png"), full_page=True)
         browser.close()
     assert hosts <= LOCAL, hosts
+
+
+def test_switching_to_a_conditional_model_keeps_the_class_picker_working(sampler_url):
+    """On every tab with a class picker: choose the conditional model, then a class, then sample: an image and no
+    error (the picker once sent Gradio's skip marker as its value after the switch)."""
+    require_chromium()
+    ARTIFACTS.mkdir(exist_ok=True)
+    hosts = set()
+    with sync_playwright() as p:
+        browser, page = local_page(p, hosts, height=1800)
+        page.goto(sampler_url)
+        for tab, model, button, label, picker in (
+                ("GAN", "cgan", "Sample", "samples", "class (conditional GAN only)"),
+                ("Diffusion", "ddpm-cond", "Denoise", "x_t, streamed while it runs", "class (ddpm-cond only)")):
+            page.get_by_role("tab", name=tab, exact=True).click()
+            page.get_by_label("model", exact=True).locator("visible=true").first.click()
+            page.get_by_role("option", name=model, exact=True).click()
+            classes = page.get_by_label(picker, exact=True).locator("visible=true").first
+            page.wait_for_function("input => !input.disabled", arg=classes.element_handle(), timeout=30_000)
+            classes.click()
+            page.get_by_role("option", name="sneaker", exact=True).click()
+            page.get_by_role("button", name=button, exact=True).click()
+            image = output_image(page, label)
+            image.wait_for(timeout=60_000)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
+                                   timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}-conditional.png"), full_page=True)
+            assert page.locator('[data-testid="toast-text"]').count() == 0, page.locator(
+                '[data-testid="toast-text"]').first.inner_text()
+        browser.close()
+    assert hosts <= LOCAL, hosts
