@@ -4,7 +4,7 @@
 #       streamlit run apps/monitor.py --server.address 0.0.0.0                        (the training monitor instead)
 FROM python:3.11-slim-bookworm
 RUN useradd --create-home --uid 1000 user
-# A C compiler for the U-Net's and samplers' C kernels (core/kernels.py builds them on first use; else PyTorch's ops).
+# A C compiler for the U-Net's and samplers' C kernels (core/kernels.py; GENLAB_KERNELS=0 runs PyTorch's ops instead).
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /home/user/app
 COPY requirements.txt ./
@@ -15,5 +15,9 @@ COPY --chown=user . .
 USER user
 ENV HOME=/home/user PYTHONPATH=/home/user/app GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7860 \
     GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1
+# The kernels compiled now (into ~/.cache/genlab/kernels), not in the first request; gcc is installed above, so a
+# failure here is a real one and stops the build. A machine whose CPU differs from the builder's (-march=native is in
+# the cache key) builds its own on first use.
+RUN python -m core.kernels build
 EXPOSE 7860
 CMD ["python", "apps/sampler.py"]

@@ -1,6 +1,7 @@
 """Our U-Net and schedulers against diffusers', side by side in one run (issue: DDPM benchmark).
 
-    python bench/ddpm_throughput.py [--repeats 3] [--threads 2] [--parts networks,schedulers,profile] [--no-kernel]
+    python bench/ddpm_throughput.py [--repeats 3] [--threads 2] [--parts networks,schedulers,profile,kernels]
+                                    [--no-kernel [NAMES]]
 
 1. Training images/s at batch 128 (forward, MSE, backward, Adam step) of core.models.unet.UNet (in channels_last,
    as genlab trains and samples it) and a diffusers UNet2DModel with the same block layout and the same parameter
@@ -16,13 +17,20 @@
    the convolutions (forward and backward, oneDNN in both libraries) against the rest, for ours and diffusers'.
    Our convolutions' time over diffusers' whole time is the least our ratio could be at this architecture if every
    other op took no time.
-Each figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine. --no-kernel runs
-our U-Net and schedulers on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py,
-sampling's convolutions without weights reordered once and the fused residual add (core.kernels.Conv2d), and each
-scheduler step as PyTorch's separate element-wise ops instead of one pass (core/scheduler_steps.c).
+6. (--parts kernels) What each of core/kernels.py's fast paths pays end to end, each switched off alone against
+   all on, alternating in one process: 64-image sampling of the shipped checkpoints/ddpm model with its
+   own sampler and steps and with DDIM 50, and a training step at batch 128, in float32 and bf16. Medians of
+   --repeats timings and of the per-round ratios off / on (> 1: the kernel pays). python bench/ddpm_throughput.py
+   --parts kernels --threads 2 --repeats 3 makes the table of docs and README.
+Each other figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine.
+--no-kernel runs our U-Net and schedulers on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of
+core/kernels.py, sampling's convolutions without weights reordered once and the fused residual add
+(core.kernels.Conv2d), and each scheduler step as PyTorch's separate element-wise ops instead of one pass
+(core/scheduler_steps.c); --no-kernel NAMES switches off only those of core.kernels.use (comma-separated).
 """
 import argparse
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -31,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from core import kernels, schedulers
+from core import hub, kernels, schedulers
 from core.models.unet import UNet
 
 CHANNELS, LAYERS, SIZE = (32, 64, 128), 1, 28
@@ -227,27 +235,96 @@ def scheduler_rows(args) -> list[str]:
     return rows
 
 
+def kernel_workloads(args) -> dict:
+    """name -> (a function making its run, which kernels it can use here): the shipped DDPM's sampling and our
+    U-Net's training step (made only if --cases picks it: a training step warms up as it is made). bf16
+    convolutions on reordered weights need oneDNN's bf16, which a CPU without AVX-512 lacks."""
+    model = hub.load_model("ddpm")
+    own, steps, ddim_steps = model.default_sampler, args.steps or model.config.eval_steps, args.steps or 50
+    workloads = {}
+    for precision in ("float32", "bf16"):
+        def sampling(sampler, n_steps, precision=("bf16" if precision == "bf16" else "no")):
+            return lambda: lambda: model.set_precision(precision).sample(64, n_steps, sampler, seed=0)
+
+        def training(bf16=precision == "bf16"):
+            torch.manual_seed(0)
+            net = UNet(channels=CHANNELS, layers_per_block=LAYERS).to(memory_format=torch.channels_last)
+            return train_steps(net, net, bf16, steps=1)
+        used = set(kernels.use) - ({"conv2d"} if precision == "bf16" and not
+                                   torch.ops.mkldnn._is_mkldnn_bf16_supported() else set())
+        workloads[f"64 images, {own} {steps} steps, {precision}"] = (sampling(None, steps), used)
+        workloads[f"64 images, DDIM {ddim_steps} steps, {precision}"] = (sampling("ddim", ddim_steps), used)
+        workloads[f"training step, batch 128, {precision}"] = (training, {"group_norm_silu"})
+    return {label: workload for label, workload in workloads.items()
+            if not args.cases or any(case in label for case in args.cases.split(";"))}
+
+
+def kernel_rows(args) -> list[str]:
+    """Each kernel off alone against all on: seconds (medians) and the median per-round ratio off / on."""
+    variants = {"all on": set(), **{f"{name} off": {name} for name in kernels.use}}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    rows = []
+    for label, (make, used) in kernel_workloads(args).items():
+        run = make()
+        times = {variant: [] for variant in variants if not variants[variant] or variants[variant] & used}
+        for round in range(args.repeats + 1):                        # alternate, so a noisy moment hits every one
+            for variant in times:
+                if round == 0 and variant not in ("all on", "conv2d off"):
+                    continue                  # warm-ups: the kernels' build and reorders, oneDNN's plain convolutions
+                for name in kernels.use:
+                    kernels.use[name] = name not in variants[variant]
+                start = clock()
+                run()
+                seconds = clock() - start
+                if round > 0:
+                    times[variant].append(seconds)
+        kernels.use.update(dict.fromkeys(kernels.use, True))
+        base = times["all on"]
+        cells = [f"{statistics.median(base):.2f} s"]
+        for variant in list(variants)[1:]:
+            if variant not in times:
+                cells.append("not used")
+                continue
+            ratio = statistics.median(t / b for t, b in zip(times[variant], base))
+            cells.append(f"{statistics.median(times[variant]):.2f} s ({ratio:.3f}x)")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    print(f"\n{args.clock} seconds, medians of {args.repeats}; in brackets the median ratio off / on of each round")
+    print("\n| | " + " | ".join(variants) + " |\n|---|" + "---|" * len(variants) + "\n" + "\n".join(rows))
+    return []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--parts", default="networks,schedulers",
-                        help="comma-separated: networks (1, 2, 4), schedulers (3), profile (5)")
-    parser.add_argument("--no-kernel", action="store_true",
-                        help="PyTorch's plain ops: no C kernels, no reordered weights")
+                        help="comma-separated: networks (1, 2, 4), schedulers (3), profile (5), kernels (6)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="kernels: sampling steps for both samplers (default: the model's eval_steps, DDIM 50)")
+    parser.add_argument("--cases", default="",
+                        help="kernels: only the rows whose label contains one of these (separated by ;)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="kernels: wall-clock seconds, or this process's CPU seconds (a shared machine, 1 thread)")
+    parser.add_argument("--no-kernel", nargs="?", const=",".join(kernels.use), default="",
+                        help="PyTorch's plain ops: no C kernels, no reordered weights; or only those named, "
+                             f"comma-separated, of {', '.join(kernels.use)}")
     args = parser.parse_args()
-    makers = {"networks": network_rows, "profile": profile_rows, "schedulers": scheduler_rows}
-    parts = args.parts.split(",")
+    makers = {"networks": network_rows, "profile": profile_rows, "schedulers": scheduler_rows, "kernels": kernel_rows}
+    parts, off = args.parts.split(","), set(filter(None, args.no_kernel.split(",")))
     if unknown := set(parts) - set(makers):
         parser.error(f"--parts takes {', '.join(makers)}; got {', '.join(sorted(unknown))}")
-    kernels.enabled = not args.no_kernel
+    if unknown := off - set(kernels.use):
+        parser.error(f"--no-kernel takes {', '.join(kernels.use)}; got {', '.join(sorted(unknown))}")
+    kernels.use.update({name: name not in off for name in kernels.use})
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{torch.get_num_threads()} threads, core.kernels: {'on' if kernels.enabled else 'off (PyTorch ops)'}, "
-          f"CPU: {cpu_name()}")
+    state = ", ".join(f"{name} {'on' if on else 'off'}" for name, on in kernels.use.items())
+    print(f"{torch.get_num_threads()} threads, core.kernels: {state}, CPU: {cpu_name()}")
     rows = [row for part, make in makers.items() if part in parts for row in make(args)]
-    print("\n| | precision | ours | diffusers | ours / diffusers | diffusers, channels_last | ours / that |\n"
-          "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    if rows:
+        print("\n| | precision | ours | diffusers | ours / diffusers | diffusers, channels_last | ours / that |\n"
+              "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

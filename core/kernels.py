@@ -11,11 +11,16 @@ thing, forward and backward, reading each sample twice, in float32, rounding to 
 A sampler step is likewise eight or so element-wise operations, each a pass of its own in PyTorch;
 `scheduler_steps.c` makes the same float32 operations in the same order in one pass, so the results are the same
 bits (the schedulers keep the PyTorch expression as the reference, and fall back to it).
-Both are compiled on first use with the system's C compiler (`cc`, or $CC) into a per-machine cache and called
-through ctypes; without a compiler that builds them (gcc or clang with OpenMP; Apple's clang has none), or for any
-other layout, dtype or device, the callers compute the same with PyTorch's own ops (the reference the tests compare
-the kernels against); a missing or failing compiler says so in one warning.
+
+Both are compiled with the system's C compiler ($CC, else `cc`) into a per-machine cache ($GENLAB_KERNEL_CACHE, else
+$XDG_CACHE_HOME/genlab/kernels, else ~/.cache/genlab/kernels) and called through ctypes: ahead of time by
+`python -m core.kernels build`, else on first use, once across processes (a lock file) and threads (a lock). A
+compiler without OpenMP (Apple's clang) builds single-threaded kernels. Any failure (no compiler, a failing one, a
+cache folder it cannot write, a library that will not load) falls back to PyTorch's own ops with one warning, as
+does any other layout, dtype or device; those ops are the reference the tests compare the kernels against.
+GENLAB_KERNELS=0 (or off, false, no) turns every fast path here off; `enabled` is the same switch in code.
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -23,7 +28,9 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import warnings
 import weakref
 from pathlib import Path
@@ -33,11 +40,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+try:
+    import fcntl                                     # POSIX: a lock file makes concurrent first uses build once
+except ImportError:                                  # Windows: no lock (two first uses may both build; each moves a
+    fcntl = None                                     # whole file into place, so either build is loaded whole)
+
 SOURCES = [Path(__file__).with_name(name) for name in ("group_norm_silu.c", "scheduler_steps.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared"] + (
     ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])   # AVX-512: 11% faster here
-enabled = True                 # False: always PyTorch's ops (tests and bench/ddpm_throughput.py compare the two)
+OFF_VALUES = ("0", "off", "false", "no")
+
+
+def switched_on(value: str | None) -> bool:
+    """GENLAB_KERNELS: 0, off, false or no (any case) turn every kernel off; unset or anything else leaves them on."""
+    return (value or "").strip().lower() not in OFF_VALUES
+
+
+enabled = switched_on(os.environ.get("GENLAB_KERNELS"))  # the one place the variable is read; False: PyTorch's ops
+use = {"group_norm_silu": True, "conv2d": True, "scheduler_steps": True}   # each alone (bench ablations)
 MAX_SAMPLE_ELEMENTS = 2 ** 24  # C x H x W; larger samples take PyTorch's ops (the kernel buffers a sample per thread)
+
+
+def cache_dir() -> Path:
+    """$GENLAB_KERNEL_CACHE, else $XDG_CACHE_HOME/genlab/kernels, else ~/.cache/genlab/kernels."""
+    if folder := os.environ.get("GENLAB_KERNEL_CACHE"):
+        return Path(folder).absolute()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return (Path(cache) / "genlab" / "kernels").absolute()
 
 
 def build_path(compiler: str) -> Path:
@@ -45,35 +74,79 @@ def build_path(compiler: str) -> Path:
     cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else platform.processor()
     cpu_flags = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
     text = "\n".join([*(source.read_text() for source in SOURCES), compiler, *FLAGS, platform.machine(), cpu_flags])
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "genlab" / "kernels" / f"kernels-{key}.so"
+    return cache_dir() / f"kernels-{hashlib.sha256(text.encode()).hexdigest()[:16]}.so"
+
+
+class BuildError(Exception):
+    """Why the kernels cannot be built or loaded, in one line."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on `path` (created if absent) across processes: the second first use waits here while the
+    first compiles, then finds its build. Without fcntl (Windows), no lock."""
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)          # released when the file closes, or the process dies
+        yield
+
+
+def compile_into(compiler: str, target: Path) -> None:
+    """Compile SOURCES into `target`, built in a scratch folder beside it and moved into place whole (a process that
+    loads `target` meanwhile sees the old file or the new, never half of one). A compiler that rejects -fopenmp
+    (Apple's clang) gets a second try without it: single-threaded kernels, built once and cached like any other."""
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        errors = []
+        for flags in (FLAGS, [flag for flag in FLAGS if flag != "-fopenmp"]):
+            result = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built), "-lm"],
+                                    capture_output=True, text=True, timeout=300)
+            if result.returncode == 0 and built.exists():
+                os.replace(built, target)
+                return
+            errors.append((result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"])
+        raise BuildError(f"{compiler} failed: {errors[0][-1]}")
+
+
+def build(compiler: str | None = None) -> tuple[ctypes.CDLL, Path]:
+    """The kernels loaded, and the file they came from: the cached build if it loads, else a fresh one (compiled
+    once across processes, under a lock file beside it). Raises BuildError or OSError."""
+    name = compiler or os.environ.get("CC") or "cc"
+    found = shutil.which(name)
+    if found is None:
+        raise BuildError(f"no C compiler ({name}) found; install one (e.g. apt-get install gcc) or set CC")
+    target = build_path(found)
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL(str(target)), target             # built before (by any process with this compiler and CPU)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.with_name(target.name + ".lock")):
+        with contextlib.suppress(OSError):
+            return ctypes.CDLL(str(target)), target         # another process built it while this one waited
+        compile_into(found, target)                         # absent, or damaged: (re)built in its place
+    return ctypes.CDLL(str(target)), target
+
+
+_build_lock = threading.Lock()
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, built on first use into the cache, or None (with a warning)."""
-    name = os.environ.get("CC", "cc")
-    compiler = shutil.which(name)
-    if compiler is None:
-        warnings.warn(f"no C compiler ({name}) found: GroupNorm+SiLU and the sampler steps run as separate PyTorch "
-                      "ops (slower); install one, e.g. apt-get install gcc", RuntimeWarning, stacklevel=3)
-        return None
-    target = build_path(compiler)
+    """The compiled kernels, built on first use, or None with one warning: PyTorch's ops then run instead. The
+    lock makes threads that miss this cache together wait for one build (`_first_library` caches its result)."""
+    with _build_lock:
+        return _first_library()
+
+
+@functools.cache
+def _first_library() -> ctypes.CDLL | None:
     try:
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:    # build, then move into place
-                built = Path(scratch) / target.name
-                subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"], check=True,
-                               capture_output=True, text=True, timeout=120)
-                os.replace(built, target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as error:
-        target.unlink(missing_ok=True)                        # a damaged build in the cache is rebuilt next time
-        detail = getattr(error, "stderr", None) or error
-        warnings.warn(f"genlab's C kernels did not build or load ({detail}); using PyTorch's ops (slower)",
-                      RuntimeWarning, stacklevel=3)
+        lib, _ = build()
+    except Exception as error:     # any failure at all (compiler, cache folder, loader) falls back, never raises
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        warnings.warn(f"genlab's C kernels are off ({reason}); PyTorch's ops run instead (slower, same results). "
+                      "GENLAB_KERNELS=0 skips the build and this warning", RuntimeWarning, stacklevel=4)
         return None
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.group_norm_silu_forward.argtypes = [ptr] * 7 + [i64] * 4 + [f32] + [ctypes.c_int] * 3
@@ -85,10 +158,18 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def forget_library() -> None:
+    """Drop the loaded kernels from this process's cache, so the next use builds or loads again (tests)."""
+    with _build_lock:
+        library.cache_clear()
+        _first_library.cache_clear()
+
+
 def kernel_applies(x: Tensor, groups: int, weight: Tensor | None, shift: Tensor | None = None) -> bool:
     if shift is not None and (shift.shape != x.shape[:2] or shift.dtype != x.dtype or shift.device != x.device):
         return False
-    return (enabled and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
+    return (enabled and use["group_norm_silu"] and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype in (torch.float32, torch.bfloat16)
             and 0 < x.numel() <= MAX_SAMPLE_ELEMENTS * x.shape[0] and x.shape[1] % groups == 0
             and x.is_contiguous(memory_format=torch.channels_last)
             and weight is not None and weight.dtype == torch.float32 and weight.device.type == "cpu"
@@ -186,8 +267,9 @@ class Conv2d(nn.Conv2d):
         return torch.Size([n, self.out_channels, *sizes])
 
     def _packed_dtype(self, x: Tensor) -> torch.dtype | None:
-        applies = (enabled and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
-                   and x.numel() > 0 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+        applies = (enabled and use["conv2d"] and not torch.is_grad_enabled() and x.device.type == "cpu"
+                   and x.dim() == 4 and x.numel() > 0
+                   and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
                    and self.weight.device.type == "cpu" and not self.weight.is_inference()
                    and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
                    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
@@ -217,8 +299,9 @@ def steps_apply(*tensors: Tensor | None) -> bool:
     all contiguous or all channels_last (one order in memory, read element by element), none wanting a gradient."""
     present = [t for t in tensors if t is not None]
     shape = present[0].shape
-    return (enabled and all(t.dtype == torch.float32 and t.is_cpu and not t.requires_grad and t.shape == shape
-                            for t in present) and present[0].numel() > 0
+    return (enabled and use["scheduler_steps"]
+            and all(t.dtype == torch.float32 and t.is_cpu and not t.requires_grad and t.shape == shape
+                    for t in present) and present[0].numel() > 0
             and (all(t.is_contiguous() for t in present)
                  or all(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in present))
             and not torch.compiler.is_compiling() and library() is not None)
@@ -255,3 +338,26 @@ def dpm_solver_step(sample: Tensor, x0: Tensor, x0_prev: Tensor | None, noise: T
                               sample.numel(), ratio, first, inverse_r, heun, correction, noise_scale,
                               torch.get_num_threads())
     return prev
+
+
+# ---------------------------------------------------------------------------------------- ahead-of-time build
+def main(argv: list[str] | None = None) -> int:
+    """python -m core.kernels build: compile now (a Docker image, CI) rather than in the first training step or
+    request, and print where the library is; exit 1 with the reason in one line if it cannot be built."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m core.kernels", description=main.__doc__)
+    parser.add_argument("command", choices=["build"])
+    parser.add_argument("--cc", help="the C compiler (default: $CC, else cc)")
+    args = parser.parse_args(argv)
+    try:
+        _, path = build(args.cc)
+    except Exception as error:
+        print(f"genlab's C kernels cannot be built: {error}", file=sys.stderr)
+        return 1
+    note = "" if enabled else " (GENLAB_KERNELS is off: they will not be used)"
+    print(f"{path}{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

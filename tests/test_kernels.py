@@ -1,9 +1,15 @@
-"""The C kernels against PyTorch's ops: GroupNorm+SiLU (values and gradients in both dtypes, where it applies) and the
-sampler steps (the same bits as the schedulers' PyTorch expressions and diffusers'; where they apply)."""
+"""The fast paths against PyTorch's ops: GroupNorm+SiLU (values and gradients in both dtypes, where it applies), the
+sampling convolutions on reordered weights, and the sampler steps (the same bits as the schedulers' PyTorch
+expressions and diffusers'); and their build: every failure falls back with one warning, concurrent first uses
+compile once, GENLAB_KERNELS=0 turns them off."""
 import copy
 import os
 import shutil
+import subprocess
+import sys
+import threading
 import warnings
+from pathlib import Path
 
 import diffusers
 import pytest
@@ -12,6 +18,8 @@ import torch.nn.functional as F
 
 from core import kernels, schedulers
 from core.models.unet import UNet
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference(x, groups, weight, bias, silu):
@@ -151,54 +159,173 @@ def test_inference_mode_and_a_second_derivative():
         grad.sum().backward()
 
 
-def test_without_a_compiler_it_warns_once_and_computes_the_same(monkeypatch, tmp_path):
+# ------------------------------------------------------------------------------ building: every failure falls back
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty kernel cache of the test's own, and this process's loaded kernels forgotten before and after."""
+    monkeypatch.setenv("GENLAB_KERNEL_CACHE", str(tmp_path / "cache"))
+    kernels.forget_library()
+    yield tmp_path / "cache"
+    kernels.forget_library()
+
+
+def counting_compiler(folder, fail_on="", sleep=0.0):
+    """A CC that appends each call's arguments to folder/calls, then fails if any argument is `fail_on`, else runs
+    the real compiler. Returns (its path, a function giving the calls so far)."""
+    calls, script = folder / "calls", folder / "counting-cc"
+    check = f'for a in "$@"; do [ "$a" = "{fail_on}" ] && exit 1; done\n' if fail_on else ""
+    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nsleep {sleep}\n{check}exec {shutil.which("cc")} "$@"\n')
+    script.chmod(0o755)
+    return str(script), lambda: calls.read_text().splitlines() if calls.exists() else []
+
+
+def fallback_computes_the_same():
     x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(8), torch.randn(8)
-    fused = kernels.group_norm_silu(x, 4, weight, bias)
+    y = kernels.group_norm_silu(x, 4, weight, bias)
+    torch.testing.assert_close(y, reference(x, 4, weight, bias, True).float())
+
+
+def test_without_a_compiler_it_warns_once_and_computes_the_same(monkeypatch, fresh, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    kernels.library.cache_clear()
+    with pytest.warns(RuntimeWarning, match="no C compiler .*no-such-compiler.* found"):
+        fallback_computes_the_same()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                  # once: the second call is silent
+        fallback_computes_the_same()
+
+
+@pytest.mark.parametrize("compiler", ("false", "out-of-cheese"))
+def test_a_failing_compiler_warns_once_with_its_message(monkeypatch, fresh, tmp_path, compiler):
+    if compiler == "out-of-cheese":
+        compiler = tmp_path / "cc"
+        compiler.write_text("#!/bin/sh\necho 'cc: fatal error: out of cheese' >&2\nexit 1\n")
+        compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    with pytest.warns(RuntimeWarning, match="kernels are off .*(exit 1|out of cheese)") as caught:
+        fallback_computes_the_same()
+        fallback_computes_the_same()
+    assert len(caught) == 1
+    assert not list(fresh.rglob("*.so"))                                # nothing half-built left in the cache
+
+
+@pytest.mark.parametrize("blocked", ("a file", "not writable"))
+def test_a_cache_folder_it_cannot_write_warns_once(monkeypatch, fresh, tmp_path, blocked):
+    """A cache path under a file, or a folder only readable (as root, which may write anywhere: a file again)."""
+    if blocked == "a file" or os.geteuid() == 0:
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("GENLAB_KERNEL_CACHE", str(tmp_path / "file" / "kernels"))
+    else:
+        fresh.mkdir()
+        fresh.chmod(0o500)
     try:
-        with pytest.warns(RuntimeWarning, match="no C compiler .*no-such-compiler.* found"):
-            fallback = kernels.group_norm_silu(x, 4, weight, bias)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")                                  # once: the second call is silent
-            kernels.group_norm_silu(x, 4, weight, bias)
+        with pytest.warns(RuntimeWarning, match="kernels are off") as caught:
+            fallback_computes_the_same()
+            fallback_computes_the_same()
     finally:
-        kernels.library.cache_clear()
-    torch.testing.assert_close(fallback, fused)
+        fresh.exists() and fresh.chmod(0o700)
+    assert len(caught) == 1
 
 
-def test_a_failed_build_warns_with_the_compilers_message(monkeypatch, tmp_path):
-    broken = tmp_path / "cc"
-    broken.write_text("#!/bin/sh\necho 'cc: fatal error: out of cheese' >&2\nexit 1\n")
-    broken.chmod(0o755)
-    monkeypatch.setenv("CC", str(broken))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    kernels.library.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="out of cheese"):
-            assert kernels.library() is None
-    finally:
-        kernels.library.cache_clear()
-    assert not list((tmp_path / "cache").rglob("*.so"))                 # nothing half-built left in the cache
+def test_any_other_failure_warns_instead_of_raising(monkeypatch, fresh):
+    monkeypatch.setattr(kernels, "build", lambda: 1 / 0)
+    with pytest.warns(RuntimeWarning, match="kernels are off .*division by zero"):
+        assert kernels.library() is None
 
 
-def test_a_damaged_cached_build_is_refused_then_rebuilt(monkeypatch, tmp_path):
-    """A damaged file in the build's place (written before any load: genlab never overwrites a loaded build in place,
-    it moves a fresh one there) is refused with a warning, removed, and built again next time."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    target = kernels.build_path(shutil.which(os.environ.get("CC", "cc")))
-    target.parent.mkdir(parents=True)
+def test_a_damaged_cached_build_is_rebuilt_in_its_place(monkeypatch, fresh, tmp_path):
+    """A damaged file in the build's place (genlab never writes one, it moves whole builds there; a disk can) is
+    rebuilt and loaded in the same call, silently."""
+    compiler, calls = counting_compiler(tmp_path)
+    monkeypatch.setenv("CC", compiler)
+    target = kernels.build_path(compiler)
+    assert target.parent == fresh.absolute()
+    fresh.mkdir()
     target.write_bytes(b"not a shared object")
-    kernels.library.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="did not build or load"):
-            assert kernels.library() is None
-        assert not target.exists()
-        kernels.library.cache_clear()
-        assert kernels.library() is not None and target.stat().st_size > 1000        # built again, and loads
-    finally:
-        kernels.library.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.library() is not None
+    assert len(calls()) == 1 and target.stat().st_size > 1000
+
+
+def test_a_compiler_without_openmp_builds_once_without_it(monkeypatch, fresh, tmp_path):
+    """Apple's clang rejects -fopenmp: the second try builds single-threaded kernels, and a later process (here:
+    the loaded library forgotten) loads that build instead of paying the failed compile again."""
+    compiler, calls = counting_compiler(tmp_path, fail_on="-fopenmp")
+    monkeypatch.setenv("CC", compiler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.library() is not None
+        kernels.forget_library()
+        assert kernels.library() is not None
+    assert len(calls()) == 2 and "-fopenmp" in calls()[0] and "-fopenmp" not in calls()[1]
+    (y, *_), (expected, *_) = kernel_and_reference(torch.float32, (2, 16, 5, 5), 4, True)
+    torch.testing.assert_close(y.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_two_threads_at_once_try_one_build_and_warn_once(monkeypatch, fresh, tmp_path):
+    compiler, calls = counting_compiler(tmp_path, fail_on="-shared", sleep=0.5)     # fails, slowly
+    monkeypatch.setenv("CC", compiler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threads = [threading.Thread(target=kernels.library) for _ in range(2)]
+        [thread.start() for thread in threads]
+        [thread.join() for thread in threads]
+    assert len(calls()) == 2 and len(caught) == 1             # one build: with -fopenmp, then without
+
+
+LOAD = ("import warnings; from core import kernels; warnings.simplefilter('error', RuntimeWarning); "
+        "print(kernels.library() is not None)")
+
+
+def python(code, **env):
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_two_processes_at_once_compile_once_and_both_load(fresh, tmp_path):
+    compiler, calls = counting_compiler(tmp_path, sleep=1.0)
+    first, second = (python(LOAD, CC=compiler, GENLAB_KERNEL_CACHE=str(fresh)) for _ in range(2))
+    assert [process.communicate(timeout=120)[0].strip() for process in (first, second)] == ["True", "True"]
+    assert len(calls()) == 1 and len(list(fresh.glob("*.so"))) == 1
+    build = subprocess.run([sys.executable, "-m", "core.kernels", "build"], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "CC": compiler, "GENLAB_KERNEL_CACHE": str(fresh)})
+    assert build.returncode == 0 and build.stdout.strip() == str(next(fresh.glob("*.so")))
+    assert len(calls()) == 1                                  # the ahead-of-time build found it built
+
+
+def test_the_build_command_fails_in_one_line(tmp_path):
+    build = subprocess.run([sys.executable, "-m", "core.kernels", "build"], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "CC": "false", "GENLAB_KERNEL_CACHE": str(tmp_path)})
+    assert build.returncode == 1 and build.stdout == ""
+    (line,) = build.stderr.strip().splitlines()
+    assert line == f"genlab's C kernels cannot be built: {shutil.which('false')} failed: exit 1"
+
+
+@pytest.mark.parametrize("value, on", [("0", False), ("off", False), ("FALSE", False), (" no ", False), ("1", True),
+                                       ("", True), (None, True), ("on", True)])
+def test_the_switch_reads_the_usual_words(value, on):
+    assert kernels.switched_on(value) is on
+
+
+def test_genlab_kernels_off_gives_pytorchs_ops_and_builds_nothing(tmp_path):
+    compiler, calls = counting_compiler(tmp_path)
+    code = ("import torch; from core import kernels; x = torch.randn(2, 8, 4, 4).contiguous(memory_format="
+            "torch.channels_last).requires_grad_(); y = kernels.group_norm_silu(x, 4, torch.ones(8), torch.zeros(8)); "
+            "conv = kernels.Conv2d(8, 8, 3); torch.set_grad_enabled(False); "
+            "print(kernels.enabled, y.grad_fn.name(), conv._packed_dtype(x))")
+    process = python(code, GENLAB_KERNELS="off", CC=compiler, GENLAB_KERNEL_CACHE=str(tmp_path / "cache"))
+    out, err = process.communicate(timeout=120)
+    assert out.split() == ["False", "SiluBackward0", "None"], err
+    assert calls() == [] and not (tmp_path / "cache").exists()
+
+
+def test_the_cache_folder_is_chosen_by_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("GENLAB_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert kernels.cache_dir() == tmp_path / "genlab" / "kernels"
+    monkeypatch.setenv("GENLAB_KERNEL_CACHE", str(tmp_path / "mine"))
+    assert kernels.cache_dir() == tmp_path / "mine"
 
 
 @pytest.mark.parametrize("bf16", (False, True))
