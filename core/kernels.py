@@ -232,10 +232,14 @@ def group_norm_silu(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: f
 
 # ------------------------------------------------------------------------------------ convolutions for sampling
 def _conv_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
-    """The dtype nn.Conv2d would compute in here (bf16 autocast, or the tensors' own float32/bf16), or None."""
+    """The dtype nn.Conv2d would compute in here (bf16 autocast, or the tensors' own float32/bf16), or None; None
+    for bf16 on a CPU without oneDNN's bf16 support (no AVX-512 BW/VL/DQ: its weight reorder refuses bf16 there)."""
     if torch.is_autocast_enabled("cpu"):
-        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.is_floating_point() else None
-    return x.dtype if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype else None
+        autocast = torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.is_floating_point()
+        dtype = torch.bfloat16 if autocast else None
+    else:
+        dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype else None
+    return None if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported() else dtype
 
 
 class Conv2d(nn.Conv2d):
