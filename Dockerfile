@@ -4,7 +4,7 @@
 #       streamlit run apps/monitor.py --server.address 0.0.0.0                        (the training monitor instead)
 FROM python:3.11-slim-bookworm
 RUN useradd --create-home --uid 1000 user
-# A C compiler for the U-Net's and samplers' C kernels (core/kernels.py; GENLAB_KERNELS=0 runs PyTorch's ops instead).
+# A C compiler for the U-Net's C kernels (core/kernels.py; GENLAB_KERNELS=0 runs PyTorch's ops instead).
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /home/user/app
 COPY requirements.txt ./

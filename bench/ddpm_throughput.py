@@ -18,15 +18,16 @@
    Our convolutions' time over diffusers' whole time is the least our ratio could be at this architecture if every
    other op took no time.
 6. (--parts kernels) What each of core/kernels.py's fast paths pays end to end, each switched off alone against
-   all on, alternating in one process: 64-image sampling of the shipped checkpoints/ddpm model with its
-   own sampler and steps and with DDIM 50, and a training step at batch 128, in float32 and bf16. Medians of
-   --repeats timings and of the per-round ratios off / on (> 1: the kernel pays). python bench/ddpm_throughput.py
-   --parts kernels --threads 2 --repeats 3 makes the table of docs and README.
+   all on, alternating in one process: 64-image sampling of the shipped checkpoints/ddpm model with its own sampler
+   and steps and with DDIM 50 (--steps N: N steps for both), and a training step at batch 128, in float32 and bf16
+   (--cases: only the rows whose label contains one of these, separated by ;). Medians of --repeats timings and of
+   the per-round ratios off / on (> 1: the fast path pays); --clock cpu counts this process's CPU seconds instead of
+   wall-clock seconds, steadier on a shared machine at --threads 1. The table in docs and the README:
+       python bench/ddpm_throughput.py --parts kernels --threads 1 --repeats 5 --steps 4 --clock cpu
 Each other figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine.
---no-kernel runs our U-Net and schedulers on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of
-core/kernels.py, sampling's convolutions without weights reordered once and the fused residual add
-(core.kernels.Conv2d), and each scheduler step as PyTorch's separate element-wise ops instead of one pass
-(core/scheduler_steps.c); --no-kernel NAMES switches off only those of core.kernels.use (comma-separated).
+--no-kernel runs our U-Net on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py, and
+sampling's convolutions without weights reordered once and the fused residual add (core.kernels.Conv2d);
+--no-kernel NAMES switches off only those of core.kernels.use (comma-separated).
 """
 import argparse
 import platform

@@ -1,6 +1,5 @@
-"""CPU speed for the U-Net and its samplers: GroupNorm followed by SiLU as one kernel, for channels_last float32 and
-bfloat16 tensors; for sampling, convolutions on weights reordered once for oneDNN with the residual add fused
-(Conv2d); and each sampler step's image-sized arithmetic in one pass (ddpm_step, ddim_step, dpm_solver_step).
+"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last float32 and bfloat16 tensors;
+and for sampling, convolutions on weights reordered once for oneDNN with the residual add fused (Conv2d).
 
     y = SiLU(γ (x − μ_{n,g}) / √(σ²_{n,g} + ε) + β),   SiLU(z) = z σ(z)        (Wu & He 2018; Elfwing et al. 2018)
 
@@ -8,17 +7,17 @@ PyTorch runs GroupNorm, the dtype casts around it and SiLU as separate passes ov
 channels_last is several times slower than its float32 one; together they are most of a small U-Net's time on a CPU
 once the convolutions run in bf16 (bench/ddpm_throughput.py). `group_norm_silu.c` beside this file does the whole
 thing, forward and backward, reading each sample twice, in float32, rounding to the input's dtype once.
-A sampler step is likewise eight or so element-wise operations, each a pass of its own in PyTorch;
-`scheduler_steps.c` makes the same float32 operations in the same order in one pass, so the results are the same
-bits (the schedulers keep the PyTorch expression as the reference, and fall back to it).
 
-Both are compiled with the system's C compiler ($CC, else `cc`) into a per-machine cache ($GENLAB_KERNEL_CACHE, else
+It is compiled with the system's C compiler ($CC, else `cc`) into a per-machine cache ($GENLAB_KERNEL_CACHE, else
 $XDG_CACHE_HOME/genlab/kernels, else ~/.cache/genlab/kernels) and called through ctypes: ahead of time by
 `python -m core.kernels build`, else on first use, once across processes (a lock file) and threads (a lock). A
-compiler without OpenMP (Apple's clang) builds single-threaded kernels. Any failure (no compiler, a failing one, a
+compiler without OpenMP (Apple's clang) builds a single-threaded kernel. Any failure (no compiler, a failing one, a
 cache folder it cannot write, a library that will not load) falls back to PyTorch's own ops with one warning, as
 does any other layout, dtype or device; those ops are the reference the tests compare the kernels against.
 GENLAB_KERNELS=0 (or off, false, no) turns every fast path here off; `enabled` is the same switch in code.
+(A one-pass C version of the DDPM, DDIM and DPM-Solver++ steps was here until issue 38: it saved 0.2-0.5 ms per
+step on 64 images against 1.75 s of U-Net per step on 1 thread of an AVX2 EPYC, 0.03% of sampling, under 0.5% even at
+100 ms of U-Net; the schedulers' PyTorch expressions, bit for bit diffusers', are the only version now.)
 """
 import contextlib
 import ctypes
@@ -45,7 +44,7 @@ try:
 except ImportError:                                  # Windows: no lock (two first uses may both build; each moves a
     fcntl = None                                     # whole file into place, so either build is loaded whole)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("group_norm_silu.c", "scheduler_steps.c")]
+SOURCES = [Path(__file__).with_name("group_norm_silu.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared"] + (
     ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])   # AVX-512: 11% faster here
 OFF_VALUES = ("0", "off", "false", "no")
@@ -57,7 +56,7 @@ def switched_on(value: str | None) -> bool:
 
 
 enabled = switched_on(os.environ.get("GENLAB_KERNELS"))  # the one place the variable is read; False: PyTorch's ops
-use = {"group_norm_silu": True, "conv2d": True, "scheduler_steps": True}   # each alone (bench ablations)
+use = {"group_norm_silu": True, "conv2d": True}   # each fast path alone (bench/ddpm_throughput.py's ablations)
 MAX_SAMPLE_ELEMENTS = 2 ** 24  # C x H x W; larger samples take PyTorch's ops (the kernel buffers a sample per thread)
 
 
@@ -151,10 +150,6 @@ def _first_library() -> ctypes.CDLL | None:
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.group_norm_silu_forward.argtypes = [ptr] * 7 + [i64] * 4 + [f32] + [ctypes.c_int] * 3
     lib.group_norm_silu_backward.argtypes = [ptr] * 11 + [i64] * 4 + [ctypes.c_int] * 3
-    lib.ddpm_step.argtypes = [ptr] * 5 + [i64, ctypes.c_int, f32, f32, ctypes.c_int] + [f32] * 4 + [ctypes.c_int]
-    lib.ddim_step.argtypes = ([ptr] * 5 + [i64, ctypes.c_int, f32, f32, ctypes.c_int, f32, ctypes.c_int] + [f32] * 3
-                              + [ctypes.c_int])
-    lib.dpm_solver_step.argtypes = [ptr] * 5 + [i64] + [f32] * 3 + [ctypes.c_int] + [f32] * 2 + [ctypes.c_int]
     return lib
 
 
@@ -295,53 +290,6 @@ class Conv2d(nn.Conv2d):
 # each Conv2d's reordered weights, outside the module: oneDNN's opaque tensors cannot be copied or saved, and a
 # deep copy (an EMA, a guide) must not carry them
 PACKED: "weakref.WeakKeyDictionary[Conv2d, tuple]" = weakref.WeakKeyDictionary()
-
-
-# ------------------------------------------------------------------------------------------------ sampler steps
-def steps_apply(*tensors: Tensor | None) -> bool:
-    """Whether scheduler_steps.c takes these tensors (None: one the step has not): float32 CPU tensors of one shape,
-    all contiguous or all channels_last (one order in memory, read element by element), none wanting a gradient."""
-    present = [t for t in tensors if t is not None]
-    shape = present[0].shape
-    return (enabled and use["scheduler_steps"]
-            and all(t.dtype == torch.float32 and t.is_cpu and not t.requires_grad and t.shape == shape
-                    for t in present) and present[0].numel() > 0
-            and (all(t.is_contiguous() for t in present)
-                 or all(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in present))
-            and not torch.compiler.is_compiling() and library() is not None)
-
-
-def ddpm_step(model_output: Tensor, sample: Tensor, noise: Tensor | None, prediction: int, clip: float | None,
-              alpha: float, sigma: float, x0_coeff: float, xt_coeff: float, std: float) -> tuple[Tensor, Tensor]:
-    """(x̂_0, x_{t'}) of core.schedulers.DDPMScheduler.step; `prediction` indexes PREDICTION_TYPES, `clip` is the
-    clipping range (None: no clipping), the scalars are the step's row of its `_coefficients`."""
-    x0, prev = torch.empty_like(sample), torch.empty_like(sample)
-    library().ddpm_step(model_output.data_ptr(), sample.data_ptr(), address(noise), x0.data_ptr(), prev.data_ptr(),
-                        sample.numel(), prediction, alpha, sigma, clip is not None, clip or 0.0, x0_coeff, xt_coeff,
-                        std, torch.get_num_threads())
-    return x0, prev
-
-
-def ddim_step(model_output: Tensor, sample: Tensor, noise: Tensor | None, prediction: int, clip: float | None,
-              clipped_eps: bool, alpha: float, sigma: float, alpha_prev: float, direction: float,
-              std: float) -> tuple[Tensor, Tensor]:
-    """(x̂_0, x_{t'}) of core.schedulers.DDIMScheduler.step, arguments as in `ddpm_step` (`clipped_eps`:
-    use_clipped_model_output)."""
-    x0, prev = torch.empty_like(sample), torch.empty_like(sample)
-    library().ddim_step(model_output.data_ptr(), sample.data_ptr(), address(noise), x0.data_ptr(), prev.data_ptr(),
-                        sample.numel(), prediction, alpha, sigma, clip is not None, clip or 0.0, clipped_eps,
-                        alpha_prev, direction, std, torch.get_num_threads())
-    return x0, prev
-
-
-def dpm_solver_step(sample: Tensor, x0: Tensor, x0_prev: Tensor | None, noise: Tensor | None, ratio: float,
-                    first: float, inverse_r: float, heun: bool, correction: float, noise_scale: float) -> Tensor:
-    """x_t of core.schedulers.DPMSolverMultistepScheduler.step from x̂_0 (and the previous x̂_0 for 2M)."""
-    prev = torch.empty_like(sample)
-    library().dpm_solver_step(sample.data_ptr(), x0.data_ptr(), address(x0_prev), address(noise), prev.data_ptr(),
-                              sample.numel(), ratio, first, inverse_r, heun, correction, noise_scale,
-                              torch.get_num_threads())
-    return prev
 
 
 # ---------------------------------------------------------------------------------------- ahead-of-time build

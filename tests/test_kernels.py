@@ -1,7 +1,6 @@
-"""The fast paths against PyTorch's ops: GroupNorm+SiLU (values and gradients in both dtypes, where it applies), the
-sampling convolutions on reordered weights, and the sampler steps (the same bits as the schedulers' PyTorch
-expressions and diffusers'); and their build: every failure falls back with one warning, concurrent first uses
-compile once, GENLAB_KERNELS=0 turns them off."""
+"""The fast paths against PyTorch's ops: GroupNorm+SiLU (values and gradients in both dtypes, where it applies) and the
+sampling convolutions on reordered weights; and their build: every failure falls back with one warning, concurrent
+first uses compile once, GENLAB_KERNELS=0 turns them off."""
 import copy
 import os
 import shutil
@@ -11,12 +10,11 @@ import threading
 import warnings
 from pathlib import Path
 
-import diffusers
 import pytest
 import torch
 import torch.nn.functional as F
 
-from core import kernels, schedulers
+from core import kernels
 from core.models.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -402,75 +400,3 @@ def test_sampling_convolution_follows_weight_updates_and_training_takes_nn_conv2
         circular = kernels.Conv2d(6, 8, 3, padding=1, padding_mode="circular")
         assert circular._packed_dtype(x) is None
         torch.testing.assert_close(circular(x), torch.nn.Conv2d.forward(circular, x))
-
-
-# ------------------------------------------------------------------------------------------------ sampler steps
-STEP_CASES = [("DDPMScheduler", dict(prediction_type=p, clip_sample=clip), {})
-              for p in ("epsilon", "sample", "v_prediction") for clip in (False, True)] + [
-    ("DDIMScheduler", dict(prediction_type=p, clip_sample=True), dict(eta=eta, use_clipped_model_output=clipped))
-    for p in ("epsilon", "sample", "v_prediction") for eta, clipped in ((0.0, False), (1.0, True))] + [
-    ("DPMSolverMultistepScheduler", dict(prediction_type="v_prediction", algorithm_type=a, solver_type=s), {})
-    for a in ("dpmsolver++", "sde-dpmsolver++") for s in ("midpoint", "heun")]
-
-
-def run_steps(name, options, step_kwargs, x, steps=12):
-    """(each step's prev_sample, the kernel calls made) for one trajectory on fixed model outputs and noise seed."""
-    calls = []
-    layout = torch.contiguous_format if x.is_contiguous() else torch.channels_last          # the model output's
-    kernel = {"DDPMScheduler": "ddpm_step", "DDIMScheduler": "ddim_step",
-              "DPMSolverMultistepScheduler": "dpm_solver_step"}[name]
-    real = getattr(kernels, kernel)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernels, kernel, lambda *args: calls.append(1) or real(*args))
-        results = []
-        for library in (schedulers, diffusers):
-            scheduler = getattr(library, name)(**options)
-            scheduler.set_timesteps(steps)
-            data, noise = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-            sample, trajectory = x, []
-            for t in scheduler.timesteps:
-                output = torch.randn(x.shape, generator=data).contiguous(memory_format=layout)
-                sample = scheduler.step(output, t, sample, generator=noise, **step_kwargs).prev_sample
-                trajectory.append(sample)
-            results.append(torch.stack(trajectory))
-    return results, len(calls)
-
-
-@pytest.mark.parametrize("name,options,step_kwargs", STEP_CASES)
-def test_sampler_step_kernels_give_pytorchs_and_diffusers_bits(monkeypatch, name, options, step_kwargs):
-    """One pass in C against the schedulers' PyTorch expressions and against diffusers, bit for bit, on a tensor
-    large enough to be split over threads; the kernel really ran (every step), and not at all when disabled."""
-    x = torch.randn(4, 2, 64, 64, generator=torch.Generator().manual_seed(2)) * 3        # 2^15 elements
-    (fused, theirs), calls = run_steps(name, options, step_kwargs, x)
-    assert calls == 12
-    monkeypatch.setattr(kernels, "enabled", False)
-    (plain, _), calls = run_steps(name, options, step_kwargs, x)
-    assert calls == 0
-    torch.testing.assert_close(fused, plain, rtol=0, atol=0)
-    torch.testing.assert_close(fused, theirs, rtol=0, atol=0)
-    assert not torch.equal(fused[0], fused[-1])                      # the trajectory moved
-
-
-@pytest.mark.parametrize("channels", (1, 3))
-def test_sampler_step_kernels_in_channels_last(channels):
-    """A channels_last x_t (as the DDPM samples): with one channel the noise PyTorch draws has the same memory order
-    and the kernel runs; with three it runs only at t = 0 (no noise), and PyTorch's ops give the same bits."""
-    x = (torch.randn(8, channels, 16, 16) * 3).contiguous(memory_format=torch.channels_last)
-    (ours, theirs), calls = run_steps("DDPMScheduler", {}, {}, x, steps=5)
-    assert calls == (5 if channels == 1 else 1)
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
-
-
-def test_where_the_sampler_step_kernels_apply():
-    x = torch.randn(2, 1, 6, 6)
-    assert kernels.steps_apply(x, x.clone(), None)
-    assert not kernels.steps_apply(x, x.bfloat16())                             # a bf16 model output
-    assert not kernels.steps_apply(x.double(), x.double())                      # float64
-    assert not kernels.steps_apply(x, x.clone().requires_grad_())               # a gradient through the step
-    assert not kernels.steps_apply(x, x[:1])                                    # another shape
-    assert not kernels.steps_apply(x[:0], x[:0])                                # nothing to do
-    y = torch.randn(2, 3, 6, 6)
-    assert not kernels.steps_apply(y, y.contiguous(memory_format=torch.channels_last))  # two orders in memory
-    assert not kernels.steps_apply(y, y.transpose(2, 3))                        # neither order
-    assert kernels.steps_apply(y.contiguous(memory_format=torch.channels_last),
-                               y.contiguous(memory_format=torch.channels_last))

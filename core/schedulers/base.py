@@ -246,14 +246,6 @@ class Scheduler:
             return x0.clamp_(-r, r) if fresh else x0.clamp(-r, r)
         return x0
 
-    def _fused_clip(self) -> float | None | bool:
-        """What the one-pass step kernels (core.kernels) make of `_limit_x0`: the clipping range, None for no
-        clipping, or False where they do not apply (dynamic thresholding, a per-image quantile, stays in PyTorch)."""
-        c = self.config
-        if c.get("thresholding"):
-            return False
-        return c.clip_sample_range if c.get("clip_sample") else None
-
     def _advance(self) -> tuple[Tensor, Tensor]:
         """(σ, σ') of the next call of a σ-indexed scheduler's `step` (flow matching, EDM): `sigmas` holds the σ's
         in the order the calls visit them, ending at the last step's target; `step_index` counts the calls."""

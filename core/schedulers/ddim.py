@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core import kernels
-from core.schedulers.base import (PREDICTION_TYPES, Scheduler, SchedulerOutput, in_place, predicted_eps, predicted_x0,
-                                  spaced_timesteps, step_noise)
+from core.schedulers.base import (Scheduler, SchedulerOutput, in_place, predicted_eps, predicted_x0, spaced_timesteps,
+                                  step_noise)
 
 
 class DDIMScheduler(Scheduler):
@@ -68,24 +67,18 @@ class DDIMScheduler(Scheduler):
         noise = None
         if eta > 0:
             noise = variance_noise if variance_noise is not None else step_noise(model_output, generator)
-        clip = self._fused_clip()
-        if clip is not False and kernels.steps_apply(model_output, sample, noise):  # the same bits in one pass
-            prediction = PREDICTION_TYPES.index(self.config.prediction_type)
-            x0, prev_sample = kernels.ddim_step(model_output, sample, noise, prediction, clip,
-                                                use_clipped_model_output, *rows[t].tolist())
-        else:
-            alpha, sigma, alpha_prev, direction, std_dev_t = rows[t].unbind()   # float32 scalars, as diffusers'
-            # x̂_0 and ε̂ from the model output, whichever of ε, x_0, v it predicts
-            p = self.config.prediction_type
-            x0 = predicted_x0(p, model_output, sample, alpha, sigma)
-            eps = predicted_eps(p, model_output, sample, alpha, sigma, x0)
-            x0 = self._limit_x0(x0, fresh=x0 is not model_output)
-            if use_clipped_model_output:          # re-derive ε̂ from the clipped x̂_0 (as in Song et al.'s code)
-                eps = (sample - alpha * x0) / sigma
-            # Eq. 12: √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ (+ σ_t z)
-            prev_sample = in_place("add", alpha_prev * x0, direction * eps)
-            if noise is not None:
-                prev_sample = in_place("add", prev_sample, std_dev_t * noise)
+        alpha, sigma, alpha_prev, direction, std_dev_t = rows[t].unbind()       # float32 scalars, as diffusers'
+        # x̂_0 and ε̂ from the model output, whichever of ε, x_0, v it predicts
+        p = self.config.prediction_type
+        x0 = predicted_x0(p, model_output, sample, alpha, sigma)
+        eps = predicted_eps(p, model_output, sample, alpha, sigma, x0)
+        x0 = self._limit_x0(x0, fresh=x0 is not model_output)
+        if use_clipped_model_output:              # re-derive ε̂ from the clipped x̂_0 (as in Song et al.'s code)
+            eps = (sample - alpha * x0) / sigma
+        # Eq. 12: √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ (+ σ_t z)
+        prev_sample = in_place("add", alpha_prev * x0, direction * eps)
+        if noise is not None:
+            prev_sample = in_place("add", prev_sample, std_dev_t * noise)
         if not return_dict:
             return (prev_sample, x0)
         return SchedulerOutput(prev_sample, x0)

@@ -13,9 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core import kernels
-from core.schedulers.base import (PREDICTION_TYPES, Scheduler, SchedulerOutput, in_place, predicted_x0,
-                                  spaced_timesteps, step_noise)
+from core.schedulers.base import Scheduler, SchedulerOutput, in_place, predicted_x0, spaced_timesteps, step_noise
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
@@ -80,19 +78,14 @@ class DDPMScheduler(Scheduler):
         if t not in self._rows:
             raise ValueError(f"timestep {t} is not in this scheduler's timesteps; call set_timesteps first")
         noise = step_noise(model_output, generator) if t > 0 else None           # σ z except at t = 0
-        clip = self._fused_clip()
-        if clip is not False and kernels.steps_apply(model_output, sample, noise):  # the same bits in one pass
-            prediction = PREDICTION_TYPES.index(self.config.prediction_type)
-            x0, prev_sample = kernels.ddpm_step(model_output, sample, noise, prediction, clip, *self._rows[t].tolist())
-        else:
-            alpha, sigma, x0_coeff, xt_coeff, std = self._rows[t].unbind()     # float32 scalars, as diffusers' are
-            # x̂_0 from the model output (Eq. 15 for ε), clipped or thresholded
-            x0 = predicted_x0(self.config.prediction_type, model_output, sample, alpha, sigma)
-            x0 = self._limit_x0(x0, fresh=x0 is not model_output)
-            # the posterior mean μ̃(x_t, x̂_0), Eq. 7, plus σ z
-            prev_sample = in_place("add", x0_coeff * x0, xt_coeff * sample)
-            if noise is not None:
-                prev_sample = in_place("add", prev_sample, std * noise)
+        alpha, sigma, x0_coeff, xt_coeff, std = self._rows[t].unbind()         # float32 scalars, as diffusers' are
+        # x̂_0 from the model output (Eq. 15 for ε), clipped or thresholded
+        x0 = predicted_x0(self.config.prediction_type, model_output, sample, alpha, sigma)
+        x0 = self._limit_x0(x0, fresh=x0 is not model_output)
+        # the posterior mean μ̃(x_t, x̂_0), Eq. 7, plus σ z
+        prev_sample = in_place("add", x0_coeff * x0, xt_coeff * sample)
+        if noise is not None:
+            prev_sample = in_place("add", prev_sample, std * noise)
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample, x0)

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core import kernels
 from core.schedulers.base import Scheduler, SchedulerOutput, expand, in_place, predicted_x0, step_noise
 
 ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++")
@@ -154,23 +153,17 @@ class DPMSolverMultistepScheduler(Scheduler):
         second_order = c.solver_order == 2 and self.lower_order_nums >= 1 and not final_first_order
         previous = self.model_outputs[-2] if second_order else None
         z = step_noise(sample, generator) if c.algorithm_type == "sde-dpmsolver++" else None   # fresh at every step
-        if kernels.steps_apply(sample, x0, previous, z):                      # the same bits in one pass
-            sigma_ratio, first_order, inverse_r, midpoint, heun, noise = self._rows[i, 2:].tolist()
-            uses_heun = c.solver_type == "heun"
-            prev_sample = kernels.dpm_solver_step(sample, x0, previous, z, sigma_ratio, first_order, inverse_r,
-                                                  uses_heun, heun if uses_heun else midpoint, noise)
-        else:
-            *_, sigma_ratio, first_order, inverse_r, midpoint, heun, noise = self._rows[i].unbind()   # float32 scalars
-            # (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D_s, in place on fresh tensors (the same roundings, fewer allocations)
-            prev_sample = in_place("sub", sigma_ratio * sample, first_order * x0)
-            if previous is not None:
-                d1 = inverse_r * (x0 - previous)                             # 2M: the correction from the previous x̂_0
-                if c.solver_type == "midpoint":
-                    prev_sample = in_place("sub", prev_sample, midpoint * d1)
-                else:
-                    prev_sample = in_place("add", prev_sample, heun * d1)
-            if z is not None:
-                prev_sample = in_place("add", prev_sample, noise * z)
+        *_, sigma_ratio, first_order, inverse_r, midpoint, heun, noise = self._rows[i].unbind()   # float32 scalars
+        # (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D_s, in place on fresh tensors (the same roundings, fewer allocations)
+        prev_sample = in_place("sub", sigma_ratio * sample, first_order * x0)
+        if previous is not None:
+            d1 = inverse_r * (x0 - previous)                                 # 2M: the correction from the previous x̂_0
+            if c.solver_type == "midpoint":
+                prev_sample = in_place("sub", prev_sample, midpoint * d1)
+            else:
+                prev_sample = in_place("add", prev_sample, heun * d1)
+        if z is not None:
+            prev_sample = in_place("add", prev_sample, noise * z)
         if self.lower_order_nums < c.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
