@@ -25,8 +25,7 @@
    wall-clock seconds, steadier on a shared machine at --threads 1. The table in docs and the README:
        python bench/ddpm_throughput.py --parts kernels --threads 1 --repeats 5 --steps 4 --clock cpu
 Each other figure is the best of --repeats timings, alternating ours and theirs. Run on a quiet machine.
---no-kernel runs our U-Net on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py, and
-sampling's convolutions without weights reordered once and the fused residual add (core.kernels.Conv2d);
+--no-kernel runs our U-Net on PyTorch's plain ops: GroupNorm and SiLU without the C kernel of core/kernels.py;
 --no-kernel NAMES switches off only those of core.kernels.use (comma-separated).
 """
 import argparse
@@ -175,7 +174,7 @@ def network_rows(args) -> list[str]:
     with FlopCounterMode(display=False) as counter:
         F.mse_loss(forward(x, t), x).backward()
     train_flops = counter.get_total_flops() / 128                                  # per image, forward + backward
-    with FlopCounterMode(display=False) as counter:     # with autograd on: nn.Conv2d, which the counter sees
+    with FlopCounterMode(display=False) as counter:
         forward(x[:64], t[:64])
     sample_flops = counter.get_total_flops() * 50                                  # 64 images, 50 steps
     print(f"our U-Net: {train_flops / 1e9:.3f} GFLOP per training image (forward + backward), "
@@ -238,8 +237,7 @@ def scheduler_rows(args) -> list[str]:
 
 def kernel_workloads(args) -> dict:
     """name -> (a function making its run, which kernels it can use here): the shipped DDPM's sampling and our
-    U-Net's training step (made only if --cases picks it: a training step warms up as it is made). bf16
-    convolutions on reordered weights need oneDNN's bf16, which a CPU without AVX-512 lacks."""
+    U-Net's training step (made only if --cases picks it: a training step warms up as it is made)."""
     model = hub.load_model("ddpm")
     own, steps, ddim_steps = model.default_sampler, args.steps or model.config.eval_steps, args.steps or 50
     workloads = {}
@@ -251,10 +249,8 @@ def kernel_workloads(args) -> dict:
             torch.manual_seed(0)
             net = UNet(channels=CHANNELS, layers_per_block=LAYERS).to(memory_format=torch.channels_last)
             return train_steps(net, net, bf16, steps=1)
-        used = set(kernels.use) - ({"conv2d"} if precision == "bf16" and not
-                                   torch.ops.mkldnn._is_mkldnn_bf16_supported() else set())
-        workloads[f"64 images, {own} {steps} steps, {precision}"] = (sampling(None, steps), used)
-        workloads[f"64 images, DDIM {ddim_steps} steps, {precision}"] = (sampling("ddim", ddim_steps), used)
+        workloads[f"64 images, {own} {steps} steps, {precision}"] = (sampling(None, steps), set(kernels.use))
+        workloads[f"64 images, DDIM {ddim_steps} steps, {precision}"] = (sampling("ddim", ddim_steps), set(kernels.use))
         workloads[f"training step, batch 128, {precision}"] = (training, {"group_norm_silu"})
     return {label: workload for label, workload in workloads.items()
             if not args.cases or any(case in label for case in args.cases.split(";"))}
@@ -270,8 +266,8 @@ def kernel_rows(args) -> list[str]:
         times = {variant: [] for variant in variants if not variants[variant] or variants[variant] & used}
         for round in range(args.repeats + 1):                        # alternate, so a noisy moment hits every one
             for variant in times:
-                if round == 0 and variant not in ("all on", "conv2d off"):
-                    continue                  # warm-ups: the kernels' build and reorders, oneDNN's plain convolutions
+                if round == 0 and variant not in ("all on", list(times)[-1]):
+                    continue                                         # warm-ups: the kernels' build, PyTorch's ops
                 for name in kernels.use:
                     kernels.use[name] = name not in variants[variant]
                 start = clock()
@@ -308,7 +304,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="kernels: wall-clock seconds, or this process's CPU seconds (a shared machine, 1 thread)")
     parser.add_argument("--no-kernel", nargs="?", const=",".join(kernels.use), default="",
-                        help="PyTorch's plain ops: no C kernels, no reordered weights; or only those named, "
+                        help="PyTorch's plain ops: no C kernel; or only those named, "
                              f"comma-separated, of {', '.join(kernels.use)}")
     args = parser.parse_args()
     makers = {"networks": network_rows, "profile": profile_rows, "schedulers": scheduler_rows, "kernels": kernel_rows}

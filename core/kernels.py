@@ -1,5 +1,4 @@
-"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last float32 and bfloat16 tensors;
-and for sampling, convolutions on weights reordered once for oneDNN with the residual add fused (Conv2d).
+"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last float32 and bfloat16 tensors.
 
     y = SiLU(γ (x − μ_{n,g}) / √(σ²_{n,g} + ε) + β),   SiLU(z) = z σ(z)        (Wu & He 2018; Elfwing et al. 2018)
 
@@ -14,10 +13,13 @@ $XDG_CACHE_HOME/genlab/kernels, else ~/.cache/genlab/kernels) and called through
 compiler without OpenMP (Apple's clang) builds a single-threaded kernel. Any failure (no compiler, a failing one, a
 cache folder it cannot write, a library that will not load) falls back to PyTorch's own ops with one warning, as
 does any other layout, dtype or device; those ops are the reference the tests compare the kernels against.
-GENLAB_KERNELS=0 (or off, false, no) turns every fast path here off; `enabled` is the same switch in code.
-(A one-pass C version of the DDPM, DDIM and DPM-Solver++ steps was here until issue 38: it saved 0.2-0.5 ms per
-step on 64 images against 1.75 s of U-Net per step on 1 thread of an AVX2 EPYC, 0.03% of sampling, under 0.5% even at
-100 ms of U-Net; the schedulers' PyTorch expressions, bit for bit diffusers', are the only version now.)
+GENLAB_KERNELS=0 (or off, false, no) turns it off; `enabled` is the same switch in code.
+
+Removed in issue 38, each paying under the 3% end to end that a fast path must (bench/ddpm_throughput.py --parts
+kernels, an AVX2 EPYC): a one-pass C version of the DDPM, DDIM and DPM-Solver++ steps (0.2-0.5 ms saved per step on
+64 images against 1.75 s of U-Net: 0.03%; under 0.5% even at 100 ms of U-Net), and sampling's convolutions on
+weights reordered once for oneDNN with the residual add fused (1.4-2.0% slower than nn.Conv2d in float32; bf16 on
+such a CPU has no oneDNN reorder).
 """
 import contextlib
 import ctypes
@@ -31,12 +33,11 @@ import sys
 import tempfile
 import threading
 import warnings
-import weakref
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 try:
@@ -56,7 +57,7 @@ def switched_on(value: str | None) -> bool:
 
 
 enabled = switched_on(os.environ.get("GENLAB_KERNELS"))  # the one place the variable is read; False: PyTorch's ops
-use = {"group_norm_silu": True, "conv2d": True}   # each fast path alone (bench/ddpm_throughput.py's ablations)
+use = {"group_norm_silu": True}   # each fast path alone (bench/ddpm_throughput.py's ablations)
 MAX_SAMPLE_ELEMENTS = 2 ** 24  # C x H x W; larger samples take PyTorch's ops (the kernel buffers a sample per thread)
 
 
@@ -223,73 +224,6 @@ def group_norm_silu(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: f
     wide = x.to(torch.promote_types(x.dtype, torch.float32))
     y = F.group_norm(wide, groups, weight.to(wide.dtype), bias.to(wide.dtype), eps)
     return (F.silu(y) if silu else y).to(x.dtype)
-
-
-# ------------------------------------------------------------------------------------ convolutions for sampling
-def _conv_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
-    """The dtype nn.Conv2d would compute in here (bf16 autocast, or the tensors' own float32/bf16), or None; None
-    for bf16 on a CPU without oneDNN's bf16 support (no AVX-512 BW/VL/DQ: its weight reorder refuses bf16 there)."""
-    if torch.is_autocast_enabled("cpu"):
-        autocast = torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.is_floating_point()
-        dtype = torch.bfloat16 if autocast else None
-    else:
-        dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype else None
-    return None if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported() else dtype
-
-
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d that, when no gradient is wanted (sampling), runs oneDNN's convolution on weights reordered once
-    into its blocked layout instead of on every call, and adds `residual` in the same pass: y = conv(x) + residual.
-    The weights are reordered again when they change (their version counter, an optimizer step or a load) or when
-    the dtype or input shape does. Training, and any case oneDNN's fused ops do not take (another device, dtype,
-    padding mode), run the plain nn.Conv2d followed by `residual + y`: the same values up to rounding."""
-
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        dtype = self._packed_dtype(x)
-        if dtype is None:
-            y = super().forward(x)
-            return y if residual is None else residual + y
-        weight, bias = self._packed_weights(x, dtype)
-        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-        geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
-        if residual is None or residual.dtype != dtype or residual.shape != self._output_shape(x):
-            y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, "none", [], None)
-            return y if residual is None else residual + y
-        residual = residual.contiguous(memory_format=torch.channels_last)
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *geometry, "add", None, None,
-                                                              [], None)
-
-    def _output_shape(self, x: Tensor) -> torch.Size:
-        n, _, *sizes = x.shape
-        sizes = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
-                 zip(sizes, self.padding, self.dilation, self.kernel_size, self.stride)]
-        return torch.Size([n, self.out_channels, *sizes])
-
-    def _packed_dtype(self, x: Tensor) -> torch.dtype | None:
-        applies = (enabled and use["conv2d"] and not torch.is_grad_enabled() and x.device.type == "cpu"
-                   and x.dim() == 4 and x.numel() > 0
-                   and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
-                   and self.weight.device.type == "cpu" and not self.weight.is_inference()
-                   and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-                   and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
-                   and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
-        return _conv_dtype(x, self.weight) if applies else None
-
-    def _packed_weights(self, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-        key = (dtype, tuple(x.shape), self.weight.data_ptr(), self.weight._version,
-               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
-        if PACKED.get(self, (None,))[0] != key:
-            weight = self.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-            packed = torch.ops.mkldnn._reorder_convolution_weight(weight, list(self.padding), list(self.stride),
-                                                                   list(self.dilation), self.groups, list(x.shape))
-            bias = None if self.bias is None else self.bias.detach().to(dtype)
-            PACKED[self] = (key, packed, bias)
-        return PACKED[self][1:]
-
-
-# each Conv2d's reordered weights, outside the module: oneDNN's opaque tensors cannot be copied or saved, and a
-# deep copy (an EMA, a guide) must not carry them
-PACKED: "weakref.WeakKeyDictionary[Conv2d, tuple]" = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------- ahead-of-time build

@@ -13,12 +13,10 @@ embedding added to temb, and label K is the "null" label used for classifier-fre
 
 Choices for speed on a CPU, the values unchanged up to rounding (bench/ddpm_throughput.py): GroupNorm computes
 in float32 whatever the autocast precision, together with the SiLU after it in one C kernel on channels_last tensors
-(core/kernels.py; PyTorch's bf16 GroupNorm in channels_last is several times slower than its float32 one); when
-sampling, the convolutions run on weights reordered once for oneDNN and the residual add joins the block's last
-convolution (core.kernels.Conv2d); and in training, attention over at most `EXPLICIT_ATTENTION_TOKENS` positions
-(the 7x7 level) is written out as softmax(QKᵀ/√d) V, which at that length trains faster than PyTorch's fused CPU
-kernel (whose bf16 backward is slow); sampling and longer sequences take the fused kernel (2% faster per forward
-there).
+(core/kernels.py; PyTorch's bf16 GroupNorm in channels_last is several times slower than its float32 one); and in
+training, attention over at most `EXPLICIT_ATTENTION_TOKENS` positions (the 7x7 level) is written out as
+softmax(QKᵀ/√d) V, which at that length trains faster than PyTorch's fused CPU kernel (whose bf16 backward is slow);
+sampling and longer sequences take the fused kernel (2% faster per forward there).
 """
 import math
 
@@ -26,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.kernels import Conv2d, group_norm_silu
+from core.kernels import group_norm_silu
 
 EXPLICIT_ATTENTION_TOKENS = 100    # up to here softmax(QKᵀ/√d) V trains faster than the fused kernel (2 cores)
 
@@ -56,17 +54,17 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_dim: int, groups: int, dropout: float):
         super().__init__()
         self.norm1 = GroupNorm(groups, in_channels, silu=True)
-        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.temb = nn.Linear(temb_dim, out_channels)
         self.norm2 = GroupNorm(groups, out_channels, silu=True)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h = self.conv1(self.norm1(x))                                       # norm1 and norm2 end in SiLU
         h = self.norm2(h, shift=self.temb(F.silu(temb)))     # GN(h + Linear(SiLU(temb))): the timestep, every block
-        return self.conv2(self.dropout(h), residual=self.skip(x))                    # + skip(x) in the same pass
+        return self.skip(x) + self.conv2(self.dropout(h))
 
 
 class SelfAttention(nn.Module):
@@ -114,7 +112,7 @@ class UNet(nn.Module):
         self.channels, self.num_classes = channels, num_classes
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.label_embedding = nn.Embedding(num_classes + 1, temb_dim) if num_classes else None   # + the null label
-        self.conv_in = Conv2d(in_channels, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         skips, width = [channels[0]], channels[0]
         for i, c in enumerate(channels):
@@ -123,7 +121,7 @@ class UNet(nn.Module):
             skips += [c] * layers_per_block
             width = c
             if i < levels - 1:
-                self.downsample.append(Conv2d(c, c, 3, stride=2, padding=1))
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
         self.mid1 = ResidualBlock(width, width, temb_dim, groups, dropout)
         self.mid_attention = SelfAttention(width, groups, head_dim)
@@ -136,9 +134,9 @@ class UNet(nn.Module):
                 width = c
             self.up.append(Level(ins, c, temb_dim, groups, dropout, i in attention_levels, head_dim))
             if i > 0:
-                self.upsample.append(Conv2d(c, c, 3, padding=1))
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
         self.norm_out = GroupNorm(groups, channels[0], silu=True)
-        self.conv_out = Conv2d(channels[0], in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(channels[0], in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)          # start as ε̂ = 0: the initial loss is E‖ε‖² = 1
         nn.init.zeros_(self.conv_out.bias)
 
