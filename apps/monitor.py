@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
-from core import runs as R
+from core import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,15 +30,15 @@ def cli_runs_dir() -> str:
 
 
 @st.cache_resource
-def reader(path: str) -> R.MetricsReader:
+def reader(path: str) -> runs.MetricsReader:
     """One incremental reader per metrics file, shared across refreshes: each refresh parses only new lines."""
-    return R.MetricsReader(Path(path))
+    return runs.MetricsReader(Path(path))
 
 
-def load(run_dir: Path) -> tuple[R.Run, pd.DataFrame]:
-    metrics = reader(str(run_dir / "metrics.jsonl"))
+def load(run_dir: Path) -> tuple[runs.Run, pd.DataFrame]:
+    metrics = reader(str(run_dir / runs.METRICS_FILE))
     df = metrics.frame()
-    return R.summarize(run_dir, metrics.records), df
+    return runs.summarize(run_dir, metrics.records), df
 
 
 
@@ -53,7 +53,7 @@ def curves(selected: list[Path], x: str, smoothing: float, log: bool) -> None:
     loaded = {d.name: load(d) for d in selected}
     groups: dict[str, list[str]] = {}
     for _, df in loaded.values():
-        for name, columns in R.metric_groups(df).items():
+        for name, columns in runs.metric_groups(df).items():
             groups.setdefault(name, [])
             groups[name] += [c for c in columns if c not in groups[name]]
     if not groups:
@@ -65,7 +65,7 @@ def curves(selected: list[Path], x: str, smoothing: float, log: bool) -> None:
         parts = []
         for run_name, (_, df) in loaded.items():
             for column in columns:
-                part = R.series(df, column, x, smoothing if group == "losses" or column == "images_per_s" else 0.0)
+                part = runs.series(df, column, x, smoothing if group == "losses" or column == "images_per_s" else 0.0)
                 label = column.split("/", 1)[-1] if len(loaded) == 1 else f"{run_name} · {column.split('/', 1)[-1]}"
                 parts.append(part.rename(columns={column: "value"}).assign(series=label))
         data = pd.concat(parts) if parts else pd.DataFrame()
@@ -81,17 +81,17 @@ def health_panel(selected: list[Path]) -> None:
     for run_dir in selected:
         run, df = load(run_dir)
         st.markdown(f"**{run.name}** · {run.status}")
-        for level, message in R.health(df, run, reader(str(run_dir / "metrics.jsonl")).nonfinite):
+        for level, message in runs.health(df, run, reader(str(run_dir / runs.METRICS_FILE)).nonfinite):
             getattr(st, level)(message)
         if "eval/classes_covered" in df:
-            coverage = R.series(df, "eval/classes_covered", "step")
+            coverage = runs.series(df, "eval/classes_covered", "step")
             st.altair_chart(alt.Chart(coverage, height=200, title="classes covered").mark_line(point=True)
                             .encode(x="step:Q", y=alt.Y("eval/classes_covered:Q", title="classes",
                                                         scale=alt.Scale(domain=[0, 10]))), width="stretch")
 
 
 def sample_timeline(run_dir: Path) -> None:
-    grids = R.sample_grids(run_dir)
+    grids = runs.sample_grids(run_dir)
     if not grids:
         st.info(f"{run_dir.name}: no sample grids yet (written at each evaluation).")
         return
@@ -111,16 +111,17 @@ def launcher(runs_dir: Path) -> None:
     if os.environ.get("GENLAB_MONITOR_LAUNCH") != "1":
         st.caption("Starting runs from this page is off (set GENLAB_MONITOR_LAUNCH=1 on a machine you own).")
         return
-    from core.families import FAMILIES        # here, not at the top: the read-only monitor never loads torch
+    from core.data import BUILT_IN_DATASETS   # here, not at the top: the read-only monitor never loads torch
+    from core.families import FAMILIES
     with st.form("launch"):
         family = st.selectbox("family", list(FAMILIES))
-        dataset = st.selectbox("dataset", ("digits", "fashion-mnist", "mnist"))
+        dataset = st.selectbox("dataset", BUILT_IN_DATASETS, index=BUILT_IN_DATASETS.index("digits"))
         steps = st.number_input("max steps", 10, 100_000, 200)
         stamp = st.session_state.setdefault("launch_stamp", time.strftime("%H%M%S"))   # a default that changed
         name = st.text_input("run name", f"{family}-{stamp}")          # each second would reset the typed name
         submitted = st.form_submit_button("start")
     if submitted:
-        R.inside(runs_dir, name)                                      # the run must stay in the runs directory
+        runs.inside(runs_dir, name)                                      # the run must stay in the runs directory
         command = [sys.executable, "-m", "core.train", family, "--dataset", dataset, "--max-steps", str(int(steps)),
                    "--runs-dir", str(runs_dir), "--run-name", name, "--eval-every", str(max(1, int(steps) // 4))]
         st.session_state["process"] = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -146,7 +147,7 @@ def main() -> None:
         log = st.toggle("log scale")
         x = st.radio("x axis", ("step", "wall_seconds"), format_func=lambda v: v.replace("_", " "), horizontal=True)
     try:
-        found = R.discover(runs_dir)
+        found = runs.discover(runs_dir)
     except FileNotFoundError as exc:
         st.error(f"{exc}. Train something (python -m core.train ...) or choose another directory in the sidebar.")
         return
@@ -165,7 +166,7 @@ def main() -> None:
     table()
     names = [d.name for d in found]
     chosen = st.multiselect("runs to show (several overlay)", names, default=names[:1])
-    selected = [R.inside(runs_dir, name) for name in chosen]
+    selected = [runs.inside(runs_dir, name) for name in chosen]
     if not selected:
         return
     tab_curves, tab_health, tab_samples, tab_configs, tab_launch = st.tabs(
@@ -174,7 +175,7 @@ def main() -> None:
         st.fragment(run_every=refresh)(curves)(selected, x, smoothing, log)
         for run_dir in selected:
             _, df = load(run_dir)
-            path = str(run_dir / "metrics.jsonl")          # built on click (deferred): 100k rows take a second
+            path = str(run_dir / runs.METRICS_FILE)          # built on click (deferred): 100k rows take a second
             st.download_button(f"metrics of {run_dir.name} as CSV", lambda path=path: reader(path).frame().to_csv(
                 index=False), f"{run_dir.name}.csv", "text/csv", key=f"csv-{run_dir.name}")
         st.caption("Each chart's ⋯ menu saves it as PNG or SVG.")
@@ -184,7 +185,7 @@ def main() -> None:
         for run_dir in selected:
             st.fragment(run_every=refresh)(sample_timeline)(run_dir)
     with tab_configs:
-        table_ = R.config_table([load(d)[0] for d in selected]).sort_values("differs", ascending=False, kind="stable")
+        table_ = runs.config_table([load(d)[0] for d in selected]).sort_values("differs", ascending=False, kind="stable")
         st.caption(f"{int(table_['differs'].sum())} of {len(table_)} options differ (listed first, highlighted)")
         st.dataframe(table_.style.apply(lambda row: ["background-color: #fff3b0" if row["differs"] else ""] * len(row),
                                         axis=1), width="stretch", height=min(36 * (len(table_) + 1), 900))

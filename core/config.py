@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.data import DATASETS
+
 PRECISIONS = ("no", "bf16")        # the forward-pass precision of a model: float32, or bf16 autocast (core.model)
 
 
@@ -26,7 +28,7 @@ class TrainConfig:
     dataset: str = option("fashion-mnist", "fashion-mnist, mnist, digits (sklearn's 8x8, for quick tries), or folder "
                           "(a CycleGAN folder pair: --data-dir holding trainA/ trainB/ testA/ testB/) or paired-folder "
                           "(the same, A and B files paired by name, for Pix2Pix)",
-                          choices=("fashion-mnist", "mnist", "digits", "folder", "paired-folder"))
+                          choices=DATASETS)
     data_dir: str | None = option(None, "folder with the IDX files (default: search, see core.data) or the folder pair")
     folder_image_size: int = option(28, "folder datasets: images are centred and resized to this side")
     folder_channels: int = option(1, "folder datasets: 1 (grey) or 3 (RGB)", choices=(1, 3))

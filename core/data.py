@@ -31,7 +31,8 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 MIRRORS = {"fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
            "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/"}
-DATASETS = ("fashion-mnist", "mnist", "digits", "folder", "paired-folder")
+BUILT_IN_DATASETS = ("fashion-mnist", "mnist", "digits")   # found or fetched by name; the folders need --data-dir
+DATASETS = (*BUILT_IN_DATASETS, "folder", "paired-folder")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 

@@ -8,7 +8,6 @@ for a conditional model) of as many samples as test images (10k by default), on 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
@@ -17,27 +16,12 @@ import torch
 
 from core import metrics
 from core.attacks import ATTACKS, robustness_curve
-from core.config import save_json
+from core.config import PRECISIONS, save_json
 from core.data import DATASETS, load_dataset
-from core.hub import CheckpointError, load_model, write_model_card
+from core.hub import CheckpointError, load_model, metric_yardstick, write_model_card
 from core.images import save_grid
 
 EPSILONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
-METRIC_CLASSIFIER = Path(__file__).resolve().parents[1] / "checkpoints" / "classifier"
-
-
-@functools.cache
-def metric_yardstick(folder: Path = METRIC_CLASSIFIER) -> metrics.Yardstick:
-    """The shipped Fashion-MNIST classifier whose features every genlab sample-quality figure uses, with the scales
-    and thresholds stored beside it for the test set, and the training images for the copy figures (when the
-    Fashion-MNIST files are on this machine)."""
-    classifier = load_model(folder)
-    stored = metrics.load_reference(folder) if (Path(folder) / metrics.REFERENCE_FILE).is_file() else None
-    try:
-        memory = load_dataset("fashion-mnist", "train").batch(slice(None)).images
-    except FileNotFoundError:
-        memory = None
-    return metrics.Yardstick(classifier, stored, classifier.config.channels, memory)
 
 
 def markdown_table(curves: dict[str, dict[float, float]]) -> str:
@@ -97,7 +81,7 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[float], 
     parser.add_argument("--worst", type=int, default=0, metavar="K",
                         help="generators: write worst.png and best.png, the K least and most realistic samples")
     parser.add_argument("--out", default=".", help="folder for worst.png and best.png (default: here)")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no",
                         help="generators: sample with the networks in this precision (the sampler app's diffusion "
                              "runs in bf16 where the CPU has bf16 instructions)")
     args = parser.parse_args(argv)

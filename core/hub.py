@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import functools
 from fnmatch import fnmatch
 from pathlib import Path
 
+from core import metrics
 from core.cards import write_model_card
 from core.checkpoint import PICKLE_SUFFIXES, WEIGHTS, CheckpointError, HubModel, read_class_name
+from core.data import load_dataset
 from core.families import class_named
 
 MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "index.json"
+METRIC_CLASSIFIER = MANIFEST.parent / "classifier"     # whose features every sample-quality figure uses
 # what a download fetches: the model (config, weights, a DDPM's scheduler, the classifier's metric statistics) and
 # its card with the card's figures; nothing else in a repo (least of all pickles) is downloaded
 HUB_FILES = ["config.json", "model.safetensors", "scheduler_config.json", "reference_stats.safetensors",
@@ -241,3 +245,17 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@functools.cache
+def metric_yardstick(folder: Path = METRIC_CLASSIFIER) -> metrics.Yardstick:
+    """The shipped Fashion-MNIST classifier whose features every genlab sample-quality figure uses, with the scales
+    and thresholds stored beside it for the test set, and the training images for the copy figures (when the
+    Fashion-MNIST files are on this machine)."""
+    classifier = load_model(folder)
+    stored = metrics.load_reference(folder) if (Path(folder) / metrics.REFERENCE_FILE).is_file() else None
+    try:
+        memory = load_dataset("fashion-mnist", "train").batch(slice(None)).images
+    except FileNotFoundError:
+        memory = None
+    return metrics.Yardstick(classifier, stored, classifier.config.channels, memory)

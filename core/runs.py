@@ -16,11 +16,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+RUN_CONFIG, METRICS_FILE, STATUS_FILE, SAMPLES = "config.json", "metrics.jsonl", "status.json", "samples"  # a run's files
 STALL_SECONDS = 300          # a "running" run with no write for this long (and 20 logging intervals) is stalled
 OFF_MANIFOLD_WARNING = 0.05  # a share of samples off the real manifold worth a warning (real images: about 1%)
+BEST_METRICS = ("fid", "neg_elbo", "accuracy", "a2b_domain_accuracy", "mse")
+FIGURE_NAMES = {               # what each figure of a card or a run is called, for people
+    "fid": "FID", "off_manifold": "off-manifold share", "precision": "precision", "recall": "recall",
+    "copies": "copies", "fid_penultimate": "FID (penultimate, earlier cards)", "kid": "KID",
+    "classes_covered": "classes", "smallest_class_share": "smallest class share", "kl_to_uniform": "KL to uniform",
+    "conditional_accuracy": "conditional accuracy", "neg_elbo": "−ELBO (nats)", "neg_iwae": "IWAE bound (nats)",
+    "mse": "MSE", "accuracy": "test accuracy", "fgsm_accuracy_eps0.1": "FGSM accuracy at ε = 0.1",
+    "a2b_domain_accuracy": "A→B domain accuracy", "b2a_domain_accuracy": "B→A domain accuracy",
+    "a2b_fid": "A→B FID", "b2a_fid": "B→A FID", "samples": "samples measured"}
 HIGHER_IS_BETTER = ("accuracy", "conditional_accuracy", "classes_covered", "precision", "recall",
                     "a2b_domain_accuracy", "b2a_domain_accuracy")
-BEST_METRICS = ("fid", "neg_elbo", "accuracy", "a2b_domain_accuracy", "mse")
 
 
 @dataclass
@@ -120,19 +129,19 @@ def discover(runs_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"runs directory {root} does not exist")
     found = [p for p in root.iterdir() if p.is_dir() and any((p / f).exists() for f in
-                                                               ("config.json", "metrics.jsonl", "status.json"))]
+                                                               (RUN_CONFIG, METRICS_FILE, STATUS_FILE))]
     return sorted(found, key=lambda p: last_write(p) or 0, reverse=True)
 
 
 def last_write(run_dir: Path) -> float | None:
-    times = [f.stat().st_mtime for f in (run_dir / "metrics.jsonl", run_dir / "status.json") if f.exists()]
+    times = [f.stat().st_mtime for f in (run_dir / METRICS_FILE, run_dir / STATUS_FILE) if f.exists()]
     return max(times) if times else None
 
 
 def summarize(run_dir: Path, records: list[dict], now: float | None = None) -> Run:
     """One row of the runs table: family, dataset, status, progress, time, throughput and best metric."""
     now = time.time() if now is None else now
-    config, status = read_json(run_dir / "config.json"), read_json(run_dir / "status.json")
+    config, status = read_json(run_dir / RUN_CONFIG), read_json(run_dir / STATUS_FILE)
     run = Run(run_dir.name, run_dir, config.get("family", "?"), config.get("train", {}).get("dataset", "?"),
               config=config, last_write=last_write(run_dir))
     logs = [r for r in records if "images_per_s" in r]
@@ -270,7 +279,7 @@ def config_table(runs: list[Run]) -> pd.DataFrame:
 def sample_grids(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of the logged sample grids, in step order (files named step-NNNNNNN.png)."""
     grids = []
-    for path in sorted((run_dir / "samples").glob("step-*.png")):
+    for path in sorted((run_dir / SAMPLES).glob("step-*.png")):
         try:
             grids.append((int(path.stem.split("-")[1]), path))
         except (IndexError, ValueError):

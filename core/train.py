@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -39,10 +38,12 @@ from core.cards import write_model_card
 from core.checkpoint import read_class_name
 from core.config import TrainConfig, add_options, from_json, pick_options, save_json, to_json
 from core.data import Batch, ImageData, load_dataset
-from core.evaluate import metric_yardstick
 from core.families import FAMILIES
+from core.hub import metric_yardstick
 from core.images import save_grid
 from core.model import TrainableModel
+from core.resume import latest_checkpoint, load_checkpoint, save_checkpoint
+from core.runs import METRICS_FILE, RUN_CONFIG, SAMPLES, STATUS_FILE
 
 
 class NonFiniteLoss(RuntimeError):
@@ -62,85 +63,6 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------- resumable checkpoints
-def pack(obj, tensors: dict[str, Tensor], key: str):
-    """Split a nested state (optimizer state_dict, RNG) into JSON and a flat dict of tensors for safetensors."""
-    if isinstance(obj, Tensor):
-        tensors[key] = obj.detach().cpu().clone().contiguous()
-        return {"__tensor__": key}
-    if isinstance(obj, dict):
-        return {"__dict__": [[k, pack(v, tensors, f"{key}.{k}")] for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
-        return [pack(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
-    return obj
-
-
-def unpack(obj, tensors: dict[str, Tensor]):
-    if isinstance(obj, dict) and "__tensor__" in obj:
-        return tensors[obj["__tensor__"]]
-    if isinstance(obj, dict) and "__dict__" in obj:
-        return {k: unpack(v, tensors) for k, v in obj["__dict__"]}
-    if isinstance(obj, list):
-        return [unpack(v, tensors) for v in obj]
-    return obj
-
-
-def rng_states(accelerator: Accelerator) -> Tensor:
-    """Every process's torch CPU generator state, (P, L) uint8: all randomness in genlab comes from torch."""
-    state = torch.get_rng_state().unsqueeze(0).to(accelerator.device)
-    return accelerator.gather(state).cpu() if accelerator.num_processes > 1 else state.cpu()
-
-
-def save_checkpoint(run_dir: Path, model: TrainableModel, optimizers: dict, step: int, elapsed: float,
-                    accelerator: Accelerator, keep: int) -> None:
-    """Write checkpoints/step-N atomically: into a hidden temporary folder, then one rename, then latest.json."""
-    rng = rng_states(accelerator)        # a collective: every process must call it
-    if not accelerator.is_main_process:
-        return
-    root = run_dir / "checkpoints"
-    tmp, final = root / f".tmp-step-{step:07d}", root / f"step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tensors: dict[str, Tensor] = {}
-    state = pack({"optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng}, tensors, "s")
-    safetensors.torch.save_file(tensors, str(tmp / "training_state.safetensors"))
-    save_json({"step": step, "elapsed": elapsed, "num_processes": accelerator.num_processes, "state": state},
-              tmp / "training_state.json")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    save_json({"step": step, "folder": final.name}, root / "latest.json")
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old)
-
-
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The folder latest.json names; failing that, the newest complete step-* folder."""
-    root = run_dir / "checkpoints"
-    try:
-        folder = root / json.loads((root / "latest.json").read_text())["folder"]
-        if (folder / "training_state.json").is_file():
-            return folder
-    except (OSError, ValueError, KeyError):
-        pass
-    complete = sorted(p for p in root.glob("step-*") if (p / "training_state.json").is_file())
-    if not complete:
-        raise FileNotFoundError(f"no checkpoint to resume from in {root}")
-    return complete[-1]
-
-
-def load_checkpoint(folder: Path, model: TrainableModel, optimizers: dict, accelerator: Accelerator) -> tuple[int, float]:
-    safetensors.torch.load_model(model, str(folder / "model.safetensors"), device=str(accelerator.device))
-    meta = json.loads((folder / "training_state.json").read_text())
-    if meta["num_processes"] != accelerator.num_processes:
-        raise ValueError(f"{folder} was written by {meta['num_processes']} processes; resume with as many "
-                         f"(now {accelerator.num_processes}) to continue the same data order and RNG streams")
-    state = unpack(meta["state"], safetensors.torch.load_file(str(folder / "training_state.safetensors")))
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(state["optimizers"][name])
-    torch.set_rng_state(state["rng"][accelerator.process_index])
-    return meta["step"], meta["elapsed"]
-
-
 # ------------------------------------------------------------------------------------------------------ the loop
 class LogWindow:
     """Losses and throughput since the last metrics.jsonl line. Sums stay tensors until a line is written, so the
@@ -195,19 +117,15 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     data, eval_data = training_data(cfg, data, eval_data)
     model.check_data(data)
     per_process, steps_per_epoch, total = schedule(cfg, len(data), world)
-
     run_dir = Path(resume) if resume else Path(cfg.runs_dir) / (cfg.run_name or f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
-    model.to(accelerator.device, memory_format=torch.channels_last if model.channels_last else torch.contiguous_format)
-    model.accelerator = accelerator
-    model.set_precision(cfg.mixed_precision)       # (not Accelerator's option: its state is process-global)
-    optimizers = model.configure_optimizers(cfg)
+    optimizers = place(model, cfg, accelerator)
     step, elapsed_before = load_checkpoint(latest_checkpoint(run_dir), model, optimizers, accelerator) if resume else (0, 0.0)
     if main:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        (run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
         save_json({"family": family, "model": model.config_dict(), "train": to_json(cfg), "num_processes": world,
-                   "command": command, "hardware": hardware(accelerator)}, run_dir / "config.json")
+                   "command": command, "hardware": hardware(accelerator)}, run_dir / RUN_CONFIG)
         write_status(run_dir, "running", step, total_steps=total)
-    log = (run_dir / "metrics.jsonl").open("a") if main else None
+    log = (run_dir / METRICS_FILE).open("a") if main else None
     start = time.perf_counter() - elapsed_before
     window = LogWindow()
     bar = tqdm(total=total, initial=step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
@@ -248,6 +166,14 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     return run_dir
 
 
+def place(model: TrainableModel, cfg: TrainConfig, accelerator: Accelerator) -> dict:
+    """The model on the run's device, in its memory format and precision; returns its optimizers."""
+    model.to(accelerator.device, memory_format=torch.channels_last if model.channels_last else torch.contiguous_format)
+    model.accelerator = accelerator
+    model.set_precision(cfg.mixed_precision)       # (not Accelerator's option: its state is process-global)
+    return model.configure_optimizers(cfg)
+
+
 def timed(batches, window: LogWindow, device) -> Iterator[Batch]:
     """The batches moved to `device`, the time spent fetching each added to the window's data time."""
     while True:
@@ -262,7 +188,7 @@ def timed(batches, window: LogWindow, device) -> Iterator[Batch]:
 
 def write_status(run_dir: Path, status: str, step: int, **details) -> None:
     """status.json: running, finished or failed, at which step (what the monitor shows)."""
-    save_json({"status": status, "step": step, **details, "time": time.time()}, run_dir / "status.json")
+    save_json({"status": status, "step": step, **details, "time": time.time()}, run_dir / STATUS_FILE)
 
 
 def close_run(model: TrainableModel, bar, log, accelerator: Accelerator) -> None:
@@ -314,7 +240,7 @@ def evaluate_and_log(model: TrainableModel, data: ImageData, run_dir: Path, step
             metrics = model.evaluate(data, yardstick)
             images = model.eval_images(data)
         if images is not None:
-            save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", nrow=getattr(model, "grid_columns", None))
+            save_grid(images, run_dir / SAMPLES / f"step-{step:07d}.png", nrow=getattr(model, "grid_columns", None))
         log.write(json.dumps({"step": step, "time": time.time(), **{f"eval/{k}": v for k, v in metrics.items()}}) + "\n")
         log.flush()
     accelerator.wait_for_everyone()
@@ -332,7 +258,7 @@ def export_model(model: TrainableModel, run_dir: Path, family: str, cfg: TrainCo
     """The final model as a Hub folder: weights, config, training facts, evaluation, sample grid, model card."""
     folder = run_dir / "model"
     model.exported().save_pretrained(folder)
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
     throughput = sorted(m["images_per_s"] for m in metrics if "images_per_s" in m)
     save_json({"family": family, "dataset": cfg.dataset, "steps": step, "seconds": round(seconds, 1),
                "hardware": hardware(accelerator), "images_per_s": throughput[len(throughput) // 2] if throughput else None,   # median
@@ -341,7 +267,7 @@ def export_model(model: TrainableModel, run_dir: Path, family: str, cfg: TrainCo
     evals = [m for m in metrics if any(k.startswith("eval/") for k in m)]
     if evals:
         save_json({k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")}, folder / "eval.json")
-    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    grids = sorted((run_dir / SAMPLES).glob("step-*.png"))
     if grids:
         shutil.copy(grids[-1], folder / "samples.png")
     write_model_card(folder)
@@ -369,7 +295,7 @@ def main(argv: list[str] | None = None) -> Path:
     cls = FAMILIES[args.family]
     train_base = model_base = None
     if args.resume:
-        saved = json.loads((args.resume / "config.json").read_text())
+        saved = json.loads((args.resume / RUN_CONFIG).read_text())
         if saved["family"] != args.family:
             parser.error(f"{args.resume} is a {saved['family']} run, not {args.family}")
         train_base = from_json(TrainConfig, saved["train"])

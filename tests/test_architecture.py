@@ -5,8 +5,9 @@ from pathlib import Path
 from conftest import ROOT
 
 LAYERS = {"base": 1, "models": 2, "registry": 3, "services": 4, "apps": 5}
-SERVICES = {"train", "hub", "cards", "evaluate", "sample", "services"}
-APPS_MAY_IMPORT = ("core.services", "core.data")   # the apps see the services (and data constants), never a model
+SERVICES = {"train", "resume", "hub", "cards", "evaluate", "sample", "services"}
+APPS_MAY_IMPORT = ("core.services", "core.data", "core.runs", "core.families")   # never a model or a scheduler:
+# the sampler goes through the services, the monitor reads run files (and its opt-in launcher lists the families)
 
 
 def layer(module: str) -> str | None:
@@ -75,7 +76,7 @@ def test_the_rule_catches_upward_arrows(tmp_path):
     assert any("core.train uses importlib" in f for f in found)
     assert any("apps.ui (apps) imports core.models" in f for f in found)
     assert any("apps.ui (apps) imports core.schedulers: apps go through core.services" in f for f in found)
-    assert not any("core.services" in f for f in found)
+    assert not any("imports core.services" in f for f in found)
 
 
 def test_files_and_functions_stay_small():

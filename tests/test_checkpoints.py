@@ -9,7 +9,7 @@ from conftest import ROOT
 from core import metrics
 from core.attacks import robustness_curve
 from core.data import load_dataset
-from core.evaluate import metric_yardstick
+from core.hub import metric_yardstick
 from core.hub import load_model
 from core.model import fast_precision
 from core.models.ddpm import DDPM

@@ -11,13 +11,14 @@ import pytest
 import safetensors.torch
 import torch
 
-import core.train
+import core.resume
 from conftest import ROOT, require_fashion
 from core.config import TrainConfig
 from core.hub import load_model
 from core.models.classifier import Classifier, ClassifierConfig
 from core.models.gan import GAN, GANConfig
-from core.train import NonFiniteLoss, latest_checkpoint, lr_factor, main, train
+from core.resume import latest_checkpoint
+from core.train import NonFiniteLoss, lr_factor, main, train
 
 
 def read_metrics(run_dir):
@@ -85,7 +86,7 @@ def test_a_crash_during_a_checkpoint_write_keeps_the_previous_one(tiny_config, t
             raise KeyboardInterrupt("killed while writing")
         return real_save(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(core.train.safetensors.torch, "save_file", dying_save)
+    monkeypatch.setattr(core.resume.safetensors.torch, "save_file", dying_save)
     with pytest.raises(KeyboardInterrupt):
         train(Classifier(), tiny_config, "classifier")
     monkeypatch.undo()

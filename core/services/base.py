@@ -28,6 +28,7 @@ from core.checkpoint import CheckpointError
 from core.data import FASHION_CLASSES
 from core.families import FAMILIES
 from core.hub import load_model, read_manifest, resolve
+from core.runs import FIGURE_NAMES
 from core.model import TrainableModel
 from core.requests import MAX_SEED, RequestError, class_index, shown, whole_number, without_paths
 
@@ -295,22 +296,13 @@ def card_figures(spec: str) -> dict:
         return {}
 
 
-FIGURES = {"fid": "FID", "off_manifold": "off-manifold share", "precision": "precision", "recall": "recall",
-           "copies": "copies", "fid_penultimate": "FID (penultimate, earlier cards)", "kid": "KID",
-           "classes_covered": "classes", "smallest_class_share": "smallest class share", "kl_to_uniform": "KL to uniform",
-           "conditional_accuracy": "conditional accuracy", "neg_elbo": "−ELBO (nats)", "neg_iwae": "IWAE bound (nats)",
-           "mse": "MSE", "accuracy": "test accuracy", "fgsm_accuracy_eps0.1": "FGSM accuracy at ε = 0.1",
-           "a2b_domain_accuracy": "A→B domain accuracy", "b2a_domain_accuracy": "B→A domain accuracy",
-           "a2b_fid": "A→B FID", "b2a_fid": "B→A FID", "samples": "samples measured"}
-
-
 def figures_markdown(specs: list[str]) -> str:
     """The headline figures of each checkpoint's card as one Markdown table (a column per model)."""
     scores = {spec: card_figures(spec) for spec in specs}
-    keys = [key for key in FIGURES if any(isinstance(s.get(key), (int, float)) for s in scores.values())]
+    keys = [key for key in FIGURE_NAMES if any(isinstance(s.get(key), (int, float)) for s in scores.values())]
     if not keys:
         return ""
     cell = lambda v: "" if not isinstance(v, (int, float)) else f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
     lines = ["| | " + " | ".join(f"`{spec}`" for spec in specs) + " |", "|---" * (len(specs) + 1) + "|"]
-    lines += [f"| {FIGURES[key]} | " + " | ".join(cell(scores[spec].get(key)) for spec in specs) + " |" for key in keys]
+    lines += [f"| {FIGURE_NAMES[key]} | " + " | ".join(cell(scores[spec].get(key)) for spec in specs) + " |" for key in keys]
     return "\n".join(lines)

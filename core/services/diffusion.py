@@ -75,7 +75,7 @@ network pass a step) solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $
     endpoints = (
         Endpoint("ddpm_sample", "denoise",
                  (ModelChoice("model", "model", "ddpm", "ddpm"),
-                  Number("n", "number of images", 16, 1, MAX_IMAGES),
+                  count_input(16),
                   Number("steps", "steps", diffusion.DDPMConfig.eval_steps, 1, diffusion.MAX_STEPS),
                   Choice("scheduler", "scheduler", "dpm_solver", scheduler_choices(diffusion.samplers_for("epsilon"))),
                   Number("eta", "η (DDIM only: 0 deterministic, 1 DDPM-like)", 0, *diffusion.ETA_RANGE, step=0.05),

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from core.config import TrainConfig
-from core.evaluate import metric_yardstick
+from core.hub import metric_yardstick
 from core.losses import NO_BATCH_NORM
 from core.models.gan import GAN, GANConfig
 from core.nn import slerp
