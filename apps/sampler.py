@@ -32,6 +32,8 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 FIGURES_NOTE = ("Figures from the model cards (for generators: 10k samples vs the test set, on the features of genlab's "
                 "classifier at every depth; the off-manifold share is the fraction of samples less realistic than 99% "
                 "of real images):\n\n")
+POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD     # (Gradio passes its extras only to such parameters)
+REQUEST = inspect.Parameter("request", POSITIONAL, annotation=gr.Request)
 log = logging.getLogger("genlab.sampler")
 
 
@@ -64,7 +66,7 @@ class Handlers:
         self.keys = [i.key for i in endpoint.inputs]
 
     def signed(self, function, *extra: inspect.Parameter):
-        plain = [inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD) for key in self.keys]
+        plain = [inspect.Parameter(key, POSITIONAL) for key in self.keys]
         function.__signature__ = inspect.Signature(plain + list(extra))
         # Gradio finds gr.Request by the function's type hints, which come from __annotations__, not the signature
         function.__annotations__ = {p.name: p.annotation for p in extra if p.annotation is not p.empty}
@@ -108,8 +110,7 @@ class Handlers:
             finally:
                 if self.endpoint.cost and request is not None:
                     self.admission.release(request.session_hash or "")
-        return self.signed(run, inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
-                           inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+        return self.signed(run, REQUEST, inspect.Parameter("progress", POSITIONAL, default=gr.Progress()))
 
     def admit(self):
         """Runs before the request is queued (Gradio's validator): its cost, and the client's share of the queue. A
@@ -126,8 +127,7 @@ class Handlers:
                 field = getattr(exc, "field", None)
             shown_on = field if field in self.keys else self.keys[0]
             return [gr.validate(not message or key != shown_on, message) for key in self.keys]
-        return self.signed(validate, inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                       annotation=gr.Request))
+        return self.signed(validate, REQUEST)
 
 
 # ------------------------------------------------------------------------------------------------------ widgets

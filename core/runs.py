@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RUN_CONFIG, METRICS_FILE, STATUS_FILE, SAMPLES = "config.json", "metrics.jsonl", "status.json", "samples"  # a run's files
+RUN_CONFIG, METRICS_FILE, STATUS_FILE = "config.json", "metrics.jsonl", "status.json"   # a run directory's files
+SAMPLES = "samples"          # ... and its folder of sample grids
 STALL_SECONDS = 300          # a "running" run with no write for this long (and 20 logging intervals) is stalled
 OFF_MANIFOLD_WARNING = 0.05  # a share of samples off the real manifold worth a warning (real images: about 1%)
 BEST_METRICS = ("fid", "neg_elbo", "accuracy", "a2b_domain_accuracy", "mse")

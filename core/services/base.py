@@ -245,13 +245,9 @@ def label_or_none(value, model, name: str = "label") -> int | None:
     return whole_number(value, name, -1, classes - 1)
 
 
-def class_picker(spec, family: str) -> dict[str, dict]:
+def class_picker(config: dict) -> dict[str, dict]:
     """The class picker is live only for a conditional model (and shows "all classes" for the others)."""
-    try:
-        conditional = bool(model_config(spec, family).get("num_classes"))
-    except RequestError:
-        conditional = False
-    return {"label": {"interactive": True} if conditional else {"interactive": False, "value": -1}}
+    return {"label": {"interactive": True} if config.get("num_classes") else {"interactive": False, "value": -1}}
 
 
 # -------------------------------------------------------------------------------------------------- admission
@@ -304,5 +300,6 @@ def figures_markdown(specs: list[str]) -> str:
         return ""
     cell = lambda v: "" if not isinstance(v, (int, float)) else f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
     lines = ["| | " + " | ".join(f"`{spec}`" for spec in specs) + " |", "|---" * (len(specs) + 1) + "|"]
-    lines += [f"| {FIGURE_NAMES[key]} | " + " | ".join(cell(scores[spec].get(key)) for spec in specs) + " |" for key in keys]
+    lines += [f"| {FIGURE_NAMES[key]} | " + " | ".join(cell(scores[spec].get(key)) for spec in specs) + " |"
+              for key in keys]
     return "\n".join(lines)

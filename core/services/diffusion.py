@@ -18,8 +18,8 @@ from core.model import fast_precision
 from core.models import ddpm as diffusion
 from core.requests import MAX_SEED, RequestError, one_of, real_number, whole_number
 from core.schedulers import SCHEDULER_LABELS, SCHEDULERS
-from core.services.base import (MAX_IMAGES, CLASS_CHOICES, Choice, Endpoint, ModelChoice, Number, Output, Service, checked_spec,
-                                class_picker, count_input, label_or_none, model_config, seed_input)
+from core.services.base import (CLASS_CHOICES, MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service,
+                                checked_spec, class_picker, count_input, label_or_none, model_config, seed_input)
 from core.services.pictures import grid_image
 
 MAX_WORK = 16_000              # images x steps x network passes (2 with guidance) per request (~30-60 s on 2 cores)
@@ -83,7 +83,8 @@ network pass a step) solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $
                   Choice("label", "class (ddpm-cond only)", -1, CLASS_CHOICES),
                   Number("guidance_scale", "guidance scale w (1: none; a guided model starts at its card's)", 1.0,
                          *diffusion.GUIDANCE_RANGE, step=0.05)),
-                 (Output("x_t, streamed while it runs"), Output("x̂₀: what the network believes the final images will be"),
+                 (Output("x_t, streamed while it runs"),
+                  Output("x̂₀: what the network believes the final images will be"),
                   Output("the first images at 10 moments of the run: x_t above x̂₀"), Output("", "text")),
                  "Denoise", stream=True, cost="work", queue="diffusion", limit=2),
     )
@@ -105,7 +106,7 @@ network pass a step) solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $
         except RequestError:
             return {}
         return {"scheduler": {"choices": scheduler_choices(names), "value": names[0]},
-                "guidance_scale": {"value": guidance}, "steps": {"value": steps}, **class_picker(spec, cls.family)}
+                "guidance_scale": {"value": guidance}, "steps": {"value": steps}, **class_picker(config)}
 
     @classmethod
     def work(cls, model, n, steps, scheduler, eta, seed, label=-1, guidance_scale=1.0) -> int:

@@ -114,7 +114,8 @@ draws two lines and combines them, which solves XOR (from most seeds; others sta
                  (Output("the function (blue) and its derivative (orange)"), Output("", "text")), "Plot"),
         Endpoint("foundations_approximate", "approximate",
                  (Choice("target", "target on [-π, π]", "sin", tuple((t, t) for t in foundations.TARGETS)),
-                  Number("hidden", "hidden units n", 4, 1, MAX_HIDDEN), Choice("activation", "activation", "tanh", ACTIVATIONS, widget="fit_unit")),
+                  Number("hidden", "hidden units n", 4, 1, MAX_HIDDEN),
+                  Choice("activation", "activation", "tanh", ACTIVATIONS, widget="fit_unit")),
                  (Output("one hidden layer of n units (blue) against the target (black)"), Output("", "text")), "Fit"),
     )
     train = staticmethod(training)

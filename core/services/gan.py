@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from core.requests import MAX_SEED, RequestError, shown, whole_number
-from core.services.base import (MAX_IMAGES, MAX_PATH, CLASS_CHOICES, Choice, Endpoint, Flag, ModelChoice, Number, Output, Service,
-                                class_picker, count_input, label_or_none, path_input, seed_input)
+from core.services.base import (CLASS_CHOICES, MAX_IMAGES, MAX_PATH, Choice, Endpoint, Flag, ModelChoice, Number,
+                                Output, Service, class_picker, count_input, label_or_none, model_config, path_input,
+                                seed_input)
 from core.services.pictures import grid_image, side_by_side, single_image
 
 MAX_PER_CLASS = 10             # samples per class in a class grid
@@ -36,7 +37,10 @@ with R3GAN's relativistic loss $f(D(G(z)) - D(x))$ plus R1 and R2 penalties. Int
 
     @classmethod
     def follow(cls, spec) -> dict[str, dict]:
-        return class_picker(spec, cls.family)
+        try:
+            return class_picker(model_config(spec, cls.family))
+        except RequestError:
+            return class_picker({})
 
     def sample(self, n, seed, label=-1) -> Image.Image:
         n, seed = whole_number(n, "n", 1, MAX_IMAGES), whole_number(seed, "seed", 0, MAX_SEED)

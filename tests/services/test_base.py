@@ -74,10 +74,9 @@ def test_card_figures_feed_the_about_sections():
 
 
 def test_the_class_picker_is_live_for_conditional_models_only():
-    assert base.class_picker("cgan", "gan") == {"label": {"interactive": True}}       # keeps the class chosen
-    assert base.class_picker("dcgan", "gan") == {"label": {"interactive": False, "value": -1}}
-    assert base.class_picker("ddpm-cond", "ddpm")["label"]["interactive"]
-    assert base.class_picker("/etc/passwd", "gan") == {"label": {"interactive": False, "value": -1}}
+    assert GANService.follow("cgan") == {"label": {"interactive": True}}       # keeps the class chosen
+    assert GANService.follow("dcgan") == {"label": {"interactive": False, "value": -1}}
+    assert GANService.follow("/etc/passwd") == {"label": {"interactive": False, "value": -1}}
 
 
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.__name__)
@@ -101,5 +100,6 @@ def test_every_endpoint_table_is_complete(service):
 
 def test_a_service_answers_for_its_own_family_only():
     assert issubclass(GANService, Service) and GANService.model_names() == ["mlp-gan", "dcgan", "cgan"]
-    assert VAEService.follow("vae") == {"dim": {"maximum": 31}} and VAEService.follow("vae-2d") == {"dim": {"maximum": 1}}
+    assert VAEService.follow("vae") == {"dim": {"maximum": 31}}
+    assert VAEService.follow("vae-2d") == {"dim": {"maximum": 1}}
     assert VAEService.follow("nobody/nothing@v9") == {}
