@@ -1,4 +1,4 @@
-"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last float32 and bfloat16 tensors.
+"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last bfloat16 tensors.
 
     y = SiLU(γ (x − μ_{n,g}) / √(σ²_{n,g} + ε) + β),   SiLU(z) = z σ(z)        (Wu & He 2018; Elfwing et al. 2018)
 
@@ -12,7 +12,8 @@ $XDG_CACHE_HOME/genlab/kernels, else ~/.cache/genlab/kernels) and called through
 `python -m core.kernels build`, else on first use, once across processes (a lock file) and threads (a lock). A
 compiler without OpenMP (Apple's clang) builds a single-threaded kernel. Any failure (no compiler, a failing one, a
 cache folder it cannot write, a library that will not load) falls back to PyTorch's own ops with one warning, as
-does any other layout, dtype or device; those ops are the reference the tests compare the kernels against.
+does any other layout, dtype or device (float32 too: `DTYPES`); those ops are the reference the tests compare the
+kernel against.
 GENLAB_KERNELS=0 (or off, false, no) turns it off; `enabled` is the same switch in code.
 
 Removed in issue 38, each paying under the 3% end to end that a fast path must (bench/ddpm_throughput.py --parts
@@ -59,6 +60,10 @@ def switched_on(value: str | None) -> bool:
 enabled = switched_on(os.environ.get("GENLAB_KERNELS"))  # the one place the variable is read; False: PyTorch's ops
 use = {"group_norm_silu": True}   # each fast path alone (bench/ddpm_throughput.py's ablations)
 MAX_SAMPLE_ELEMENTS = 2 ** 24  # C x H x W; larger samples take PyTorch's ops (the kernel buffers a sample per thread)
+# The dtypes the kernel runs for: bf16, where PyTorch's channels_last GroupNorm is slow. It computes float32 tensors
+# too (the tests check its maths there, at float32's tolerances), but PyTorch's float32 GroupNorm and SiLU were as
+# fast or faster end to end (issue 38, an AVX2 EPYC: 64-image sampling 2-2.5%, a training step 5%).
+DTYPES = (torch.bfloat16,)
 
 
 def cache_dir() -> Path:
@@ -133,7 +138,7 @@ _build_lock = threading.Lock()
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, built on first use, or None with one warning: PyTorch's ops then run instead. The
+    """The compiled kernel, built on first use, or None with one warning: PyTorch's ops then run instead. The
     lock makes threads that miss this cache together wait for one build (`_first_library` caches its result)."""
     with _build_lock:
         return _first_library()
@@ -165,7 +170,7 @@ def kernel_applies(x: Tensor, groups: int, weight: Tensor | None, shift: Tensor 
     if shift is not None and (shift.shape != x.shape[:2] or shift.dtype != x.dtype or shift.device != x.device):
         return False
     return (enabled and use["group_norm_silu"] and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype in (torch.float32, torch.bfloat16)
+            and x.dtype in DTYPES
             and 0 < x.numel() <= MAX_SAMPLE_ELEMENTS * x.shape[0] and x.shape[1] % groups == 0
             and x.is_contiguous(memory_format=torch.channels_last)
             and weight is not None and weight.dtype == torch.float32 and weight.device.type == "cpu"
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         print(f"genlab's C kernels cannot be built: {error}", file=sys.stderr)
         return 1
-    note = "" if enabled else " (GENLAB_KERNELS is off: they will not be used)"
+    note = "" if enabled else " (GENLAB_KERNELS is off: not used)"
     print(f"{path}{note}")
     return 0
 

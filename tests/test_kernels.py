@@ -18,6 +18,20 @@ from core.models.unet import UNet
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def float32_too(monkeypatch):
+    """The kernel's maths checked in float32 as well, at float32's tolerances: the U-Net calls it for bf16 only
+    (kernels.DTYPES), but it computes in float32 inside either way."""
+    monkeypatch.setattr(kernels, "DTYPES", (torch.float32, torch.bfloat16))
+
+
+def test_float32_takes_pytorchs_ops_unless_asked(monkeypatch):
+    monkeypatch.undo()
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert kernels.DTYPES == (torch.bfloat16,) and kernels.kernel_applies(x.bfloat16(), 4, torch.ones(8))
+    assert not kernels.kernel_applies(x, 4, torch.ones(8))
+
+
 def reference(x, groups, weight, bias, silu):
     """The same maths in float64 with PyTorch's ops, and its gradients."""
     y = F.group_norm(x.double(), groups, weight.double(), bias.double(), 1e-5)
@@ -306,12 +320,12 @@ def test_the_switch_reads_the_usual_words(value, on):
 
 def test_genlab_kernels_off_gives_pytorchs_ops_and_builds_nothing(tmp_path):
     compiler, calls = counting_compiler(tmp_path)
-    code = ("import torch; from core import kernels; x = torch.randn(2, 8, 4, 4).contiguous(memory_format="
+    code = ("import torch; from core import kernels; x = torch.randn(2, 8, 4, 4).bfloat16().contiguous(memory_format="
             "torch.channels_last).requires_grad_(); y = kernels.group_norm_silu(x, 4, torch.ones(8), torch.zeros(8)); "
             "print(kernels.enabled, y.grad_fn.name())")
     process = python(code, GENLAB_KERNELS="off", CC=compiler, GENLAB_KERNEL_CACHE=str(tmp_path / "cache"))
     out, err = process.communicate(timeout=120)
-    assert out.split() == ["False", "SiluBackward0"], err
+    assert out.split() == ["False", "ToCopyBackward0"], err             # the cast back to bf16 after F.silu
     assert calls() == [] and not (tmp_path / "cache").exists()
 
 
