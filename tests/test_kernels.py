@@ -20,15 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def float32_too(monkeypatch):
-    """The kernel's maths checked in float32 as well, at float32's tolerances: the U-Net calls it for bf16 only
-    (kernels.DTYPES), but it computes in float32 inside either way."""
+    """The kernel's maths checked in float32 as well, at float32's tolerances, and in bf16 on any CPU: the U-Net
+    calls it for bf16 only (kernels.DTYPES), on CPUs where bf16 is native, but it computes the same everywhere."""
     monkeypatch.setattr(kernels, "DTYPES", (torch.float32, torch.bfloat16))
+    monkeypatch.setattr(kernels, "native_bf16", lambda: True)
 
 
-def test_float32_takes_pytorchs_ops_unless_asked(monkeypatch):
+@pytest.mark.parametrize("native", (True, False))
+def test_float32_and_emulated_bf16_take_pytorchs_ops(monkeypatch, native):
     monkeypatch.undo()
+    monkeypatch.setattr(kernels, "native_bf16", lambda: native)
     x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
-    assert kernels.DTYPES == (torch.bfloat16,) and kernels.kernel_applies(x.bfloat16(), 4, torch.ones(8))
+    assert kernels.DTYPES == (torch.bfloat16,) and kernels.kernel_applies(x.bfloat16(), 4, torch.ones(8)) == native
     assert not kernels.kernel_applies(x, 4, torch.ones(8))
 
 
@@ -320,7 +323,8 @@ def test_the_switch_reads_the_usual_words(value, on):
 
 def test_genlab_kernels_off_gives_pytorchs_ops_and_builds_nothing(tmp_path):
     compiler, calls = counting_compiler(tmp_path)
-    code = ("import torch; from core import kernels; x = torch.randn(2, 8, 4, 4).bfloat16().contiguous(memory_format="
+    code = ("import torch; from core import kernels; kernels.native_bf16 = lambda: True; "    # as on an AVX-512 CPU
+            "x = torch.randn(2, 8, 4, 4).bfloat16().contiguous(memory_format="
             "torch.channels_last).requires_grad_(); y = kernels.group_norm_silu(x, 4, torch.ones(8), torch.zeros(8)); "
             "print(kernels.enabled, y.grad_fn.name())")
     process = python(code, GENLAB_KERNELS="off", CC=compiler, GENLAB_KERNEL_CACHE=str(tmp_path / "cache"))
