@@ -1,4 +1,5 @@
-"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last bfloat16 tensors.
+"""CPU speed for the U-Net: GroupNorm followed by SiLU as one kernel, for channels_last bfloat16 tensors on a CPU
+where bf16 is native (AVX-512 or newer: `native_bf16`).
 
     y = SiLU(γ (x − μ_{n,g}) / √(σ²_{n,g} + ε) + β),   SiLU(z) = z σ(z)        (Wu & He 2018; Elfwing et al. 2018)
 
