@@ -18,8 +18,21 @@ PRECISIONS = ("no", "bf16")        # the forward-pass precision of a model: floa
 
 
 def option(default, help: str, **kwargs):
-    """A dataclass field with its CLI help text."""
+    """A dataclass field with its CLI help text (and `choices`, or bounds `low`/`high`, checked at parse time)."""
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+def bounded(kind: type, low=None, high=None):
+    """An argparse type: `kind` of the text, within [low, high] (NaN is outside every range)."""
+    def parse(text: str):
+        value = kind(text)
+        if (low is not None and not value >= low) or (high is not None and not value <= high):
+            where = f"from {low} to {high}" if low is not None and high is not None else (
+                f"at least {low}" if low is not None else f"at most {high}")
+            raise argparse.ArgumentTypeError(f"must be {where}, got {text}")
+        return value
+    parse.__name__ = kind.__name__                # (argparse names the type in its own messages)
+    return parse
 
 
 @dataclass(frozen=True)
@@ -30,30 +43,48 @@ class TrainConfig:
                           "(the same, A and B files paired by name, for Pix2Pix)",
                           choices=DATASETS)
     data_dir: str | None = option(None, "folder with the IDX files (default: search, see core.data) or the folder pair")
-    folder_image_size: int = option(28, "folder datasets: images are centred and resized to this side")
+    folder_image_size: int = option(28, "folder datasets: images are centred and resized to this side", low=8)
     folder_channels: int = option(1, "folder datasets: 1 (grey) or 3 (RGB)", choices=(1, 3))
     classes: str | None = option(None, "train on these classes only, comma separated names or indices")
-    pad_to: int | None = option(None, "pad images to this size (e.g. 32 for U-Nets)")
-    epochs: int = option(10, "passes over the training set (ignored when --max-steps is set)")
-    max_steps: int = option(0, "stop after this many optimizer steps (0: use --epochs)")
-    batch_size: int = option(128, "global batch size, split evenly across processes")
-    lr: float = option(1e-3, "peak learning rate")
+    pad_to: int | None = option(None, "pad images to this size (e.g. 32 for U-Nets)", low=1)
+    epochs: int = option(10, "passes over the training set (ignored when --max-steps is set)", low=1)
+    max_steps: int = option(0, "stop after this many optimizer steps (0: use --epochs)", low=0)
+    batch_size: int = option(128, "global batch size, split evenly across processes", low=1)
+    lr: float = option(1e-3, "peak learning rate", low=0.0)
     lr_schedule: str = option("constant", "constant, cosine (decay to 0 over the run), or linear (constant for the first "
                               "half, then linearly to 0: CycleGAN's)", choices=("constant", "cosine", "linear"))
-    warmup_steps: int = option(0, "linear warm-up steps")
-    weight_decay: float = option(0.0, "decoupled weight decay (AdamW)")
-    seed: int = option(0, "seed for weights, data order and noise")
-    log_every: int = option(50, "write a metrics.jsonl line every N steps")
-    eval_every: int = option(0, "evaluate and save an image grid every N steps (0: at the end only)")
-    eval_size: int = option(10_000, "test images used by each evaluation")
-    checkpoint_every: int = option(1000, "save a resumable checkpoint every N steps (0: at the end only)")
-    keep_checkpoints: int = option(2, "resumable checkpoints kept in the run directory")
+    warmup_steps: int = option(0, "linear warm-up steps", low=0)
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW)", low=0.0)
+    seed: int = option(0, "seed for weights, data order and noise", low=0)
+    log_every: int = option(50, "write a metrics.jsonl line every N steps", low=1)
+    eval_every: int = option(0, "evaluate and save an image grid every N steps (0: at the end only)", low=0)
+    eval_size: int = option(10_000, "test images used by each evaluation", low=1)
+    checkpoint_every: int = option(1000, "save a resumable checkpoint every N steps (0: at the end only)", low=0)
+    keep_checkpoints: int = option(2, "resumable checkpoints kept in the run directory", low=1)
     runs_dir: str = option("runs", "parent folder of run directories")
     run_name: str = option("", "run directory name (default: <family>-<time>)")
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     mixed_precision: str = option("no", "bf16: autocast forward passes to bfloat16 (2x faster on CPUs with AMX/AVX512-BF16 "
                                   "and on GPUs); losses and optimizer stay float32", choices=PRECISIONS)
-    threads: int = option(0, "torch intra-op threads per process (0: torch's default)")
+    threads: int = option(0, "torch intra-op threads per process (0: torch's default)", low=0)
+
+    def __post_init__(self):
+        check_bounds(self)
+
+
+def check_bounds(config) -> None:
+    """Every field's `choices` and `low`/`high` from its metadata (the CLI checks the same at parse time), for a
+    config built in Python."""
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if value is None or isinstance(value, bool):
+            continue
+        if "choices" in meta and value not in meta["choices"]:
+            raise ValueError(f"{f.name} must be one of {meta['choices']}, got {value!r}")
+        try:
+            bounded(type(value), meta.get("low"), meta.get("high"))(value)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{f.name} {exc}") from None
 
 
 def to_json(config) -> dict:
@@ -86,7 +117,8 @@ def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
                                help=f"{meta.get('help', '')} (default: {f.default})")
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        group.add_argument(flag, type=base, default=None, choices=meta.get("choices"), metavar=base.__name__.upper(),
+        checked = bounded(base, meta.get("low"), meta.get("high")) if base in (int, float) else base
+        group.add_argument(flag, type=checked, default=None, choices=meta.get("choices"), metavar=base.__name__.upper(),
                            help=f"{meta.get('help', '')} (default: {f.default})")
 
 

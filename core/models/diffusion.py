@@ -289,14 +289,16 @@ class DiffusionModel(TrainableModel):
         return labels
 
     @torch.no_grad()
-    def denoise(self, n: int = 16, steps: int = 20, scheduler=None, seed: int = 0, guidance_scale: float | None = None,
+    def denoise(self, n: int = 16, steps: int | None = None, scheduler=None, seed: int = 0, guidance_scale: float | None = None,
                 label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None
                 ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """`denoising_loop` on this model: yield (step index, x_{t−1}, x̂_0) after every reverse step, x̂_0 being
         what the network believes the final image to be at that step (before any clipping or thresholding).
         `scheduler` is a name (None: the model's default) or any object with the diffusers scheduler API (ours or
-        diffusers' own). x_T comes from `seed` unless `noise` is given. guidance_scale None: the model's own."""
+        diffusers' own). x_T comes from `seed` unless `noise` is given. steps and guidance_scale None: the model's
+        own (its card's eval_steps, and its eval_guidance if it is guided)."""
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        steps = self.config.eval_steps if steps is None else steps
         if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
         if not math.isfinite(guidance_scale) or not GUIDANCE_RANGE[0] <= guidance_scale <= GUIDANCE_RANGE[1]:
@@ -316,10 +318,10 @@ class DiffusionModel(TrainableModel):
         yield from denoising_loop(network, scheduler, start.to(device), steps, self.predicted_x0,
                                   torch.Generator().manual_seed(seed), eta)
 
-    def sample(self, n: int = 16, steps: int = 20, scheduler=None, seed: int = 0, guidance_scale: float | None = None,
+    def sample(self, n: int = 16, steps: int | None = None, scheduler=None, seed: int = 0, guidance_scale: float | None = None,
                label: int | Tensor | None = None, eta: float = 0.0, return_intermediates: bool = False,
                batch_size: int = 256) -> Tensor | tuple[Tensor, Tensor]:
-        """n images in [-1, 1]. With return_intermediates, also x_t after every step, (steps, n, C, H, W), for an
+        """n images in [-1, 1], by default with the model's own sampler, steps and guidance. With return_intermediates, also x_t after every step, (steps, n, C, H, W), for an
         animation of the denoising. Large n runs in chunks of batch_size with one seed per chunk."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")

@@ -265,3 +265,12 @@ def test_eta_reaches_the_schedulers_that_take_it_ours_and_diffusers():
     assert not torch.allclose(ours, model.sample(2, steps=5, scheduler=schedulers.DDIMScheduler(), seed=0))
     assert torch.equal(model.sample(2, steps=5, scheduler="ddpm", seed=0, eta=1.0),
                        model.sample(2, steps=5, scheduler="ddpm", seed=0))
+
+
+def test_sampling_defaults_follow_the_models_own_settings():
+    """sample() and denoise() without steps take the model's eval_steps (the card's), as the app and the evaluation
+    do; a Python user once got 20 steps from a model whose card was measured at 40."""
+    model = DDPM(DDPMConfig(**TINY, eval_steps=3)).eval()
+    assert len(list(model.denoise(2))) == 3
+    torch.testing.assert_close(model.sample(2, seed=5), model.sample(2, 3, seed=5), rtol=0, atol=0)
+    assert len(list(model.denoise(2, steps=4))) == 4
