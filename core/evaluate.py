@@ -18,7 +18,7 @@ from core import metrics
 from core.attacks import ATTACKS, robustness_curve
 from core.config import PRECISIONS, save_json
 from core.data import DATASETS, load_dataset
-from core.hub import CheckpointError, load_model, metric_yardstick, write_model_card
+from core.hub import CheckpointError, load_model, metric_yardstick, resolve, write_model_card
 from core.images import save_grid
 
 EPSILONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
@@ -68,7 +68,8 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[float], 
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="checkpoint folder or Hub repo id")
-    parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="the test set (default: the one the checkpoint was trained on, from its training.json)")
     parser.add_argument("--data-dir", help="folder with the IDX files")
     parser.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
     parser.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS),
@@ -101,8 +102,22 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[float], 
     return args, epsilons, attacks
 
 
+def trained_on(checkpoint: str) -> str | None:
+    """The dataset a checkpoint was trained on (its training.json), or None where it does not say."""
+    try:
+        dataset = json.loads((resolve(checkpoint) / "training.json").read_text()).get("dataset")
+    except (CheckpointError, OSError, ValueError, AttributeError):
+        return None
+    return dataset if dataset in DATASETS else None
+
+
 def main(argv: list[str] | None = None) -> dict:
     args, epsilons, attacks = arguments(argv)
+    trained = trained_on(args.checkpoint)
+    if args.dataset and trained and args.dataset != trained:
+        sys.exit(f"error: {args.checkpoint} was trained on {trained}, so --dataset {args.dataset} would measure it "
+                 f"on images it does not model: leave --dataset out (or pass {trained})")
+    args.dataset = args.dataset or trained or "fashion-mnist"
     try:
         model = load_model(args.checkpoint)
     except (CheckpointError, OSError) as exc:
