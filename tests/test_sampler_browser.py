@@ -1,7 +1,7 @@
 """apps/sampler.py in headless Chromium (Debian's /usr/bin/chromium through playwright; never `playwright install`):
-every tab renders and answers a click with an image, strokes drawn on the Pix2Pix sketch pad are translated, a bad
-request shows its toast, and nothing is fetched from outside 127.0.0.1. Screenshots of every tab go to
-tests/artifacts/ (git-ignored)."""
+every tab renders and answers a click with an image, a class picked after switching to a conditional model
+samples, strokes drawn on the Pix2Pix sketch pad are translated, a bad request shows its toast, and nothing is
+fetched from outside 127.0.0.1. Screenshots of every tab go to tests/artifacts/ (git-ignored)."""
 from playwright.sync_api import sync_playwright
 
 from test_monitor_browser import ARTIFACTS, LOCAL, local_page, require_chromium
@@ -28,6 +28,19 @@ def output_image(page, label: str):
         "xpath=ancestor::div[contains(@class, 'block')][1]").locator("img").first
 
 
+def picture_source(page, label: str) -> str | None:
+    image = output_image(page, label)
+    return image.get_attribute("src") if image.count() else None
+
+
+def wait_for_picture(page, label: str, before: str | None = None) -> None:
+    """Until the image output `label` shows a loaded picture other than `before` (its earlier src)."""
+    image = output_image(page, label)
+    image.wait_for(timeout=60_000)
+    page.wait_for_function("([img, before]) => img.src !== before && img.complete && img.naturalWidth > 0",
+                           arg=[image.element_handle(), before], timeout=60_000)
+
+
 def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
     require_chromium()
     ARTIFACTS.mkdir(exist_ok=True)
@@ -38,11 +51,26 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         for tab, button, label in TABS:
             page.get_by_role("tab", name=tab, exact=True).click()
             page.get_by_role("button", name=button, exact=True).click()
-            image = output_image(page, label)
-            image.wait_for(timeout=60_000)
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
-                                   timeout=60_000)
+            wait_for_picture(page, label)
             page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}.png"), full_page=True)   # the last click's
+        # switching to a conditional model keeps the class picker working: pick a class, sample, no error (the
+        # picker once sent Gradio's skip marker as its value after the switch)
+        for tab, model, button, label, picker in (
+                ("GAN", "cgan", "Sample", "samples", "class (conditional GAN only)"),
+                ("Diffusion", "ddpm-cond", "Denoise", "x_t, streamed while it runs", "class (ddpm-cond only)")):
+            page.get_by_role("tab", name=tab, exact=True).click()
+            page.get_by_label("model", exact=True).locator("visible=true").first.click()
+            page.get_by_role("option", name=model, exact=True).click()
+            classes = page.get_by_label(picker, exact=True).locator("visible=true").first
+            page.wait_for_function("input => !input.disabled", arg=classes.element_handle(), timeout=30_000)
+            classes.click()
+            page.get_by_role("option", name="sneaker", exact=True).click()
+            before = picture_source(page, label)
+            page.get_by_role("button", name=button, exact=True).click()
+            wait_for_picture(page, label, before)
+            page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}-conditional.png"), full_page=True)
+            assert page.locator('[data-testid="toast-text"]').count() == 0, page.locator(
+                '[data-testid="toast-text"]').first.inner_text()
         # strokes on the Pix2Pix sketch pad select "my drawing"; Translate answers with the edge map of the drawing
         page.get_by_role("tab", name="Pix2Pix", exact=True).click()
         page.get_by_role("button", name="Brush", exact=True).click()
@@ -55,11 +83,9 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         page.mouse.up()
         drawing = page.get_by_label("my drawing")
         page.wait_for_function("radio => radio.checked", arg=drawing.element_handle(), timeout=30_000)
-        seen = output_image(page, "the edge map the model saw")
-        before = seen.get_attribute("src")
+        before = picture_source(page, "the edge map the model saw")
         page.get_by_role("button", name="Translate", exact=True).click()
-        page.wait_for_function("([img, before]) => img.src !== before && img.complete && img.naturalWidth > 0",
-                               arg=[seen.element_handle(), before], timeout=60_000)
+        wait_for_picture(page, "the edge map the model saw", before)
         page.screenshot(path=str(ARTIFACTS / "sampler-pix2pix-drawing.png"), full_page=True)
         # an unknown model typed into the GAN tab's model box answers with a toast that says why
         page.get_by_role("tab", name="GAN", exact=True).click()
@@ -79,33 +105,3 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         browser.close()
     assert hosts <= LOCAL, hosts
 
-
-def test_switching_to_a_conditional_model_keeps_the_class_picker_working(sampler_url):
-    """On every tab with a class picker: choose the conditional model, then a class, then sample: an image and no
-    error (the picker once sent Gradio's skip marker as its value after the switch)."""
-    require_chromium()
-    ARTIFACTS.mkdir(exist_ok=True)
-    hosts = set()
-    with sync_playwright() as p:
-        browser, page = local_page(p, hosts, height=1800)
-        page.goto(sampler_url)
-        for tab, model, button, label, picker in (
-                ("GAN", "cgan", "Sample", "samples", "class (conditional GAN only)"),
-                ("Diffusion", "ddpm-cond", "Denoise", "x_t, streamed while it runs", "class (ddpm-cond only)")):
-            page.get_by_role("tab", name=tab, exact=True).click()
-            page.get_by_label("model", exact=True).locator("visible=true").first.click()
-            page.get_by_role("option", name=model, exact=True).click()
-            classes = page.get_by_label(picker, exact=True).locator("visible=true").first
-            page.wait_for_function("input => !input.disabled", arg=classes.element_handle(), timeout=30_000)
-            classes.click()
-            page.get_by_role("option", name="sneaker", exact=True).click()
-            page.get_by_role("button", name=button, exact=True).click()
-            image = output_image(page, label)
-            image.wait_for(timeout=60_000)
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
-                                   timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}-conditional.png"), full_page=True)
-            assert page.locator('[data-testid="toast-text"]').count() == 0, page.locator(
-                '[data-testid="toast-text"]').first.inner_text()
-        browser.close()
-    assert hosts <= LOCAL, hosts
