@@ -39,14 +39,17 @@ def test_sample_explains_that_a_classifier_cannot_sample(tmp_path):
     assert result.returncode == 2 and "--n must be between 1 and" in result.stderr
 
 
-def test_evaluate_measures_a_checkpoint_on_the_data_it_was_trained_on(tmp_path):
+def test_evaluate_measures_a_checkpoint_on_the_data_it_was_trained_on(tmp_path, capsys):
     """Without --dataset, the checkpoint's own (its training.json); a different one is refused with the reason (a
-    digits GAN once died on Fashion-MNIST in a matrix product, a digits classifier scored 16.5% there)."""
-    trained = run("core.train", "classifier", "--dataset", "digits", "--max-steps", "30", "--batch-size", "64",
-                  "--eval-size", "100", "--runs-dir", str(tmp_path), "--run-name", "digits", "--cpu")
-    assert trained.returncode == 0, trained.stderr
+    digits GAN once died on Fashion-MNIST in a matrix product, a digits classifier scored 16.5% there). In-process:
+    the same main() functions the commands run."""
+    from core import evaluate, train
+    train.main(["classifier", "--dataset", "digits", "--max-steps", "30", "--batch-size", "64", "--eval-size", "100",
+                "--runs-dir", str(tmp_path), "--run-name", "digits", "--cpu"])
     folder = tmp_path / "digits" / "model"                  # the exported Hub folder, with its training.json
-    result = run("core.evaluate", str(folder), "--limit", "200", "--epsilons", "0")
-    assert result.returncode == 0 and ", digits\n" in result.stdout, result.stderr
-    refused = run("core.evaluate", str(folder), "--dataset", "fashion-mnist")
-    assert refused.returncode == 1 and "was trained on digits" in refused.stderr and "Traceback" not in refused.stderr
+    capsys.readouterr()
+    evaluate.main([str(folder), "--limit", "200", "--epsilons", "0"])
+    assert ", digits\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        evaluate.main([str(folder), "--dataset", "fashion-mnist"])
+    assert "was trained on digits" in str(refused.value.code)
