@@ -1,8 +1,6 @@
 """core.requests: the checks every app request goes through, and image intake."""
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -135,9 +135,6 @@ test images with real test images of the target domain on that classifier's feat
         self.discriminator_b = patch_discriminator(c.channels, c.width)
         self.pool_a, self.pool_b = ImagePool(c.pool_size), ImagePool(c.pool_size)
 
-    def domain_names(self) -> tuple[str, str]:
-        return domain_name(self.config.domain_a), domain_name(self.config.domain_b)
-
     # ---------------------------------------------------------------------------------------------- training
     def configure_optimizers(self, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, 0.999)
