@@ -92,6 +92,10 @@ class TrainableModel(HubModel):
                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]} (a family that drops "
                              "weights from its shipped folder cannot be fine-tuned from it)")
 
+    def training_subset(self, data: "ImageData") -> "ImageData":
+        """The part of a dataset this model learns from: all of it (CycleGAN: the rows of its two domains)."""
+        return data
+
     def check_data(self, data: "ImageData") -> None:
         """Refuse, before any step, data the model was not built for (here: another image shape); the message
         names the options that fix it. (The CLI builds models from the data's shape unless told otherwise.)"""

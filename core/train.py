@@ -114,7 +114,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed + accelerator.process_index)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    data, eval_data = training_data(cfg, data, eval_data)
+    data, eval_data = training_data(cfg, data, eval_data, model.training_subset)
     model.check_data(data)
     per_process, steps_per_epoch, total = schedule(cfg, len(data), world)
     run_dir = Path(resume) if resume else Path(cfg.runs_dir) / (cfg.run_name or f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -211,13 +211,14 @@ def schedule(cfg: TrainConfig, images: int, world: int) -> tuple[int, int, int]:
     return per_process, steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch
 
 
-def training_data(cfg: TrainConfig, data: ImageData | None, eval_data: ImageData | None) -> tuple[ImageData, ImageData]:
-    """The training set and the first eval_size test images, unless given."""
+def training_data(cfg: TrainConfig, data: ImageData | None, eval_data: ImageData | None,
+                  subset=lambda data: data) -> tuple[ImageData, ImageData]:
+    """The training set and the first eval_size test images (of the model's `subset`), unless given."""
     classes = [int(c) if c.isdigit() else c for c in cfg.classes.split(",")] if cfg.classes else None
     folder = {"size": cfg.folder_image_size, "channels": cfg.folder_channels}
     data = data or load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.pad_to, classes, **folder)
-    eval_data = eval_data or load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.pad_to, classes, **folder)
-    return data, eval_data.select(torch.arange(min(cfg.eval_size, len(eval_data))))
+    eval_data = subset(eval_data or load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.pad_to, classes, **folder))
+    return subset(data), eval_data.select(torch.arange(min(cfg.eval_size, len(eval_data))))
 
 
 def write_log(log, bar, record: dict) -> None:
@@ -309,13 +310,13 @@ def main(argv: list[str] | None = None) -> Path:
         start = cls.from_pretrained(args.init_from)
         model_base = start.fine_tuning_config()
     cfg = pick_options(args, TrainConfig, train_base)
-    data, eval_data = training_data(cfg, None, None)
+    data, _ = training_data(cfg, None, None)            # the shape for the model; train() selects the test images
     model_cfg = pick_options(args, cls.config_class, model_base or shaped_like(cls.config_class, data.image_shape))
     torch.manual_seed(cfg.seed)
     model = cls(model_cfg)
     if start is not None:
         model.init_from(start)
-    return train(model, cfg, args.family, resume=args.resume, data=data, eval_data=eval_data,
+    return train(model, cfg, args.family, resume=args.resume, data=data,
                  command="python -m core.train " + " ".join(argv))
 
 

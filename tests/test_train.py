@@ -207,8 +207,7 @@ SMALL = {"classifier": ["--width", "4", "--hidden", "8"],
          "gan-dcgan": ["--architecture", "dcgan", "--feature-maps", "4", "--latent-dim", "8"],
          "vae": ["--width", "4", "--hidden", "16", "--latent-dim", "2"],
          "ddpm": ["--widths", "8,16", "--eval-steps", "2"],
-         "cyclegan": ["--width", "4", "--residual-blocks", "1", "--domain-a", "0", "--domain-b", "1",
-                      "--classes", "0,1"],
+         "cyclegan": ["--width", "4", "--residual-blocks", "1"],   # its default domains 7 and 9 (a folder: 0, 1)
          "pix2pix": ["--width", "4"],
          "simclr": ["--width", "4", "--projection-dim", "8"],
          "stylegan": ["--width", "2", "--latent-dim", "8", "--mapping-layers", "2"]}
@@ -251,12 +250,29 @@ def test_every_family_trains_on_every_dataset(family, dataset, datasets, tmp_pat
         with pytest.raises(ValueError, match="--pad-to 16"):
             main(args)
         args += ["--pad-to", "16", "--run-name", "padded"]
+    if family == "cyclegan" and dataset == "folder":
+        with pytest.raises(ValueError, match="--domain-a 0 --domain-b 1"):
+            main(args)
+        args += ["--domain-a", "0", "--domain-b", "1", "--run-name", "pair"]
     run_dir = main(args)
     status = json.loads((run_dir / "status.json").read_text())
     channels = 3 if dataset == "folder" else 1
     model = json.loads((run_dir / "config.json").read_text())["model"]
     assert status["status"] == "finished" and status["step"] == 2 and model["channels"] == channels
     assert load_model(run_dir / "model") is not None
+
+
+def test_cyclegan_trains_with_its_defaults_on_its_two_classes(tmp_path):
+    """`python -m core.train cyclegan` needs no --classes: it takes the rows of its two domains (sneakers and ankle
+    boots) from the training and the test set, and refuses a --classes that leaves one of them out."""
+    args = ["cyclegan", "--width", "4", "--residual-blocks", "1", "--max-steps", "1", "--batch-size", "8",
+            "--eval-size", "40", "--runs-dir", str(tmp_path), "--cpu"]
+    run = main(args + ["--run-name", "defaults"])
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    evaluated = json.loads((run / "model" / "eval.json").read_text())
+    assert evaluated["a2b_domain_accuracy"] >= 0
+    with pytest.raises(ValueError, match=r"holds labels \[1, 2\]"):
+        main(args + ["--classes", "1,2", "--run-name", "wrong"])
 
 
 def test_a_model_built_for_other_images_is_refused_before_training(tmp_path):

@@ -152,16 +152,23 @@ test images with real test images of the target domain on that classifier's feat
                              f"{self.config.domain_b}")
         return batch.images[a], batch.images[b]
 
+    def training_subset(self, data: ImageData) -> ImageData:
+        """A labelled dataset's rows of the two domains (Fashion-MNIST: sneakers and ankle boots by default)."""
+        domains = {self.config.domain_a, self.config.domain_b}
+        has_both = domains <= set(data.labels.unique().tolist())
+        return data.subset(sorted(domains)) if has_both else data          # else check_data says why
+
     def check_data(self, data: ImageData) -> None:
         super().check_data(data)
         _, height, width = data.image_shape
         if min(height, width) < 16 or height % 4 or width % 4:
             raise ValueError(f"CycleGAN needs images of at least 16x16 with sides divisible by 4 (the PatchGAN and "
                              f"the two stride-2 stages), got {height}x{width}: pass --pad-to 16 (or larger)")
-        domains = {self.config.domain_a, self.config.domain_b}
-        if not set(data.labels.unique().tolist()) <= domains:
-            raise ValueError(f"the data holds classes other than the two domains {sorted(domains)}: pass --classes "
-                             f"{self.config.domain_a},{self.config.domain_b} (or --domain-a / --domain-b)")
+        domains, present = {self.config.domain_a, self.config.domain_b}, set(data.labels.unique().tolist())
+        if present != domains:
+            raise ValueError(f"CycleGAN learns between the two domains {sorted(domains)} (--domain-a, --domain-b: "
+                             f"labels of {list(data.classes)}) but the data holds labels {sorted(present)}: pick two "
+                             "of its labels (a folder pair: --domain-a 0 --domain-b 1)")
 
     def generator_losses(self, real_a: Tensor, real_b: Tensor) -> dict[str, Tensor]:
         """Eq. 3 for the generators: adversarial (least squares), cycle and identity terms."""
