@@ -11,6 +11,7 @@ from core.families import FAMILIES, class_named, family_of
 from core.models.classifier import ClassifierConfig
 from core.models.cyclegan import CycleGANConfig
 from core.models.ddpm import DDPMConfig
+from core.models.flow import FlowConfig
 from core.models.gan import ARCHITECTURES, GANConfig
 from core.models.pix2pix import Pix2PixConfig
 from core.models.simclr import SimCLRConfig
@@ -28,7 +29,10 @@ TINY = {"classifier": [ClassifierConfig(width=4, hidden=8)],
         "cyclegan": [CycleGANConfig(width=4, residual_blocks=1, domain_a=0, domain_b=1)],
         "pix2pix": [Pix2PixConfig(image_size=8, width=4)],
         "simclr": [SimCLRConfig(image_size=8, width=4, projection_dim=8)],
-        "stylegan": [StyleGANConfig(image_size=8, width=2, latent_dim=8, mapping_layers=2)]}
+        "stylegan": [StyleGANConfig(image_size=8, width=2, latent_dim=8, mapping_layers=2)],
+        "flow": [FlowConfig(image_size=8, steps=1, hidden=4),
+                 FlowConfig(image_size=8, steps=1, hidden=4, kind="realnvp", dequantization="variational",
+                            dequant_hidden=4, num_classes=10)]}
 CASES = [(family, config) for family, configs in TINY.items() for config in configs]
 
 
