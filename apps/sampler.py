@@ -4,9 +4,8 @@ app_file: apps/sampler.py).
 Widgets and wiring only: each tab is built from a service's endpoint table (core/services/), and every model call
 and every input check is in core.services. Models are the shipped checkpoints named in checkpoints/index.json (or
 the manifest GENLAB_MANIFEST names); a model box also takes a Hub repo id such as `owner/name@revision`. Each event
-has a stable api_name (see the README's API section). Events take their inputs unprocessed (preprocess=False) so
-that core.services sees exactly what a browser or an API client sent and answers every bad value, upload included,
-with its own message.
+has a stable api_name (docs/sampler.md). Events take their inputs unprocessed (preprocess=False) so that
+core.services sees exactly what a browser or an API client sent and answers every bad value with its own message.
 """
 import atexit
 import inspect
@@ -28,6 +27,8 @@ from core.services.base import Choice, Endpoint, Flag, ModelChoice, Number, Sket
 ROW = 4                        # controls per row
 WORKERS = 2                    # share of the cores one model call gets (quick calls and diffusion runs go side by side)
 EXAMPLES = ROOT / "apps" / "examples"
+CSS = (".pixels .image-frame img {height: 112px; width: auto; margin-top: 28px; object-fit: contain; "
+       "image-rendering: pixelated}")                        # 28 px uploads at 4x, below the label
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 FIGURES_NOTE = ("Figures from the model cards (for generators: 10k samples vs the test set, on the features of genlab's "
                 "classifier at every depth; the off-manifold share is the fraction of samples less realistic than 99% "
@@ -65,12 +66,12 @@ class Handlers:
         self.service, self.endpoint, self.files, self.admission = service, endpoint, files, admission
         self.keys = [i.key for i in endpoint.inputs]
 
-    def signed(self, function, *extra: inspect.Parameter):
+    def signed(self, function, *extra: inspect.Parameter, name: str = ""):
         plain = [inspect.Parameter(key, POSITIONAL) for key in self.keys]
         function.__signature__ = inspect.Signature(plain + list(extra))
         # Gradio finds gr.Request by the function's type hints, which come from __annotations__, not the signature
         function.__annotations__ = {p.name: p.annotation for p in extra if p.annotation is not p.empty}
-        function.__name__ = self.endpoint.api_name
+        function.__name__ = name or self.endpoint.api_name     # Gradio's api_name, even for a private event
         return function
 
     def call(self, values):
@@ -129,6 +130,19 @@ class Handlers:
             return [gr.validate(not message or key != shown_on, message) for key in self.keys]
         return self.signed(validate, REQUEST)
 
+    def explain(self, noted: bool):
+        """The browser's view of a refused cost: Gradio shows a validator's message only in a small box on one input,
+        so the same check runs beside it and answers with a toast and (`noted`) in the tab's status line. Private; the
+        refusal itself, for every client, is the validator's (which also logs it)."""
+        def explain(*args):
+            try:
+                getattr(self.service, self.endpoint.cost)(*args[:len(self.keys)])
+            except RequestError as exc:
+                gr.Warning(str(exc), duration=None, title="Not run")
+                return f"**Not run:** {exc}" if noted else None
+            return gr.skip() if noted else None
+        return self.signed(explain, name=f"{self.endpoint.api_name}_refusal")
+
 
 # ------------------------------------------------------------------------------------------------------ widgets
 def input_widget(spec, settings: dict):
@@ -154,7 +168,7 @@ def input_widget(spec, settings: dict):
     if isinstance(spec, Upload):
         shown = EXAMPLES / spec.examples / spec.default
         return gr.Image(label=spec.label, type="filepath", sources=["upload", "clipboard"], height=200,
-                        value=str(shown) if shown.is_file() else None)
+                        elem_classes="pixels", value=str(shown) if shown.is_file() else None)
     raise TypeError(f"no widget for {type(spec).__name__}")
 
 
@@ -207,18 +221,28 @@ def new_inputs(endpoint: Endpoint, widgets: dict, settings: dict) -> None:
     for spec in pictures:
         if isinstance(spec, Upload):
             upload_examples(spec, widgets)
-        elif spec.selects:
-            other, value = spec.selects
-            widgets[spec.widget_name].change(lambda: value, None, widgets[other], api_visibility="private")
+        sets = lambda event, value: event(lambda: value, None, widgets[spec.selects[0]], api_visibility="private")
+        if isinstance(spec, Sketch) and spec.selects:
+            sets(widgets[spec.widget_name].change, spec.selects[1])
+        if isinstance(spec, Upload) and spec.upload_selects:
+            sets(widgets[spec.widget_name].upload, spec.upload_selects)
 
 
 def wire(service, endpoint: Endpoint, widgets: dict, button, outputs: list, files, admission) -> None:
     handlers = Handlers(service, endpoint, files, admission)
     triggers = [button.click] + ([widgets[endpoint.release].release] if endpoint.release else [])
-    gr.on(triggers, handlers.streamed() if endpoint.stream else handlers.plain(),
-          [widgets[i.widget_name] for i in endpoint.inputs], outputs, api_name=endpoint.api_name, preprocess=False,
-          concurrency_limit=endpoint.limit, concurrency_id=endpoint.queue,
-          validator=handlers.admit() if endpoint.cost else None)
+    inputs = [widgets[i.widget_name] for i in endpoint.inputs]
+    if endpoint.cost:    # wired first: the browser runs no later listener of a trigger whose validator refused
+        status = [out for out, spec in zip(outputs, endpoint.outputs) if spec.kind == "text"][:1]
+        gr.on(triggers, handlers.explain(bool(status)), inputs, status or None, preprocess=False,
+              api_visibility="private", show_progress="hidden", concurrency_limit=None, concurrency_id="explain")
+    event = gr.on(triggers, handlers.streamed() if endpoint.stream else handlers.plain(),
+                  inputs, outputs, api_name=endpoint.api_name, preprocess=False,
+                  concurrency_limit=endpoint.limit, concurrency_id=endpoint.queue,
+                  validator=handlers.admit() if endpoint.cost else None)
+    cleared = [None] * len(outputs)      # a failed call leaves no earlier answer under its "Error" pill
+    event.failure(lambda: cleared if len(cleared) > 1 else None, None, outputs, api_visibility="private",
+                  show_progress="hidden")
 
 
 def following(service, widgets: dict, keys: list[str]) -> None:
@@ -268,7 +292,7 @@ def main() -> None:
     files = OutputFiles()
     atexit.register(files.close)                              # the answers' files go with the server
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))      # a normal stop runs the atexit clean-up
-    build(files, Admission()).launch(max_file_size="10mb", allowed_paths=[str(files.folder), str(EXAMPLES)])
+    build(files, Admission()).launch(css=CSS, max_file_size="10mb", allowed_paths=[str(files.folder), str(EXAMPLES)])
 
 
 if __name__ == "__main__":

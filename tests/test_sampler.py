@@ -190,7 +190,7 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/cyclegan_translate", ("cyclegan", "huge", "a2b"), "the image is 10000x10000 pixels"),
     ("/pix2pix_translate", ("pix2pix-edges", None, SNEAKER, "photo", 0), "source must be one of drawing, edge map"),
     ("/pix2pix_translate", ("pix2pix-edges", None, SNEAKER, "picture", -1), "seed must be a whole number from 0"),
-    ("/pix2pix_translate", ("pix2pix-edges", None, None, "drawing", 0), "no image"),
+    ("/pix2pix_translate", ("pix2pix-edges", None, None, "drawing", 0), "the drawing is empty: pick the brush"),
     ("/pix2pix_translate", ("pix2pix-edges", None, "huge", "picture", 0), "the image is 10000x10000 pixels"),
     ("/pix2pix_translate", ("pix2pix-edges", None, "text", "edge map", 0), "the file is not a readable image"),
     ("/pix2pix_translate", ("cyclegan", None, SNEAKER, "picture", 0), "is a CycleGAN; this needs a Pix2Pix"),

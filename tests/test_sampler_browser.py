@@ -1,9 +1,10 @@
 """apps/sampler.py in headless Chromium (Debian's /usr/bin/chromium through playwright; never `playwright install`):
 every tab renders and answers a click with an image, a class picked after switching to a conditional model
-samples, strokes drawn on the Pix2Pix sketch pad are translated, a bad request shows its toast, and nothing is
-fetched from outside 127.0.0.1. Screenshots of every tab go to tests/artifacts/ (git-ignored)."""
+samples, Pix2Pix's sketch pad and upload pick their source (an empty drawing is refused with its own message, and a
+failed call clears the last answer), a bad request and a refused costly one show their toasts, and nothing is fetched from outside 127.0.0.1. Screenshots of every tab go to tests/artifacts/ (git-ignored)."""
 from playwright.sync_api import sync_playwright
 
+from conftest import ROOT
 from test_monitor_browser import ARTIFACTS, LOCAL, local_page, require_chromium
 
 TABS = [   # tab, button, the label of the image output it fills
@@ -71,8 +72,21 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
             page.screenshot(path=str(ARTIFACTS / f"sampler-{tab.lower()}-conditional.png"), full_page=True)
             assert page.locator('[data-testid="toast-text"]').count() == 0, page.locator(
                 '[data-testid="toast-text"]').first.inner_text()
-        # strokes on the Pix2Pix sketch pad select "my drawing"; Translate answers with the edge map of the drawing
+        # Pix2Pix: translating an empty drawing says so (not "no image: upload a PNG") and clears the last answer;
+        # uploading a picture selects its edges; strokes on the sketch pad select "my drawing", and Translate
+        # answers with the edge map of the drawing
         page.get_by_role("tab", name="Pix2Pix", exact=True).click()
+        assert picture_source(page, "the edge map the model saw")         # the answer of the click above
+        page.get_by_label("my drawing").check()
+        page.get_by_role("button", name="Translate", exact=True).click()
+        page.locator('[data-testid="toast-text"]').filter(has_text="the drawing is empty: pick the brush").wait_for(
+            timeout=30_000)
+        output_image(page, "the edge map the model saw").wait_for(state="detached", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "sampler-pix2pix-empty.png"), full_page=True)
+        page.locator(".pixels").filter(has_text="or upload a picture").locator("input[type=file]").set_input_files(
+            str(ROOT / "apps/examples/0-t-shirt-top.png"))
+        edges = page.get_by_label("the upload's edges")
+        page.wait_for_function("radio => radio.checked", arg=edges.element_handle(), timeout=30_000)
         page.get_by_role("button", name="Brush", exact=True).click()
         pad = page.locator("canvas").locator("visible=true").first.bounding_box()
         at = lambda fx, fy: (pad["x"] + pad["width"] * fx, pad["y"] + pad["height"] * fy)
@@ -93,10 +107,22 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         box.fill("no-such-model")
         box.press("Enter")
         page.get_by_role("button", name="Sample", exact=True).click()
-        toast = page.locator('[data-testid="toast-text"]').first
+        toast = page.locator('[data-testid="toast-text"]').filter(has_text="model must be one of")
         toast.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "sampler-error.png"))
         assert "model must be one of mlp-gan, dcgan, cgan or a Hub repo id" in toast.inner_text()
+        # a Diffusion request over the cost limit says why in full, in a toast and above the pictures (Gradio's own
+        # validation box on the steps slider cuts the message off)
+        page.get_by_role("tab", name="Diffusion", exact=True).click()
+        for label, value in (("number input for steps", "1000"), ("number input for n", "64")):
+            box = page.get_by_label(label).locator("visible=true").first
+            box.fill(value)
+            box.press("Enter")
+        page.get_by_role("button", name="Denoise", exact=True).click()
+        refusal = "n x steps x passes must be at most 16,000"
+        page.locator('[data-testid="toast-text"]').filter(has_text=refusal).wait_for(timeout=30_000)
+        page.get_by_text(f"Not run: {refusal}").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "sampler-diffusion-refused.png"), full_page=True)
         # the About section's equations are typeset (KaTeX, served by the app itself)
         page.get_by_role("tab", name="FGSM", exact=True).click()
         page.get_by_text("About").locator("visible=true").last.click()         # the FGSM tab's (the others hide)

@@ -13,6 +13,8 @@ SOURCES = (("my drawing", "drawing"), ("the upload, as an edge map", "edge map")
 EDGE_SOURCES = tuple(value for _, value in SOURCES)   # a sketch pad, an uploaded edge map as is, a picture's edges
 PIX2PIX_OUTPUTS = 4            # outputs per request, one per dropout draw (the generator's noise)
 INK = 40                       # a drawing's pixels brighter than this (of 255, lines light on dark) are ink
+EMPTY_DRAWING = ("the drawing is empty: pick the brush (the pen left of the pad), then draw the outline of a garment "
+                 "(dark lines on the white pad)")
 
 
 def sketch_file(value):
@@ -32,7 +34,7 @@ def drawn_edges(image: Image.Image, crop: bool) -> torch.Tensor:
         grey = Image.fromarray(to_uint8(x)[0].numpy())
         box = grey.point(lambda v: 255 if v > INK else 0).getbbox()
         if box is None:
-            raise RequestError("the drawing is empty: draw the outline of a garment (dark lines on the white pad)")
+            raise RequestError(EMPTY_DRAWING, "sketch")
         x = to_float(image_to_tensor(grey.crop(box), 28))
     return torch.where(x > INK / 127.5 - 1, 1.0, -1.0)
 
@@ -53,7 +55,7 @@ class Pix2PixService(Service):
                  (ModelChoice("model", "model", "pix2pix-edges", "pix2pix"),
                   Sketch("sketch", "draw an outline (pick the brush)", selects=("source", "drawing")),
                   Upload("image", "or upload a picture (its edges are computed) or an edge map", "7-sneaker.png",
-                         examples="edges", selects=("source", "edge map")),
+                         examples="edges", selects=("source", "edge map"), upload_selects="picture"),
                   Choice("source", "translate", "edge map", SOURCES, radio=True), seed_input()),
                  (Output("the edge map the model saw", height=130),
                   Output("outputs (one per dropout draw)", height=130), Output("", "text")), "Translate"),
@@ -72,9 +74,12 @@ class Pix2PixService(Service):
             x, inverted = to_model_input(read_image(upload))
             edges = edge_map(x[None])[0]
             note = "The picture had a light background and was inverted first. " if inverted else ""
+        elif source == "drawing":
+            if sketch_file(sketch) is None:             # a pad never drawn on (or cleared) sends no picture
+                raise RequestError(EMPTY_DRAWING, "sketch")
+            edges = drawn_edges(read_image(sketch_file(sketch)), crop=True)
         else:
-            edges = drawn_edges(read_image(sketch_file(sketch) if source == "drawing" else upload),
-                                crop=source == "drawing")
+            edges = drawn_edges(read_image(upload), crop=False)
         outputs = self.model.translate(edges[None].expand(PIX2PIX_OUTPUTS, -1, -1, -1), seed=seed)
         note += (f"{PIX2PIX_OUTPUTS} outputs from seed {seed}: they differ only by the generator's dropout noise, "
                  "which Pix2Pix keeps on at sampling.")

@@ -33,6 +33,10 @@ def test_a_drawing_becomes_a_cropped_edge_map_like_the_training_inputs(tmp_path,
                                             None, "drawing", 3)
     assert seen.size == (28 * SCALE,) * 2 and outputs.size == ((PIX2PIX_OUTPUTS * 30 + 2) * SCALE, 32 * SCALE)
     assert "dropout" in note
+    for untouched in (None, {"composite": None, "layers": []}):    # a pad never drawn on, cleared or never opened
+        with pytest.raises(R.RequestError, match="the drawing is empty: pick the brush") as refused:
+            service.translate(untouched, None, "drawing", 0)
+        assert refused.value.field == "sketch"
     sneaker = str(ROOT / "apps" / "examples" / "7-sneaker.png")
     seen, _, _ = service.translate(None, sneaker, "picture", 0)
     x, _ = R.to_model_input(Image.open(sneaker))
