@@ -22,14 +22,22 @@ def option(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+THREADS_HELP = "torch intra-op threads per process (0: torch's default)"
+
+
+def allowed(low=None, high=None) -> str:
+    """"from 1 to 9", "at least 0", "at most 1" (what --help and the refusal both say)."""
+    if low is not None and high is not None:
+        return f"from {low} to {high}"
+    return f"at least {low}" if low is not None else f"at most {high}"
+
+
 def bounded(kind: type, low=None, high=None):
     """An argparse type: `kind` of the text, within [low, high] (NaN is outside every range)."""
     def parse(text: str):
         value = kind(text)
         if (low is not None and not value >= low) or (high is not None and not value <= high):
-            where = f"from {low} to {high}" if low is not None and high is not None else (
-                f"at least {low}" if low is not None else f"at most {high}")
-            raise argparse.ArgumentTypeError(f"must be {where}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {allowed(low, high)}, got {text}")
         return value
     parse.__name__ = kind.__name__                # (argparse names the type in its own messages)
     return parse
@@ -66,7 +74,7 @@ class TrainConfig:
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     mixed_precision: str = option("no", "bf16: autocast forward passes to bfloat16 (2x faster on CPUs with AMX/AVX512-BF16 "
                                   "and on GPUs); losses and optimizer stay float32", choices=PRECISIONS)
-    threads: int = option(0, "torch intra-op threads per process (0: torch's default)", low=0)
+    threads: int = option(0, THREADS_HELP, low=0)
 
     def __post_init__(self):
         check_bounds(self)
@@ -118,8 +126,11 @@ def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         checked = bounded(base, meta.get("low"), meta.get("high")) if base in (int, float) else base
-        group.add_argument(flag, type=checked, default=None, choices=meta.get("choices"), metavar=base.__name__.upper(),
-                           help=f"{meta.get('help', '')} (default: {f.default})")
+        choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
+        shown = "{" + ",".join(map(str, choices)) + "}" if choices else base.__name__.upper()   # --help lists them
+        bounds = "" if low is None and high is None else f"; {allowed(low, high)}"
+        group.add_argument(flag, type=checked, default=None, choices=choices, metavar=shown,
+                           help=f"{meta.get('help', '')} (default: {f.default}{bounds})")
 
 
 def pick_options(args: argparse.Namespace, cls, base=None):

@@ -16,7 +16,7 @@ import torch
 
 from core import metrics
 from core.attacks import ATTACKS, robustness_curve
-from core.config import PRECISIONS, save_json
+from core.config import PRECISIONS, THREADS_HELP, bounded, save_json
 from core.data import DATASETS, load_dataset
 from core.hub import CheckpointError, load_model, metric_yardstick, resolve, write_model_card
 from core.images import save_grid
@@ -71,20 +71,21 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[float], 
     parser.add_argument("--dataset", choices=DATASETS,
                         help="the test set (default: the one the checkpoint was trained on, from its training.json)")
     parser.add_argument("--data-dir", help="folder with the IDX files")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    parser.add_argument("--limit", type=bounded(int, 0), default=0, help="evaluate on the first N test images (0: all)")
     parser.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS),
                         help="comma-separated attack budgets, fractions of the pixel range")
     parser.add_argument("--attacks", default="fgsm,pgd", help=f"comma-separated, from {ATTACKS}")
-    parser.add_argument("--pgd-steps", type=int, default=10)
+    parser.add_argument("--pgd-steps", type=bounded(int, 1), default=10)
     parser.add_argument("--reference", action="store_true",
                         help="also compute the metrics' reference statistics and the real-vs-real FID floor")
     parser.add_argument("--write", action="store_true", help="save to the checkpoint's eval.json and model card")
-    parser.add_argument("--worst", type=int, default=0, metavar="K",
+    parser.add_argument("--worst", type=bounded(int, 0), default=0, metavar="K",
                         help="generators: write worst.png and best.png, the K least and most realistic samples")
     parser.add_argument("--out", default=".", help="folder for worst.png and best.png (default: here)")
     parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no",
                         help="generators: sample with the networks in this precision (the sampler app's diffusion "
                              "runs in bf16 where the CPU has bf16 instructions)")
+    parser.add_argument("--threads", type=bounded(int, 0), default=0, help=THREADS_HELP)
     args = parser.parse_args(argv)
     try:
         epsilons = [float(e) for e in args.epsilons.split(",")]
@@ -95,8 +96,6 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[float], 
     attacks = args.attacks.split(",")
     if any(a not in ATTACKS for a in attacks):
         parser.error(f"--attacks must come from {ATTACKS}")
-    if args.limit < 0 or args.worst < 0:
-        parser.error("--limit and --worst must be >= 0")
     if (args.reference or args.write) and not Path(args.checkpoint).is_dir():
         parser.error("--reference and --write need a local checkpoint folder")
     return args, epsilons, attacks
@@ -113,6 +112,8 @@ def trained_on(checkpoint: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     args, epsilons, attacks = arguments(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     trained = trained_on(args.checkpoint)
     if args.dataset and trained and args.dataset != trained:
         sys.exit(f"error: {args.checkpoint} was trained on {trained}, so --dataset {args.dataset} would measure it "

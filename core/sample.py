@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
+from core.config import THREADS_HELP, bounded
 from core.hub import CheckpointError, load_model
 from core.images import save_grid
 
@@ -13,13 +16,15 @@ MAX_SAMPLES = 1024
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m core.sample", description=__doc__)
     parser.add_argument("checkpoint", help="checkpoint folder or Hub repo id")
-    parser.add_argument("--n", type=int, default=64, help=f"number of samples, 1 to {MAX_SAMPLES}")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=bounded(int, 1, MAX_SAMPLES), default=64,
+                        help=f"number of samples, 1 to {MAX_SAMPLES}")
+    parser.add_argument("--seed", type=bounded(int, 0), default=0)
     parser.add_argument("--out", default="samples.png", help="PNG file to write")
-    parser.add_argument("--scale", type=int, default=2, help="enlarge the grid by this factor")
+    parser.add_argument("--scale", type=bounded(int, 1, 16), default=2, help="enlarge the grid by this factor, 1 to 16")
+    parser.add_argument("--threads", type=bounded(int, 0), default=0, help=THREADS_HELP)
     args = parser.parse_args(argv)
-    if not 1 <= args.n <= MAX_SAMPLES:
-        parser.error(f"--n must be between 1 and {MAX_SAMPLES}, got {args.n}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         model = load_model(args.checkpoint)
     except (CheckpointError, OSError) as exc:

@@ -120,6 +120,8 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     run_dir = Path(resume) if resume else Path(cfg.runs_dir) / (cfg.run_name or f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
     optimizers = place(model, cfg, accelerator)
     step, elapsed_before = load_checkpoint(latest_checkpoint(run_dir), model, optimizers, accelerator) if resume else (0, 0.0)
+    if resume and has_finished(run_dir, step, total, main):
+        return run_dir
     if main:
         (run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
         save_json({"family": family, "model": model.config_dict(), "train": to_json(cfg), "num_processes": world,
@@ -164,6 +166,16 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
     finally:
         close_run(model, bar, log, accelerator)
     return run_dir
+
+
+def has_finished(run_dir: Path, step: int, total: int, main: bool) -> bool:
+    """A resumed run that has trained all its steps and exported its model: said, and left as it is."""
+    if step < total or not (run_dir / "model").is_dir():
+        return False
+    if main:
+        print(f"{run_dir} has finished: step {step} of {total}, its model is in {run_dir / 'model'}. Nothing to "
+              "train; to go on, resume with a larger --max-steps or --epochs.", file=sys.stderr)
+    return True
 
 
 def place(model: TrainableModel, cfg: TrainConfig, accelerator: Accelerator) -> dict:

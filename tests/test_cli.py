@@ -36,7 +36,17 @@ def test_sample_explains_that_a_classifier_cannot_sample(tmp_path):
     result = run("core.sample", "checkpoints/classifier", "--out", str(tmp_path / "x.png"))
     assert result.returncode == 1 and "not a generative model" in result.stderr
     result = run("core.sample", "checkpoints/classifier", "--n", "0")
-    assert result.returncode == 2 and "--n must be between 1 and" in result.stderr
+    assert result.returncode == 2 and "argument --n: must be from 1 to 1024, got 0" in result.stderr
+
+
+def test_every_command_takes_threads_and_lists_its_choices_and_bounds():
+    """core.evaluate and core.sample take --threads like core.train (refused below 0); core.train's --help lists a
+    choice option's values and a number's bounds (the GAN's losses were once shown as a bare STR)."""
+    for module in ("core.evaluate", "core.sample"):
+        result = run(module, "checkpoints/classifier", "--threads", "-1")
+        assert result.returncode == 2 and "argument --threads: must be at least 0, got -1" in result.stderr
+    shown = " ".join(run("core.train", "gan", "--help").stdout.split())
+    assert "--loss {bce,wgan-gp,r3gan,hinge}" in shown and "(default: 128; at least 1)" in shown
 
 
 def test_evaluate_measures_a_checkpoint_on_the_data_it_was_trained_on(tmp_path, capsys):

@@ -124,12 +124,17 @@ def test_cli_help_documents_every_option(capsys):
             assert f.metadata["help"].split("(")[0].strip()[:30] in " ".join(text.split())
 
 
-def test_cli_trains_and_resumes_with_overrides(tmp_path):
+def test_cli_trains_and_resumes_with_overrides(tmp_path, capsys):
     base = ["classifier", "--dataset", "digits", "--batch-size", "32", "--runs-dir", str(tmp_path), "--run-name", "cli",
             "--log-every", "2", "--eval-size", "32", "--width", "8", "--cpu"]
     run_dir = main(base + ["--max-steps", "4"])
     assert json.loads((run_dir / "config.json").read_text())["model"]["width"] == 8
     main(["classifier", "--resume", str(run_dir), "--max-steps", "6"])
+    assert [m["step"] for m in read_metrics(run_dir) if "loss/train" in m] == [2, 4, 6]
+    exported = (run_dir / "model" / "model.safetensors").stat().st_mtime_ns
+    main(["classifier", "--resume", str(run_dir)])           # finished: said, and nothing written again
+    assert "has finished: step 6 of 6" in capsys.readouterr().err
+    assert (run_dir / "model" / "model.safetensors").stat().st_mtime_ns == exported
     assert [m["step"] for m in read_metrics(run_dir) if "loss/train" in m] == [2, 4, 6]
     with pytest.raises(SystemExit):
         main(["classifier", "--dataset", "imagenet", "--max-steps", "1", "--runs-dir", str(tmp_path)])
