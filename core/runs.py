@@ -28,7 +28,7 @@ FIGURE_NAMES = {               # what each figure of a card or a run is called, 
     "conditional_accuracy": "conditional accuracy", "neg_elbo": "−ELBO (nats)", "neg_iwae": "IWAE bound (nats)",
     "mse": "MSE", "accuracy": "test accuracy", "fgsm_accuracy_eps0.1": "FGSM accuracy at ε = 0.1",
     "a2b_domain_accuracy": "A→B domain accuracy", "b2a_domain_accuracy": "B→A domain accuracy",
-    "a2b_fid": "A→B FID", "b2a_fid": "B→A FID", "samples": "samples measured"}
+    "a2b_fid": "A→B FID", "b2a_fid": "B→A FID", "bits_per_dim": "test bits/dim", "samples": "samples measured"}
 HIGHER_IS_BETTER = ("accuracy", "conditional_accuracy", "classes_covered", "precision", "recall",
                     "a2b_domain_accuracy", "b2a_domain_accuracy")
 

@@ -57,11 +57,16 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
     path = client.predict("vae", handle_file(SNEAKER), handle_file(BOOT), 10, api_name="/vae_interpolate")
     assert size(path) == (SIDE(10), SIDE(1))
     plane, note = client.predict(handle_file(SNEAKER), api_name="/vae_latent_plane")
-    assert size(plane) == (SIDE(15), SIDE(15)) and note.startswith("μ(x) = (")
+    assert size(plane) == (SIDE(15) + 80, SIDE(15) + 80) and note.startswith("μ(x) = (")   # 40 px margins
     sweep = client.predict("vae", handle_file(SNEAKER), 5, 3.0, 9, api_name="/vae_traverse")
     assert size(sweep) == (SIDE(9), SIDE(1))
     both, samples = client.predict(handle_file(SNEAKER), 0, api_name="/vae_compare")
     assert size(both) == (SIDE(3), SIDE(1)) and size(samples) == (SIDE(8), SIDE(2))
+    assert size(client.predict("glow", 16, 0, 0.7, -1, api_name="/flow_sample")) == (SIDE(4), SIDE(4))
+    path, note = client.predict("glow", handle_file(SNEAKER), handle_file(BOOT), 8, -1, api_name="/flow_interpolate")
+    assert size(path) == (SIDE(8), SIDE(1)) and note.startswith("bits/dim: A ")
+    latents, note = client.predict("glow", handle_file(SNEAKER), -1, api_name="/flow_latents")
+    assert size(latents)[1] == 2 * SIDE(1) and note.startswith("bits/dim ")
     frame, guess, strip, status = client.predict("ddpm", 16, 20, "dpm_solver", 0, 0, -1, 1.25,
                                                  api_name="/ddpm_sample")
     assert size(frame) == size(guess) == (SIDE(4), SIDE(4)) and size(strip) == (SIDE(10), SIDE(8))
@@ -176,6 +181,15 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/vae_compare", ("text", 0), "the file is not a readable image"),
     ("/ddpm_sample", ("ddpm", 1, 1000, "dpm_solver", 0, 0, -1, 1), "repeats timesteps"),
     ("/vae_traverse", ("vae", SNEAKER, 32, 3.0, 9), "dim must be a whole number from 0 to 31"),
+    ("/flow_sample", ("glow", 8, 0, 1.5, -1), "temperature must be a number from 0 to 1.2"),
+    ("/flow_sample", ("glow", 8, 0, -0.5, -1), "temperature must be a number from 0 to 1.2"),
+    ("/flow_sample", ("glow", 65, 0, 0.7, -1), "n must be a whole number from 1 to 64"),
+    ("/flow_sample", ("glow", 8, 0, 0.7, 4), "this model is unconditional"),
+    ("/flow_sample", ("vae", 8, 0, 0.7, -1), "is a VAE; this needs a Flow"),
+    ("/flow_interpolate", ("glow", SNEAKER, BOOT, 40, -1), "steps must be a whole number from 2 to 32"),
+    ("/flow_interpolate", ("glow", SNEAKER, "truncated", 8, -1), "the file is not a readable image"),
+    ("/flow_latents", ("glow", "huge", -1), "the image is 10000x10000 pixels"),
+    ("/flow_latents", ("glow", None, -1), "no image"),
     ("/vae_traverse", ("vae-2d", SNEAKER, 2, 3.0, 9), "dim must be a whole number from 0 to 1"),
     ("/vae_traverse", ("vae", SNEAKER, 0, -1.0, 9), "span must be a number from 0 to 10"),
     ("/ddpm_sample", ("ddpm", 4, 1001, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
@@ -267,6 +281,7 @@ def raw_call(url: str, api_name: str, body: str) -> str:
     ("foundations_train", '["XOR", "two-layer MLP", "tanh", 0, NaN]', "epoch must be a whole number"),
     ("ddpm_sample", '["ddpm-cond", 4, 10, "ddim", 0, 0, 3, NaN]', "guidance_scale must be a number from 0 to 20"),
     ("stylegan_sample", '["stylegan", 4, 0, NaN]', "psi must be a number from -1 to 1.5"),
+    ("flow_sample", '["glow", 4, 0, NaN, -1]', "temperature must be a number from 0 to 1.2"),
 ])
 def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     stream = raw_call(sampler_url, api_name, '{"data": %s}' % data)
@@ -277,7 +292,8 @@ def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     ("vae_reconstruct", '"vae", ', ""), ("vae_latent_plane", "", ""), ("vae_compare", "", ", 0"),
     ("vae_traverse", '"vae", ', ", 0, 3, 9"), ("vae_interpolate", '"vae", ', ', {"path": "%s"}, 8'),
     ("cyclegan_translate", '"cyclegan", ', ', "a2b"'), ("fgsm_attack", '"classifier", ', ', "fgsm", 0.1, 0'),
-    ("pix2pix_translate", '"pix2pix-edges", null, ', ', "picture", 0'), ("simclr_nearest", '"simclr", ', "")])
+    ("pix2pix_translate", '"pix2pix-edges", null, ', ', "picture", 0'), ("simclr_nearest", '"simclr", ', ""),
+    ("flow_latents", '"glow", ', ", -1"), ("flow_interpolate", '"glow", ', ', {"path": "%s"}, 8, -1')])
 def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, after):
     """An untagged dict passes Gradio's checks when inputs are unprocessed: our code must refuse
     every path outside the upload cache and the examples, with one message that says nothing about the file."""
@@ -413,7 +429,7 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
     our message, never Gradio's generic error."""
     client = Client(sampler_url, verbose=False)
     apis = endpoints(sampler_url)
-    assert len(apis) == 21
+    assert len(apis) == 24
     calls = 0
     for api_name, inputs in apis.items():
         defaults = default_arguments(inputs)

@@ -151,7 +151,13 @@ included, so a uniform model scores 8. FID, KID and coverage use the features of
 
     def encode(self, y: Tensor, labels: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """y ∈ [0, 1]^D -> the latents [z_1, …, z_L] and log p_Y(y) = Σ_i log p(z_i | h_i) + Σ log|det| per image."""
-        h, log_density, latents = y - 0.5, y.new_zeros(len(y)), []
+        latents, log_density, _ = self.encode_with_priors(y, labels)
+        return latents, log_density
+
+    def encode_with_priors(self, y: Tensor, labels: Tensor | None = None
+                           ) -> tuple[list[Tensor], Tensor, list[tuple[Tensor, Tensor]]]:
+        """encode(), and the prior (μ_i, log σ_i) each z_i was scored under."""
+        h, log_density, latents, priors = y - 0.5, y.new_zeros(len(y)), [], []
         for i, level in enumerate(self.levels):
             h, logdet = level(h)
             log_density = log_density + logdet
@@ -163,7 +169,8 @@ included, so a uniform model scores 8. FID, KID and coverage use the features of
                 mean, log_std = self.top_prior(len(h), labels)
             log_density = log_density + gaussian_log_density(z, mean, log_std)
             latents.append(z)
-        return latents, log_density
+            priors.append((mean, log_std))
+        return latents, log_density, priors
 
     def log_density(self, y: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.encode(y, labels)[1]
@@ -253,9 +260,11 @@ included, so a uniform model scores 8. FID, KID and coverage use the features of
         return (y * LEVELS).floor().clamp(0, LEVELS - 1) / 127.5 - 1
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, seed: int = 0, labels: Tensor | None = None,
+    def sample(self, n: int, temperature: float | None = None, seed: int = 0, labels: Tensor | None = None,
                batch_size: int = 500) -> Tensor:
-        """n images in [-1, 1]: every latent drawn from its prior with σ scaled by T (Glow Sec. 5.4)."""
+        """n images in [-1, 1]: every latent drawn from its prior with σ scaled by T (Glow Sec. 5.4); T defaults to
+        the config's (0.7, as the card, the app and `python -m core.sample` draw them)."""
+        temperature = self.config.temperature if temperature is None else temperature
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if labels is not None and self.class_mean is not None and not (
@@ -275,6 +284,15 @@ included, so a uniform model scores 8. FID, KID and coverage use the features of
         """The latents of images in [-1, 1], at the centre of each pixel's bin (u = ½, no noise)."""
         y = (self.pixel_levels(images) + 0.5) / LEVELS
         return self.encode(y.to(self.top_mean.device), labels)[0]
+
+    @torch.no_grad()
+    def whitened_latents(self, images: Tensor, labels: Tensor | None = None) -> list[Tensor]:
+        """ε_i = (z_i − μ_i)/σ_i at each scale for images in [-1, 1] (bin centres, as latents_of): the standard
+        normal noise that decode() would turn back into the images. Where the model fits an image, ε looks like
+        N(0, I) noise; structure left in ε is what the model did not explain."""
+        y = (self.pixel_levels(images) + 0.5) / LEVELS
+        latents, _, priors = self.encode_with_priors(y.to(self.top_mean.device), labels)
+        return [((z - mean) * (-log_std).exp()).cpu() for z, (mean, log_std) in zip(latents, priors)]
 
     @torch.no_grad()
     def interpolate(self, image_a: Tensor, image_b: Tensor, steps: int = 8, label: int | None = None) -> Tensor:

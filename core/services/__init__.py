@@ -8,6 +8,7 @@ from core.services.base import Admission, Endpoint, Service, figures_markdown
 from core.services.classifier import AttackService
 from core.services.cyclegan import CycleGANService
 from core.services.diffusion import DiffusionService
+from core.services.flow import FlowService
 from core.services.foundations import FoundationsService
 from core.services.gan import GANService
 from core.services.pictures import OutputFiles
@@ -16,7 +17,7 @@ from core.services.simclr import SimCLRService
 from core.services.stylegan import StyleGANService
 from core.services.vae import VAEService
 
-SERVICES: tuple[type[Service], ...] = (GANService, StyleGANService, VAEService, DiffusionService, CycleGANService,
-                                       Pix2PixService, SimCLRService, AttackService, FoundationsService)
+SERVICES: tuple[type[Service], ...] = (GANService, StyleGANService, VAEService, FlowService, DiffusionService,
+                                       CycleGANService, Pix2PixService, SimCLRService, AttackService, FoundationsService)
 
 __all__ = ["SERVICES", "Service", "Endpoint", "Admission", "OutputFiles", "RequestError", "figures_markdown"]
