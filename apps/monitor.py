@@ -16,7 +16,6 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 import streamlit as st
-from PIL import Image, UnidentifiedImageError
 
 from core import runs
 
@@ -42,39 +41,47 @@ def load(run_dir: Path) -> tuple[runs.Run, pd.DataFrame]:
 
 
 
-def chart(data: pd.DataFrame, column: str, x: str, log: bool, title: str) -> alt.Chart:
+def chart(data: pd.DataFrame, x: str, log: bool, title: str, height: int) -> alt.Chart:
     y = alt.Y("value:Q", title=title, scale=alt.Scale(type="log") if log else alt.Scale(zero=False))
-    return (alt.Chart(data, height=220).mark_line(point=len(data) < 40)
+    return (alt.Chart(data, height=height).mark_line(point=len(data) < 40)
             .encode(x=alt.X(f"{x}:Q", title="step" if x == "step" else "wall seconds"), y=y,
                     color=alt.Color("series:N", title=None), tooltip=[x, "series", "value"]))
 
 
-def curves(selected: list[Path], x: str, smoothing: float, log: bool) -> None:
-    loaded = {d.name: load(d) for d in selected}
-    groups: dict[str, list[str]] = {}
-    for _, df in loaded.values():
-        for name, columns in runs.metric_groups(df).items():
-            groups.setdefault(name, [])
-            groups[name] += [c for c in columns if c not in groups[name]]
-    if not groups:
-        st.info("No metrics logged yet: the first line appears after --log-every steps.")
-        return
-    st.markdown(" · ".join(f"`{name}` step **{run.step}** ({run.status})" for name, (run, _) in loaded.items()))
-    cols = st.columns(2)
-    for i, (group, columns) in enumerate(groups.items()):
+def draw(charts: dict[str, list[str]], loaded: dict, x: str, smoothing: float, log: bool, columns: int,
+         height: int) -> None:
+    """One chart per entry of `charts` (title -> columns), each column of each run a line, in a grid."""
+    cols = st.columns(columns)
+    for i, (title, names) in enumerate(charts.items()):
         parts = []
         for run_name, (_, df) in loaded.items():
-            for column in columns:
-                part = runs.series(df, column, x, smoothing if group == "losses" or column == "images_per_s" else 0.0)
+            for column in names:
+                part = runs.series(df, column, x, smoothing if runs.smoothed(column) else 0.0)
                 label = column.split("/", 1)[-1] if len(loaded) == 1 else f"{run_name} · {column.split('/', 1)[-1]}"
                 parts.append(part.rename(columns={column: "value"}).assign(series=label))
         data = pd.concat(parts) if parts else pd.DataFrame()
-        with cols[i % 2]:
+        with cols[i % columns]:
             if data.empty:
-                st.caption(f"{group}: nothing yet")
+                st.caption(f"{title}: nothing yet")
             else:
-                st.altair_chart(chart(data, group, x, log and bool((data["value"] > 0).all()), group),
+                st.altair_chart(chart(data, x, log and bool((data["value"] > 0).all()), title, height),
                                 width="stretch")
+
+
+def curves(selected: list[Path], x: str, smoothing: float, log: bool) -> None:
+    loaded = {d.name: load(d) for d in selected}
+    plan = runs.chart_plan({name: df for name, (_, df) in loaded.items()})
+    if not (plan.training or plan.evaluation or len(plan.single)):
+        st.info("No metrics logged yet: the first line appears after --log-every steps.")
+        return
+    st.markdown(" · ".join(f"`{name}` step **{run.step}** ({run.status})" for name, (run, _) in loaded.items()))
+    draw(plan.training, loaded, x, smoothing, log, columns=2, height=220)
+    if plan.evaluation:
+        st.markdown("**evaluation**")
+        draw(plan.evaluation, loaded, x, smoothing, log, columns=3, height=180)
+    if len(plan.single):
+        st.markdown("**one point so far** (a chart appears at the second)")
+        st.dataframe(plan.single, hide_index=True, width="content", height=35 * (len(plan.single) + 1) + 3)
 
 
 def health_panel(selected: list[Path]) -> None:
@@ -100,10 +107,9 @@ def sample_timeline(run_dir: Path) -> None:
         if len(steps) > 1 else steps[0]
     path = dict(grids)[step]
     try:
-        with Image.open(path) as image:
-            image.load()
-            st.image(image.copy(), caption=f"{run_dir.name}, step {step}", width=400)
-    except (UnidentifiedImageError, OSError) as exc:
+        image = runs.grid_for_display(path)          # whole-factor nearest-neighbour, shown at its own size
+        st.image(image, caption=f"{run_dir.name}, step {step}", width=image.width, output_format="PNG")
+    except OSError as exc:                            # UnidentifiedImageError included
         st.warning(f"{path.name} could not be read ({type(exc).__name__}); it may still be being written.")
 
 
@@ -140,6 +146,8 @@ def launcher(runs_dir: Path) -> None:
 def main() -> None:
     st.set_page_config(page_title="genlab monitor", layout="wide")
     st.title("genlab training monitor")
+    st.markdown("<style>[data-testid=stImage] img {image-rendering: pixelated}</style>",   # no smoothing on a
+                unsafe_allow_html=True)                                                  # high-DPI screen either
     with st.sidebar:
         runs_dir = Path(st.text_input("runs directory", cli_runs_dir()))
         refresh = st.slider("refresh every (s)", 1, 30, 5)

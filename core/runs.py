@@ -1,20 +1,24 @@
 """Reading run directories while training writes them: what the Streamlit monitor (apps/monitor.py) shows.
 
 A run directory (see core.train) holds config.json, metrics.jsonl (one JSON object per line, appended), status.json
-(running / finished / failed, rewritten atomically) and samples/step-*.png. Everything here only reads those files:
-no model is imported. The metrics reader is incremental (it remembers its byte offset and keeps a half-written
-last line for the next read), so a refresh costs only what was appended since the previous one.
+(running / finished / failed, with the pid and host of the training process; rewritten atomically) and
+samples/step-*.png. Everything here only reads those files: no model is imported. The metrics reader is
+incremental (it remembers its byte offset and keeps a half-written last line for the next read), so a refresh costs
+only what was appended since the previous one.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 RUN_CONFIG, METRICS_FILE, STATUS_FILE = "config.json", "metrics.jsonl", "status.json"   # a run directory's files
 SAMPLES = "samples"          # ... and its folder of sample grids
@@ -29,6 +33,8 @@ FIGURE_NAMES = {               # what each figure of a card or a run is called, 
     "mse": "MSE", "accuracy": "test accuracy", "fgsm_accuracy_eps0.1": "FGSM accuracy at ε = 0.1",
     "a2b_domain_accuracy": "A→B domain accuracy", "b2a_domain_accuracy": "B→A domain accuracy",
     "a2b_fid": "A→B FID", "b2a_fid": "B→A FID", "bits_per_dim": "test bits/dim", "samples": "samples measured"}
+SHARE_WORDS = ("accuracy", "precision", "recall", "share", "off_manifold", "copies")   # eval figures in [0, 1]
+GRID_WIDTH = 400             # about how wide the monitor shows a sample grid, in pixels
 HIGHER_IS_BETTER = ("accuracy", "conditional_accuracy", "classes_covered", "precision", "recall",
                     "a2b_domain_accuracy", "b2a_domain_accuracy")
 
@@ -155,6 +161,8 @@ def summarize(run_dir: Path, records: list[dict], now: float | None = None) -> R
         run.status = "finished"
     elif state == "failed":
         run.status, run.error = "crashed", status.get("error", "")
+    elif state == "running" and process_gone(status):
+        run.status, run.error = "stopped", stopped_error(run, status)
     elif state == "running" or records:
         times = [r["time"] for r in logs if "time" in r]
         interval = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0
@@ -163,6 +171,38 @@ def summarize(run_dir: Path, records: list[dict], now: float | None = None) -> R
     best = best_metric(records)
     run.best = f"{best[0]} {best[1]:.4g} @ {best[2]}" if best else ""
     return run
+
+
+def stopped_error(run: Run, status: dict) -> str:
+    """What happened to a stopped run and what to do: resume from its last checkpoint, or train again."""
+    ended = (f"the training process (pid {status['pid']} on {status['host']}) ended without finishing, at step "
+             f"{run.step} of {run.total_steps or '?'} (killed, or out of memory)")
+    saved = sorted(p for p in (run.path / "checkpoints").glob("step-*") if (p / "training_state.json").is_file())
+    if saved:
+        return (f"{ended}; resume it from its last checkpoint ({saved[-1].name}) with: "
+                f"python -m core.train {run.family} --resume {run.path}")
+    return (f"{ended}; it saved no checkpoint to resume from (one every --checkpoint-every steps): train it again"
+            + (f" with: {run.config['command']}" if run.config.get("command") else ""))
+
+
+def process_gone(status: dict) -> bool:
+    """Whether the training process a status.json names (core.train writes its pid and host) has ended. Only its
+    own host can tell: on another host, for an older run without a pid, or off POSIX (where os.kill would end the
+    process) this says False and the quiet-time rule of `summarize` decides. A pid reused by a newer process reads
+    as alive, which falls back to that rule too."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or status.get("host") != socket.gethostname() or os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)                      # signal 0 sends nothing: it only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:                          # PermissionError: it exists, under another user
+        return False
+    try:                                     # a killed child its parent has not reaped yet is a zombie (Linux)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def best_metric(records: list[dict]) -> tuple[str, float, int] | None:
@@ -206,13 +246,59 @@ def series(df: pd.DataFrame, column: str, x: str = "step", smoothing: float = 0.
     return part
 
 
-def metric_groups(df: pd.DataFrame) -> dict[str, list[str]]:
-    """Columns to chart, grouped: losses (one line per network), learning rate, throughput, each eval metric."""
-    columns = [c for c in df.columns if c not in ("step", "epoch", "time", "elapsed", "wall_seconds", "data_share")]
-    groups = {"losses": [c for c in columns if c.startswith("loss/")]}
-    groups.update({c: [c] for c in ("lr", "images_per_s") if c in columns})
-    groups.update({c: [c] for c in columns if c.startswith("eval/") and not c.endswith("_std")})
-    return {k: v for k, v in groups.items() if v}
+@dataclass
+class ChartPlan:
+    """What the curves tab draws for a set of runs: charts as title -> columns, and a table of one-point figures."""
+    training: dict[str, list[str]]       # losses (one line per network), lr, images/s, other training figures
+    evaluation: dict[str, list[str]]     # eval/ figures, those of one unit in one chart (`eval_chart`)
+    single: pd.DataFrame                 # [run,] name, value, step of each figure with a single point so far
+
+
+def chart_plan(frames: dict[str, pd.DataFrame]) -> ChartPlan:
+    """The charts for these runs (run name -> metrics frame). A figure with two or more finite points in some run
+    is a line; one with a single point everywhere (a fresh run's evaluation: 15 figures for a GAN) is a row of
+    the table instead, as a one-point chart spends 220 px on one number."""
+    points: dict[str, int] = {}
+    for df in frames.values():
+        for column in charted_columns(df):
+            points[column] = max(points.get(column, 0), len(series(df, column)))
+    rows = []
+    for run_name, df in frames.items():
+        for column in charted_columns(df):
+            part = series(df, column)
+            if points[column] == 1 and len(part):
+                rows.append({"run": run_name, "name": column, "value": float(part[column].iloc[-1]),
+                             "step": int(part["step"].iloc[-1])})
+    lines = [c for c, n in points.items() if n > 1]
+    training = {"losses": [c for c in lines if c.startswith("loss/")]}
+    training.update({c: [c] for c in lines if not c.startswith(("loss/", "eval/"))})
+    evaluation: dict[str, list[str]] = {}
+    for column in (c for c in lines if c.startswith("eval/")):
+        evaluation.setdefault(eval_chart(column), []).append(column)
+    single = pd.DataFrame(rows, columns=["run", "name", "value", "step"])
+    return ChartPlan({k: v for k, v in training.items() if v}, evaluation,
+                     single if len(frames) > 1 else single.drop(columns="run"))
+
+
+def charted_columns(df: pd.DataFrame) -> list[str]:
+    """The figures worth drawing: losses, lr, images/s, other training figures (accuracy/train) and evaluations."""
+    skip = ("step", "epoch", "time", "elapsed", "wall_seconds", "data_share")
+    return [c for c in df.columns if c not in skip and not c.removesuffix("_penultimate").endswith("_std")]
+
+
+def eval_chart(column: str) -> str:
+    """The chart an evaluation figure is drawn in: figures of one unit share one (FID beside its penultimate and
+    A→B / B→A variants; every share in [0, 1]: precision, recall, accuracies, off-manifold, copies); others get
+    their own."""
+    name = column.removeprefix("eval/").removesuffix("_penultimate").removeprefix("a2b_").removeprefix("b2a_")
+    if any(word in name for word in SHARE_WORDS):
+        return "shares (0 to 1)"
+    return FIGURE_NAMES.get(name, column)
+
+
+def smoothed(column: str) -> bool:
+    """Whether the smoothing slider applies: per-window training figures are noisy; lr and evaluations are not."""
+    return column != "lr" and not column.startswith("eval/")
 
 
 def health(df: pd.DataFrame, run: Run, nonfinite: list[tuple[int, str]] = ()) -> list[tuple[str, str]]:
@@ -247,6 +333,8 @@ def health(df: pd.DataFrame, run: Run, nonfinite: list[tuple[int, str]] = ()) ->
         notes.append(("error", f"non-finite values logged in {', '.join(keys)} (first at step {nonfinite[0][0]})"))
     if run.status == "crashed":
         notes.append(("error", f"the run crashed: {run.error or 'see its log'}"))
+    if run.status == "stopped":
+        notes.append(("error", f"stopped: {run.error}"))
     if run.status == "stalled":
         notes.append(("warning", f"stalled: nothing written for {time.time() - (run.last_write or 0):.0f} s"))
     return notes
@@ -286,6 +374,16 @@ def sample_grids(run_dir: Path) -> list[tuple[int, Path]]:
         except (IndexError, ValueError):
             continue
     return grids
+
+
+def grid_for_display(path: Path, width: int = GRID_WIDTH) -> Image.Image:
+    """A sample grid enlarged by a whole factor k (about `width` px wide) with nearest neighbour: each pixel becomes
+    an exact k x k block, as the sampler shows its pictures. (A browser stretching a 242 px grid to 400 px
+    smooths 28 px digits into blur.) Raises OSError for a file that cannot be read, e.g. one still being written."""
+    with Image.open(path) as image:
+        image.load()
+        factor = max(1, round(width / image.width))
+        return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
 def inside(root: str | Path, candidate: str | Path) -> Path:

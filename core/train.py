@@ -21,8 +21,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -199,8 +201,11 @@ def timed(batches, window: LogWindow, device) -> Iterator[Batch]:
 
 
 def write_status(run_dir: Path, status: str, step: int, **details) -> None:
-    """status.json: running, finished or failed, at which step (what the monitor shows)."""
-    save_json({"status": status, "step": step, **details, "time": time.time()}, run_dir / STATUS_FILE)
+    """status.json: running, finished or failed, at which step, and the process writing it (pid and host): a run
+    killed before it could write "failed" (kill -9, out of memory) still says "running", and the monitor
+    (core.runs.process_gone) sees at once that its process is gone."""
+    save_json({"status": status, "step": step, **details, "pid": os.getpid(), "host": socket.gethostname(),
+               "time": time.time()}, run_dir / STATUS_FILE)
 
 
 def close_run(model: TrainableModel, bar, log, accelerator: Accelerator) -> None:

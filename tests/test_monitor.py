@@ -1,6 +1,9 @@
 """The Streamlit monitor (apps/monitor.py) on generated run directories, through streamlit's AppTest."""
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +12,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
+from test_runs import gan_eval
 
 APP = str(ROOT / "apps" / "monitor.py")
 
@@ -132,3 +136,28 @@ def test_launching_is_off_by_default_and_can_start_and_stop_a_run(tmp_path, monk
     stop = [b for b in at.button if b.label == "stop"][0]
     stop.click().run()
     assert any("`launched`: exited" in m.value for m in at.markdown)
+
+
+def test_a_run_with_one_evaluation_shows_its_figures_as_a_table_not_15_charts(tmp_path):
+    run = make_run(tmp_path, "one-eval", steps=10, grids=1)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps(gan_eval(1000, 40.0)) + "\n")
+    at = app(tmp_path)
+    assert not at.exception
+    assert len(at.get("vega_lite_chart")) == 4       # losses, lr, images/s; the health tab's coverage (19 before)
+    single = [d.value for d in at.dataframe if "name" in d.value.columns][0]
+    assert len(single) == 15 and dict(zip(single["name"], single["value"]))["eval/fid"] == 40.0
+    assert at.get("image")[0].proto.imgs[0].url.endswith(".png")     # lossless: JPEG would blur the pixel blocks
+
+
+def test_a_killed_run_shows_stopped_with_how_to_resume(tmp_path):
+    run = make_run(tmp_path, "killed")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "pid": child.pid, "host": socket.gethostname()}))
+    (run / "checkpoints" / "step-0000500").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000500" / "training_state.json").write_text("{}")
+    at = app(tmp_path)
+    assert dict(zip(at.dataframe[0].value["run"], at.dataframe[0].value["status"])) == {"killed": "stopped"}
+    assert any(f"python -m core.train gan --resume {run}" in e.value for e in at.error)

@@ -87,6 +87,9 @@ def test_monitor_renders_updates_live_and_stays_local(monitor):
         image = page.locator("[data-testid=stImage] img").first
         image.wait_for(timeout=30_000)
         assert image.evaluate("img => img.complete && img.naturalWidth > 0")
+        # the 20 px grid comes enlarged 20x with nearest neighbour, and the browser adds no smoothing of its own
+        assert image.evaluate("img => [img.naturalWidth, img.width, getComputedStyle(img).imageRendering]") == \
+            [400, 400, "pixelated"]
         page.screenshot(path=str(ARTIFACTS / "monitor-samples.png"), full_page=True)
         browser.close()
     assert hosts <= LOCAL, hosts

@@ -4,6 +4,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import fields, replace
 
 import numpy as np
@@ -18,7 +19,8 @@ from core.hub import load_model
 from core.models.classifier import Classifier, ClassifierConfig
 from core.models.gan import GAN, GANConfig
 from core.resume import latest_checkpoint
-from core.train import NonFiniteLoss, lr_factor, main, train
+from core.runs import summarize
+from core.train import NonFiniteLoss, lr_factor, main, train, write_status
 
 
 def read_metrics(run_dir):
@@ -104,6 +106,31 @@ def test_non_finite_loss_stops_before_a_checkpoint(tiny_config, tmp_path):
         train(Classifier(), cfg, "classifier")
     assert not list((tmp_path / "run").glob("checkpoints/step-*"))
     assert "NonFiniteLoss" in json.loads((tmp_path / "run" / "status.json").read_text())["error"]
+
+
+def test_status_names_the_training_process_and_its_host(tmp_path):
+    write_status(tmp_path, "running", 3, total_steps=10)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "running" and (status["pid"], status["host"]) == (os.getpid(), socket.gethostname())
+
+
+def test_a_run_killed_with_sigkill_reads_as_stopped_at_once(tmp_path):
+    """kill -9 leaves status.json saying "running"; the monitor sees its process is gone (no 5-minute wait)."""
+    run = tmp_path / "killed"
+    command = ["classifier", "--dataset", "digits", "--max-steps", "100000", "--checkpoint-every", "5", "--runs-dir",
+               str(tmp_path), "--run-name", "killed", "--cpu", "--threads", "1"]
+    process = subprocess.Popen([sys.executable, "-m", "core.train", *command], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "latest.json").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert summarize(run, []).status == "running"
+    finally:
+        process.kill()
+        process.wait()
+    summary = summarize(run, [])
+    assert summary.status == "stopped" and f"--resume {run}" in summary.error
 
 
 def test_learning_rate_schedule():
