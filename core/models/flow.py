@@ -256,7 +256,11 @@ included, so a uniform model scores 8. FID, KID and coverage use the features of
     # ------------------------------------------------------------------------------- sampling and latent tools
     @staticmethod
     def to_images(y: Tensor) -> Tensor:
-        """y ∈ [0, 1] -> pixel level k = ⌊256 y⌋ (clamped to 0..255) -> the loop's [-1, 1] scale."""
+        """y ∈ [0, 1] -> pixel level k = ⌊256 y⌋ (clamped to 0..255) -> the loop's [-1, 1] scale. A decode that
+        overflowed holds ±inf or NaN (a latent far in the tails, at a high T, meets an inverse coupling with s → 0:
+        x_b = (y_b − t)/s): ±inf clamps to white or black and NaN becomes black, so the sample counts as the failure
+        it is (the off-manifold share, the worst samples) instead of poisoning every figure."""
+        y = torch.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0)
         return (y * LEVELS).floor().clamp(0, LEVELS - 1) / 127.5 - 1
 
     @torch.no_grad()

@@ -175,6 +175,8 @@ def test_sampling_temperature_interpolation_and_the_class_prior(digits):
     hot, cold = model.sample(200, 1.0, seed=0), model.sample(200, 0.3, seed=0)
     assert hot.std(0).mean() > cold.std(0).mean()                        # T scales the spread of the latents
     torch.testing.assert_close(model.sample(6, seed=1), samples)     # T defaults to the config's (0.7), not 1
+    overflowed = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5])     # a decode that blew up
+    torch.testing.assert_close(Flow.to_images(overflowed), torch.tensor([-1.0, 1.0, -1.0, 128 / 127.5 - 1]))
     assert not torch.equal(model.sample(6, seed=1), model.sample(6, temperature=1.0, seed=1))
     with torch.no_grad():
         model.class_mean.weight[1] += 2.0                                # a class's learned mean moves its samples
