@@ -3,7 +3,7 @@ and the autoencoder against the VAE (core/models/vae.py)."""
 from __future__ import annotations
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from core.models.vae import PLANE_QUANTILES
 from core.requests import MAX_SEED, RequestError, read_image, real_number, to_model_input, whole_number
@@ -12,6 +12,8 @@ from core.services.base import (MAX_IMAGES, MAX_PATH, Endpoint, ModelChoice, Num
 from core.services.pictures import SCALE, grid_image, single_image
 
 MAX_SPAN = 10.0                # a latent sweep goes from -span to +span
+PLANE_MARGIN = 40              # white pixels around the latent plane: a whole ring at its edge, the axes' ticks
+PLANE_TICKS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)    # z values marked on both axes of the plane
 PLANE_MODEL, AUTOENCODER, VARIATIONAL = "vae-2d", "autoencoder", "vae"    # the tab's fixed comparisons
 MODEL = ModelChoice("model", "model", "vae", "vae")
 SEED = seed_input()
@@ -79,21 +81,31 @@ $p(z) = \frac1K\sum_k q_\phi(z|u_k)$ over $K = 500$ learned pseudo-inputs $u_k$:
         return grid_image(self.model.traverse(x, dim, span, steps), steps)
 
     def latent_plane(self, upload, side: int = 15) -> tuple[Image.Image, tuple[float, float]]:
-        """The 2-D latent plane (decoded N(0, 1) quantiles) with μ(x) of the image marked by a red ring. The
-        grid's cells sit at equally spaced quantiles, so a point's position along an axis is Φ(z), not z."""
+        """The 2-D latent plane (decoded N(0, 1) quantiles) with μ(x) of the image marked by a red ring, inside a
+        white margin (a ring at the edge stays whole) that carries the axes' z ticks. The grid's cells sit at
+        equally spaced quantiles, so a point's position along an axis is Φ(z), not z."""
         vae = self.model
         if vae.config.latent_dim != 2:
             raise RequestError(f"{self.name!r} has a {vae.config.latent_dim}-D latent space; the plane needs a 2-D one")
-        grid = grid_image(vae.latent_grid(side), side).convert("RGB")
+        grid = grid_image(vae.latent_grid(side), side)
         z = vae.encode(to_model_input(read_image(upload))[0][None])[0][0]
         (low, high), cell = PLANE_QUANTILES, (vae.config.image_size + 2) * SCALE
-        phi = torch.distributions.Normal(0.0, 1.0).cdf(z).clamp(low, high)
-        centre = lambda p: 2 * SCALE + cell * (p - low) / (high - low) * (side - 1) + (cell - 2 * SCALE) / 2
-        x, y = centre(float(phi[0])), centre(float(high + low - phi[1]))          # z₂ rises bottom to top
-        draw, radius = ImageDraw.Draw(grid), cell * 0.6
+        phi = lambda v: float(torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(v)).clamp(low, high))
+        across = lambda p: (PLANE_MARGIN + 2 * SCALE + cell * (p - low) / (high - low) * (side - 1)
+                            + (cell - 2 * SCALE) / 2)                       # a cell's centre, in pixels
+        up = lambda p: across(high + low - p)                                      # z₂ rises bottom to top
+        picture = Image.new("RGB", (grid.width + 2 * PLANE_MARGIN, grid.height + 2 * PLANE_MARGIN), "white")
+        picture.paste(grid, (PLANE_MARGIN, PLANE_MARGIN))
+        draw, font, edge = ImageDraw.Draw(picture), ImageFont.load_default(size=14), PLANE_MARGIN + grid.width
+        for tick in PLANE_TICKS:
+            draw.text((across(phi(tick)), edge + 4), f"{tick:g}", fill="black", font=font, anchor="mt")
+            draw.text((PLANE_MARGIN - 4, up(phi(tick))), f"{tick:g}", fill="black", font=font, anchor="rm")
+        draw.text((edge, edge + 22), "z1 (ticks at z; cells at equal quantiles)", fill="black", font=font, anchor="rt")
+        draw.text((PLANE_MARGIN, PLANE_MARGIN - 6), "z2", fill="black", font=font, anchor="rb")
+        x, y, radius = across(phi(float(z[0]))), up(phi(float(z[1]))), cell * 0.6
         for width, colour in ((7, "white"), (4, "red")):
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=colour, width=width)
-        return grid, (float(z[0]), float(z[1]))
+        return picture, (float(z[0]), float(z[1]))
 
     @classmethod
     def plane_of(cls, upload) -> tuple[Image.Image, str]:
