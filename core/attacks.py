@@ -21,6 +21,8 @@ from core.data import ImageData
 
 LOW, HIGH = -1.0, 1.0
 ATTACKS = ("fgsm", "pgd")
+EPSILONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)   # the budgets a card's robustness curve is measured at; the
+MAX_EPS = EPSILONS[-1]                                   # app's ε goes as far as the curve
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

@@ -15,13 +15,11 @@ from pathlib import Path
 import torch
 
 from core import metrics
-from core.attacks import ATTACKS, robustness_curve
+from core.attacks import ATTACKS, EPSILONS, robustness_curve
 from core.config import PRECISIONS, THREADS_HELP, bounded, save_json
 from core.data import DATASETS, load_dataset
 from core.hub import CheckpointError, load_model, metric_yardstick, resolve, write_model_card
 from core.images import save_grid
-
-EPSILONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def markdown_table(curves: dict[str, dict[float, float]]) -> str:

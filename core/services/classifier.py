@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from core.attacks import fgsm, pgd
+from core.attacks import MAX_EPS, fgsm, pgd
 from core.data import FASHION_CLASSES
 from core.requests import class_index, one_of, read_image, real_number, to_model_input, whole_number
 from core.services.base import Choice, Endpoint, ModelChoice, Number, Output, Service, Upload, card_figures
 from core.services.pictures import single_image
 
-MAX_EPS = 0.5                  # attack budget, a fraction of the pixel range (core.attacks)
 ATTACKS = ("fgsm", "fgsm_targeted", "pgd")
 TARGETS = tuple((name, k) for k, name in enumerate(FASHION_CLASSES))
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from conftest import ROOT
+from core.attacks import EPSILONS, MAX_EPS
 from core.services.classifier import AttackService
 
 SNEAKER = ROOT / "apps" / "examples" / "7-sneaker.png"
@@ -22,6 +23,7 @@ def test_fgsm_perturbation_is_bounded_and_zero_at_eps_zero():
 def test_the_robustness_chart_comes_from_the_model_cards():
     rows = AttackService.chart()["rows"]
     curves = {m: [r for r in rows if r["model"] == m] for m in ("classifier", "classifier-adv")}
-    assert all(c[0]["eps"] == 0.0 and len(c) >= 4 for c in curves.values())
+    assert all([r["eps"] for r in c] == list(EPSILONS) for c in curves.values())   # the slider's whole range:
+    assert MAX_EPS == 0.5 and AttackService.endpoints[0].inputs[3].high == MAX_EPS    # it once stopped at 0.3
     at = lambda m, eps: next(r["accuracy"] for r in curves[m] if r["eps"] == eps)
     assert at("classifier", 0.1) < 0.2 < 0.6 < at("classifier-adv", 0.1)     # the point of adversarial training
