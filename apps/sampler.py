@@ -138,7 +138,7 @@ class Handlers:
             try:
                 getattr(self.service, self.endpoint.cost)(*args[:len(self.keys)])
             except RequestError as exc:
-                gr.Warning(str(exc), duration=None, title="Not run")
+                gr.Warning(str(exc), duration=None)
                 return f"**Not run:** {exc}" if noted else None
             return gr.skip() if noted else None
         return self.signed(explain, name=f"{self.endpoint.api_name}_refusal")
