@@ -3,8 +3,8 @@
 A checkpoint is a Hub repo folder (core.checkpoint: config.json + model.safetensors + README.md). `resolve` turns a
 manifest name (checkpoints/index.json), a folder or `owner/name[@revision]` into a local folder, downloading through
 huggingface_hub; `load_model` builds the class config.json names (core.families); `push` publishes a folder;
-`attach_guide` makes one diffusion checkpoint from a model and its autoguidance guide; `python -m core.hub` is the
-command line for all three.
+`attach_guide` makes one diffusion checkpoint from a model and its autoguidance guide; `export_diffusers` writes a
+diffusion model as a diffusers DDPMPipeline folder; `python -m core.hub` is the command line for all of them.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ METRIC_CLASSIFIER = MANIFEST.parent / "classifier"     # whose features every sa
 # its card with the card's figures; nothing else in a repo (least of all pickles) is downloaded
 HUB_FILES = ["config.json", "model.safetensors", "scheduler_config.json", "reference_stats.safetensors",
              "README.md", "eval.json", "training.json", "*.png"]
-__all__ = ["CheckpointError", "attach_guide", "load_model", "push", "read_manifest", "resolve", "write_model_card"]
+__all__ = ["CheckpointError", "attach_guide", "export_diffusers", "load_model", "push", "read_manifest", "resolve", "write_model_card"]
 
 
 def split_spec(spec: str, revision: str | None = None) -> tuple[str, str | None]:
@@ -192,6 +192,17 @@ def attach_guide(model_folder: str | Path, guide_folder: str | Path, out: str | 
     return Path(out)
 
 
+def export_diffusers(spec: str | Path, out: str | Path, sampler: str | None = None) -> Path:
+    """A DDPM-family model as a folder that diffusers.DDPMPipeline.from_pretrained loads (core/models/
+    diffusers_export.py); a model it cannot run is refused with the reason."""
+    from core.models.diffusers_export import export_pipeline
+    model = load_model(spec)
+    try:
+        return export_pipeline(model, out, source=str(spec), sampler=sampler)
+    except ValueError as exc:
+        raise CheckpointError(f"{spec}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m core.hub", description="Publish and fetch genlab checkpoints.")
@@ -216,6 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, default=1.5, help="the guidance scale w it samples with by default")
     p.add_argument("--sampler", help="the scheduler it samples with by default (e.g. dpm_solver_sde; default: the "
                                      "model's own)")
+    p = sub.add_parser("export-diffusers", help="write a diffusion model as a diffusers DDPMPipeline folder")
+    p.add_argument("model", help="manifest name, folder, repo_id or repo_id@revision of a DDPM-family model")
+    p.add_argument("out_dir", help="the folder to write (model_index.json, unet/, scheduler/, README.md)")
+    p.add_argument("--sampler", help="the scheduler to write, one of the model's samplers (default: its own)")
     args = parser.parse_args(argv)
     try:
         if args.command == "push":
@@ -233,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"wrote {args.manifest_out}: run the apps with GENLAB_MANIFEST={args.manifest_out}")
         elif args.command == "guide":
             print(attach_guide(args.model, args.guide, args.out, args.scale, args.sampler))
+        elif args.command == "export-diffusers":
+            print(export_diffusers(args.model, args.out_dir, args.sampler))
         elif args.command == "pull":
             print(resolve(args.spec))
         else:

@@ -290,13 +290,15 @@ class DiffusionModel(TrainableModel):
 
     @torch.no_grad()
     def denoise(self, n: int = 16, steps: int | None = None, scheduler=None, seed: int = 0, guidance_scale: float | None = None,
-                label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None
-                ) -> Iterator[tuple[int, Tensor, Tensor]]:
+                label: int | Tensor | None = None, eta: float = 0.0, noise: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Iterator[tuple[int, Tensor, Tensor]]:
         """`denoising_loop` on this model: yield (step index, x_{t−1}, x̂_0) after every reverse step, x̂_0 being
         what the network believes the final image to be at that step (before any clipping or thresholding).
         `scheduler` is a name (None: the model's default) or any object with the diffusers scheduler API (ours or
         diffusers' own). x_T comes from `seed` unless `noise` is given. steps and guidance_scale None: the model's
-        own (its card's eval_steps, and its eval_guidance if it is guided)."""
+        own (its card's eval_steps, and its eval_guidance if it is guided). The steps' noise comes from `generator`,
+        else from a fresh one seeded with `seed`; diffusers' pipelines draw x_T and then the steps' noise from one
+        generator: pass `noise` drawn from it, and it, to sample as they do (tests/models/test_diffusers_export.py)."""
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         steps = self.config.eval_steps if steps is None else steps
         if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
@@ -316,7 +318,7 @@ class DiffusionModel(TrainableModel):
         def network(x: Tensor, t: Tensor) -> Tensor:
             return self.predict(x, t.to(device), labels, guidance_scale)
         yield from denoising_loop(network, scheduler, start.to(device), steps, self.predicted_x0,
-                                  torch.Generator().manual_seed(seed), eta)
+                                  generator or torch.Generator().manual_seed(seed), eta)
 
     def sample(self, n: int = 16, steps: int | None = None, scheduler=None, seed: int = 0, guidance_scale: float | None = None,
                label: int | Tensor | None = None, eta: float = 0.0, return_intermediates: bool = False,
