@@ -1,6 +1,6 @@
 """genlab's diffusion models as diffusers pipelines: the U-Net's weights under `diffusers.UNet2DModel`'s names, the
 UNet2DModel config that builds the same network, and a `DDPMPipeline` folder (model_index.json, unet/, scheduler/,
-README.md) for a DDPM-family model with its own sampler.
+README.md) for a DDPM-family model with its own sampler; and back, our U-Net from a UNet2DModel it can express.
 
 Our U-Net (core/models/unet.py) follows UNet2DModel block for block; the two differ in names and in one fusion:
     ours                                       diffusers
@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from core.models.ddpm import DDPM, DDPMObjective
@@ -90,6 +91,54 @@ def to_unet2d(unet: UNet, sample_size: int):
     converted = UNet2DModel(**unet2d_config(unet, sample_size))
     converted.load_state_dict(unet2d_state_dict(unet), strict=True)
     return converted.eval()
+
+
+# ------------------------------------------------------------------------------------- and back: UNet2DModel -> ours
+FIXED = dict(act_fn="silu", flip_sin_to_cos=True, freq_shift=0, resnet_time_scale_shift="default", norm_eps=1e-5,
+             downsample_type="conv", upsample_type="conv", downsample_padding=1, add_attention=True,
+             center_input_sample=False, time_embedding_type="positional", class_embed_type=None,
+             mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1)      # the only values our U-Net computes
+
+
+def unet_options(config: dict) -> dict:
+    """Our UNet's arguments for a UNet2DModel config, or a ValueError naming the first key our U-Net cannot express."""
+    config = {**dict(config)}
+    for key, value in FIXED.items():
+        if key in config and config[key] != value:
+            raise ValueError(f"UNet2DModel option {key}={config[key]!r} has no genlab equal (ours: {value!r})")
+    channels = tuple(config["block_out_channels"])
+    down = list(config["down_block_types"])
+    if set(down) - {"DownBlock2D", "AttnDownBlock2D"} or list(config["up_block_types"]) != [
+            t.replace("Down", "Up") for t in reversed(down)]:
+        raise ValueError(f"UNet2DModel option down_block_types/up_block_types={down}, {config['up_block_types']}: "
+                         "genlab has (Attn)DownBlock2D mirrored by (Attn)UpBlock2D only")
+    if config.get("in_channels") != config.get("out_channels"):
+        raise ValueError("UNet2DModel option out_channels differs from in_channels: genlab predicts an image's shape")
+    if config.get("time_embedding_dim") not in (None, 4 * channels[0]) or config.get("attn_norm_num_groups") not in (
+            None, config["norm_num_groups"]):
+        raise ValueError("UNet2DModel option time_embedding_dim or attn_norm_num_groups has no genlab equal")
+    classes = config.get("num_class_embeds")
+    return dict(in_channels=config["in_channels"], channels=channels, layers_per_block=config["layers_per_block"],
+                num_classes=classes - 1 if classes else 0, groups=config["norm_num_groups"],
+                dropout=config.get("dropout", 0.0), head_dim=config.get("attention_head_dim") or max(channels),
+                attention_levels=tuple(i for i, t in enumerate(down) if t == "AttnDownBlock2D"))
+
+
+def from_unet2d(converted) -> UNet:
+    """Our U-Net computing what a UNet2DModel computes: its config mapped by `unet_options`, its weights back under
+    our names (to_q, to_k, to_v joined into qkv), loaded strictly."""
+    unet = UNet(**unet_options(converted.config))
+    theirs = converted.state_dict()
+    state, used = {}, set()
+    for name in unet.state_dict():
+        key = diffusers_key(name)
+        parts = [key.replace(".qkv.", f".{p}.") for p in ("to_q", "to_k", "to_v")] if ".qkv." in key else [key]
+        state[name] = torch.cat([theirs[k] for k in parts])          # 3 x (C, ...) -> (3C, ...), or one tensor as is
+        used.update(parts)
+    if set(theirs) - used:
+        raise ValueError(f"UNet2DModel weights genlab has no place for: {sorted(set(theirs) - used)[:3]}")
+    unet.load_state_dict(state, strict=True)
+    return unet.eval()
 
 
 def check_exportable(model) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from core.hub import load_model, main
 from core.models.ddpm import DDPM, DDPMConfig
-from core.models.diffusers_export import to_unet2d, unet2d_config
+from core.models.diffusers_export import from_unet2d, to_unet2d, unet2d_config
 from core.models.unet import UNet
 from conftest import ROOT
 from models.test_diffusion import fixed_model
@@ -48,6 +48,35 @@ def test_the_shipped_ddpm_unet_is_a_unet2dmodel():
 def test_sizes_that_do_not_halve_evenly_are_refused():
     with pytest.raises(ValueError, match="halve evenly"):
         unet2d_config(UNet(channels=(16, 32, 32, 32)), 28)                 # 28 -> 14 -> 7 -> 4 -> 8 != 7
+
+
+def test_a_unet2dmodel_made_by_diffusers_comes_back_as_our_unet():
+    """diffusers' own random initialisation (conv_out not zero), attention at two levels, 2 layers per block."""
+    torch.manual_seed(1)
+    theirs = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+                                   layers_per_block=2, norm_num_groups=8, attention_head_dim=16,
+                                   down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
+                                   up_block_types=("AttnUpBlock2D", "AttnUpBlock2D")).eval()
+    ours = from_unet2d(theirs)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([5, 900])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, t), theirs(x, t).sample, atol=1e-5, rtol=0)
+
+
+def test_export_then_import_gives_our_weights_back_exactly():
+    ours = load_model(SHIPPED_DDPM).denoiser
+    back = from_unet2d(to_unet2d(ours, 28))
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), back.state_dict().values()))
+    assert list(ours.state_dict()) == list(back.state_dict())
+
+
+@pytest.mark.parametrize("option, value", [("act_fn", "gelu"), ("resnet_time_scale_shift", "scale_shift"),
+                                           ("down_block_types", ("DownBlock2D", "SkipDownBlock2D"))])
+def test_a_unet2dmodel_we_cannot_express_is_refused_by_its_key(option, value):
+    config = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), norm_num_groups=8,
+                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    with pytest.raises(ValueError, match=option):
+        from_unet2d(diffusers.UNet2DModel(**{**config, option: value}))
 
 
 def pipeline_and_ours(model: DDPM, folder, tmp_path, n: int, steps: int, seed: int, sampler: str | None = None):
