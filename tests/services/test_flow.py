@@ -102,3 +102,15 @@ def test_a_class_conditional_flow_needs_a_class_to_score_an_image():
     assert conditional.sample(4, 0, 0.7, 3).size == conditional.sample(4, 0, 0.7, -1).size == (SIDE(2), SIDE(2))
     with pytest.raises(R.RequestError, match="label must be a whole number from -1 to 9"):
         conditional.sample(4, 0, 0.7, 10)
+
+
+def test_the_shipped_glow_starts_at_its_own_temperature_and_explains_a_test_image():
+    """The slider starts at the config's T; a trained flow gives a test image far fewer bits/dim than a random one
+    (2.7 against 8.8 for the sneaker) and whitens it to noise of about unit variance (an easy image, mostly black
+    background, to somewhat less: 0.66 here)."""
+    assert FlowService.follow("glow") == {"label": {"interactive": False, "value": -1}, "temperature": {"value": 0.7}}
+    glow, untrained = FlowService.load("glow"), FlowService(random_flow(), "random")
+    x = glow.image_of(SNEAKER)[None]
+    assert glow.bits_per_dim(x, None)[0] < 4 < 8 < untrained.bits_per_dim(x, None)[0]
+    rms = [float(eps.pow(2).mean().sqrt()) for eps in glow.model.whitened_latents(x)]
+    assert all(0.5 < r < 1.5 for r in rms), rms
