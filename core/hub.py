@@ -26,7 +26,8 @@ METRIC_CLASSIFIER = MANIFEST.parent / "classifier"     # whose features every sa
 # its card with the card's figures; nothing else in a repo (least of all pickles) is downloaded
 HUB_FILES = ["config.json", "model.safetensors", "scheduler_config.json", "reference_stats.safetensors",
              "README.md", "eval.json", "training.json", "*.png"]
-__all__ = ["CheckpointError", "attach_guide", "export_diffusers", "load_model", "push", "read_manifest", "resolve", "write_model_card"]
+__all__ = ["CheckpointError", "attach_guide", "export_diffusers", "load_model", "push", "read_manifest", "resolve",
+           "write_model_card"]
 
 
 def split_spec(spec: str, revision: str | None = None) -> tuple[str, str | None]:

@@ -1,7 +1,8 @@
 """apps/sampler.py in headless Chromium (Debian's /usr/bin/chromium through playwright; never `playwright install`):
 every tab renders and answers a click with an image, a class picked after switching to a conditional model
 samples, Pix2Pix's sketch pad and upload pick their source (an empty drawing is refused with its own message, and a
-failed call clears the last answer), a bad request and a refused costly one show their toasts, and nothing is fetched from outside 127.0.0.1. Screenshots of every tab go to tests/artifacts/ (git-ignored)."""
+failed call clears the last answer), a bad request and a refused costly one show their toasts, and nothing is
+fetched from outside 127.0.0.1. Screenshots of every tab go to tests/artifacts/ (git-ignored)."""
 from playwright.sync_api import sync_playwright
 
 from conftest import ROOT

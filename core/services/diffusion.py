@@ -61,9 +61,9 @@ ten as saturated speckle. Sampling runs the reverse process from pure noise: DDP
 paper), DDIM (Song et al. 2020, $\eta = 0$ deterministic) or DPM-Solver++ (Lu et al. 2022, 10-20 steps suffice),
 as an ODE or, "SDE", drawing fresh noise at every step as DDPM does, which corrects earlier steps' errors: the
 default for `ddpm`, at the steps its card was measured with (its config's `eval_steps`, where the steps box
-starts; at equal steps the SDE lifts precision over the ODE form from 0.79 to 0.85). `ddpm-cond` uses classifier-free guidance
-(Ho & Salimans 2022): $\hat v = v_\theta(x_t) + w(v_\theta(x_t, y) - v_\theta(x_t))$. `ddpm` has no labels and
-can be guided all the same, by **autoguidance** (Karras et al. 2024): a guide $v_G$, the same objective on a U-Net
+starts; at equal steps the SDE lifts precision over the ODE form from 0.79 to 0.85). `ddpm-cond` uses
+classifier-free guidance (Ho & Salimans 2022): $\hat v = v_\theta(x_t) + w(v_\theta(x_t, y) - v_\theta(x_t))$.
+`ddpm` has no labels and can be guided all the same, by **autoguidance** (Karras et al. 2024): a guide $v_G$, the same objective on a U-Net
 a quarter the size trained for 2000 steps instead of the model's 49000, makes the model's mistakes more often, and
 $\hat v = v_G + w(v_\theta - v_G)$ steers away from them ($w = 1$: no guidance, where `ddpm`'s slider starts,
 since on the longer-trained model the guide buys FID and recall with precision). A **flow-matching** model

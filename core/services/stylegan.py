@@ -26,10 +26,10 @@ class StyleGANService(Service):
 $z$ into a style $w$; each convolution of the synthesis network is modulated by an affine map of $w$ and demodulated,
 $w''_{ijk} = s_i w_{ijk} / \sqrt{\sum_{i,k} (s_i w_{ijk})^2 + \epsilon}$, and per-pixel noise adds stochastic detail.
 Mixing feeds different layers different styles: the early (coarse) layers set shape and class, the late (fine) ones
-shading and texture. Truncation: $w' = \bar w + \psi (w - \bar w)$ trades variety for typicality: $0 < \psi < 1$ pulls each style
-towards the mean $\bar w$, $\psi = 0$ gives every seed the mean's image, and $\psi < 0$ reflects the style through
-$\bar w$ (the "opposite" garment: the shape and shading that differ from the mean the other way), $\psi > 1$
-exaggerates it. W is less
+shading and texture. Truncation: $w' = \bar w + \psi (w - \bar w)$ trades variety for typicality:
+$0 < \psi < 1$ pulls each style towards the mean $\bar w$, $\psi = 0$ gives every seed the mean's image, $\psi < 0$
+reflects the style through $\bar w$ (the "opposite" garment: the shape and shading that differ from the mean the
+other way), and $\psi > 1$ exaggerates it. W is less
 entangled than Z, so straight lines in W change the image more evenly."""
     endpoints = (
         Endpoint("stylegan_sample", "sample", (MODEL, count_input(32), SEED, PSI), (Output("samples"),), "Sample"),
