@@ -13,13 +13,15 @@ from core.models.ddpm import DDPM
 from core.models.flow import Flow
 from core.models.gan import GAN
 from core.models.pix2pix import Pix2Pix
+from core.models.pixelcnn import PixelCNN
 from core.models.simclr import SimCLR
 from core.models.stylegan import StyleGAN
 from core.models.vae import VAE
 
 FAMILIES: dict[str, type[TrainableModel]] = {"classifier": Classifier, "gan": GAN, "ddpm": DDPM, "vae": VAE,
                                              "cyclegan": CycleGAN, "pix2pix": Pix2Pix, "simclr": SimCLR,
-                                             "stylegan": StyleGAN, "flow": Flow}
+                                             "stylegan": StyleGAN, "flow": Flow,
+                                             "pixelcnn": PixelCNN}
 
 
 def class_named(class_name: str) -> type[TrainableModel]:

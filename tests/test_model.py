@@ -14,6 +14,7 @@ from core.models.ddpm import DDPMConfig
 from core.models.flow import FlowConfig
 from core.models.gan import ARCHITECTURES, GANConfig
 from core.models.pix2pix import Pix2PixConfig
+from core.models.pixelcnn import PixelCNNConfig
 from core.models.simclr import SimCLRConfig
 from core.models.stylegan import StyleGANConfig
 from core.models.vae import VAEConfig
@@ -32,7 +33,9 @@ TINY = {"classifier": [ClassifierConfig(width=4, hidden=8)],
         "stylegan": [StyleGANConfig(image_size=8, width=2, latent_dim=8, mapping_layers=2)],
         "flow": [FlowConfig(image_size=8, steps=1, hidden=4),
                  FlowConfig(image_size=8, steps=1, hidden=4, kind="realnvp", dequantization="variational",
-                            dequant_hidden=4, num_classes=10)]}
+                            dequant_hidden=4, num_classes=10)],
+        "pixelcnn": [PixelCNNConfig(image_size=8, hidden=4, layers=2, num_classes=10),
+                     PixelCNNConfig(image_size=8, hidden=4, layers=2, kind="plain")]}
 CASES = [(family, config) for family, configs in TINY.items() for config in configs]
 
 
