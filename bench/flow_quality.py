@@ -25,41 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.run_export import export  # noqa: E402
 from core.config import save_json  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.hub import load_model, metric_yardstick, write_model_card  # noqa: E402
 from core.images import save_grid  # noqa: E402
 
 TEMPERATURES = (1.0, 0.85, 0.7)
-START_OPTIONS = ("dataset", "threads", "batch_size", "lr", "warmup_steps", "max_steps", "checkpoint_every",
-                 "keep_checkpoints", "log_every")
-
-
-def started_with(config: dict) -> str:
-    """The command that started a run (a resumed run's config.json holds the --resume command instead)."""
-    if "--resume" not in config.get("command", "--resume"):
-        return config["command"]
-    train, model = config["train"], config["model"]
-    options = [f"--{k.replace('_', '-')} {train[k]:g}" if isinstance(train[k], float) else
-               f"--{k.replace('_', '-')} {train[k]}" for k in START_OPTIONS]
-    return (f"python -m core.train flow {' '.join(options)} --steps {model['steps']} --hidden {model['hidden']} "
-            f"--runs-dir {train['runs_dir']} --run-name {train['run_name']}")
-
-
-def export(run: Path, folder: Path) -> None:
-    """The run's newest checkpoint as a Hub folder with its training facts."""
-    root = run / "checkpoints"
-    checkpoint = root / json.loads((root / "latest.json").read_text())["folder"]
-    state = json.loads((checkpoint / "training_state.json").read_text())
-    config = json.loads((run / "config.json").read_text())
-    load_model(checkpoint).save_pretrained(folder)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    speeds = sorted(r["images_per_s"] for r in records if "images_per_s" in r and r["step"] <= state["step"])
-    save_json({"family": "flow", "dataset": config["train"]["dataset"], "steps": state["step"],
-               "seconds": round(state["elapsed"], 1), "hardware": config["hardware"],
-               "images_per_s": speeds[len(speeds) // 2], "command": started_with(config),
-               "train_config": config["train"]}, folder / "training.json")
-    print(f"{folder}: step {state['step']}, {state['elapsed'] / 60:.0f} training minutes, from {checkpoint}")
 
 
 def bits_per_dim(model, test) -> tuple[float, float]:

@@ -1,0 +1,43 @@
+"""A training run's newest checkpoint written as a Hub folder with its training facts (for the bench scripts that
+measure a checkpoint for its card: flow_quality.py, pixelcnn_quality.py). A run that is still training can be
+exported: the loop writes each checkpoint whole before latest.json names it."""
+import json
+from pathlib import Path
+
+from core.config import save_json
+from core.hub import load_model
+
+START_OPTIONS = ("dataset", "threads", "batch_size", "lr", "warmup_steps", "max_steps", "checkpoint_every",
+                 "keep_checkpoints", "log_every")
+
+
+def flag(name: str, value) -> str:
+    return f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float) else f"--{name.replace('_', '-')} {value}"
+
+
+def started_with(config: dict) -> str:
+    """The command that started a run (a resumed run's config.json holds the --resume command instead: rebuilt
+    from the saved training and model options)."""
+    if "--resume" not in config.get("command", "--resume"):
+        return config["command"]
+    train, model = config["train"], config["model"]
+    options = [flag(k, train[k]) for k in START_OPTIONS] + [flag(k, v) for k, v in model.items()]
+    return (f"python -m core.train {config['family']} {' '.join(options)} --runs-dir {train['runs_dir']} "
+            f"--run-name {train['run_name']}")
+
+
+def export(run: Path, folder: Path) -> None:
+    """The run's newest checkpoint (checkpoints/latest.json) as a Hub folder, with training.json: steps, training
+    seconds, hardware, median images/s and the command that started the run."""
+    root = run / "checkpoints"
+    checkpoint = root / json.loads((root / "latest.json").read_text())["folder"]
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    load_model(checkpoint).save_pretrained(folder)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    speeds = sorted(r["images_per_s"] for r in records if "images_per_s" in r and r["step"] <= state["step"])
+    save_json({"family": config["family"], "dataset": config["train"]["dataset"], "steps": state["step"],
+               "seconds": round(state["elapsed"], 1), "hardware": config["hardware"],
+               "images_per_s": speeds[len(speeds) // 2], "command": started_with(config),
+               "train_config": config["train"]}, folder / "training.json")
+    print(f"{folder}: step {state['step']}, {state['elapsed'] / 60:.0f} training minutes, from {checkpoint}")
