@@ -171,12 +171,14 @@ class GatedPixelCNN(nn.Module):
         return self.head(cache.horizontal[-1][:, :, row:row + 1, col:col + 1]).flatten(1)
 
 
-def raster_loop(network: nn.Module, embed, values: Tensor, labels: Tensor | None, draw, fast: bool = True) -> Tensor:
+def raster_loop(network: nn.Module, embed, values: Tensor, labels: Tensor | None, draw, fast: bool = True,
+                on_row=None) -> Tensor:
     """Fill `values` (B, H, W) of category indices in raster order (2016a, Sec. 2). At each pixel,
     `draw(logits, row, col)` returns the (B,) indices to write there: a sample, or a known pixel (completion,
     decoding). `embed(values)` turns indices (B, H', W') into the network's input (B, C_in, H', W').
     `fast`: the cached path of a `GatedPixelCNN`; else the reference, one full forward pass per pixel (HW times the
-    work; any network)."""
+    work; any network). `on_row(row, values)`, if given, is called after each row is filled (to show progress;
+    it may raise to stop the loop)."""
     values = values.clone()
     height, width = values.shape[1:]
     fast = fast and isinstance(network, GatedPixelCNN)
@@ -191,4 +193,6 @@ def raster_loop(network: nn.Module, embed, values: Tensor, labels: Tensor | None
             else:
                 logits = network(embed(values), labels)[:, :, row, col]
             values[:, row, col] = draw(logits.float(), row, col)
+        if on_row is not None:
+            on_row(row, values)
     return values

@@ -161,8 +161,9 @@ genlab's Fashion-MNIST classifier (`checkpoints/classifier`).
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def fill(self, levels: Tensor, known_rows: int, labels: Tensor | None, temperature: float,
-             generator: torch.Generator, fast: bool = True) -> Tensor:
-        """Keep rows < known_rows of `levels` (B, H, W) and draw the others pixel by pixel from softmax(logits/T)."""
+             generator: torch.Generator, fast: bool = True, on_row=None) -> Tensor:
+        """Keep rows < known_rows of `levels` (B, H, W) and draw the others pixel by pixel from softmax(logits/T);
+        `on_row(row, levels so far)` after each row (raster_loop)."""
         labels = self.checked_labels(labels, len(levels))
 
         def draw(logits: Tensor, row: int, col: int) -> Tensor:
@@ -172,7 +173,7 @@ genlab's Fashion-MNIST classifier (`checkpoints/classifier`).
             return torch.multinomial(probabilities, 1, generator=generator)[:, 0].to(levels.device)
 
         with self.autocast():
-            return raster_loop(self.network, embed, levels.to(self.device), labels, draw, fast)
+            return raster_loop(self.network, embed, levels.to(self.device), labels, draw, fast, on_row)
 
     def check_temperature(self, temperature: float | None) -> float:
         temperature = self.config.temperature if temperature is None else float(temperature)
@@ -182,9 +183,9 @@ genlab's Fashion-MNIST classifier (`checkpoints/classifier`).
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, labels: Tensor | None = None, temperature: float | None = None,
-               batch_size: int = 500) -> Tensor:
+               batch_size: int = 500, on_row=None) -> Tensor:
         """n images in [-1, 1], drawn pixel by pixel (labels default to 0, 1, …, K−1, 0, … for a conditional
-        model)."""
+        model); `on_row(row, levels)` after each row of each batch of at most `batch_size` images."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         temperature, labels = self.check_temperature(temperature), (
@@ -193,18 +194,19 @@ genlab's Fashion-MNIST classifier (`checkpoints/classifier`).
         for start in range(0, n, batch_size):
             part = labels[start:start + batch_size] if labels is not None else None
             blank = torch.zeros(min(batch_size, n - start), side, side, dtype=torch.long)
-            chunks.append(self.fill(blank, 0, part, temperature, generator).cpu())
+            chunks.append(self.fill(blank, 0, part, temperature, generator, on_row=on_row).cpu())
         return torch.cat(chunks)[:, None].float() / 127.5 - 1
 
     @torch.no_grad()
     def complete(self, images: Tensor, known_rows: int, per_image: int = 4, seed: int = 0,
-                 labels: Tensor | None = None, temperature: float | None = None) -> Tensor:
+                 labels: Tensor | None = None, temperature: float | None = None, on_row=None) -> Tensor:
         """`per_image` completions of each image (B, 1, H, W) in [-1, 1] given its rows < known_rows:
-        (B · per_image, 1, H, W), the completions of image b at rows b·per_image …"""
+        (B · per_image, 1, H, W), the completions of image b at rows b·per_image … (`on_row`: as in fill)"""
         if not 0 <= known_rows <= self.config.image_size:
             raise ValueError(f"known_rows must lie in [0, {self.config.image_size}], got {known_rows}")
         levels = pixel_levels(images).repeat_interleave(per_image, 0)
         labels = labels.repeat_interleave(per_image, 0) if labels is not None else self.default_labels(len(levels))
         generator = torch.Generator().manual_seed(seed)
-        filled = self.fill(levels, known_rows, labels, self.check_temperature(temperature), generator)
+        filled = self.fill(levels, known_rows, labels, self.check_temperature(temperature), generator,
+                           on_row=on_row)
         return filled.cpu()[:, None].float() / 127.5 - 1

@@ -90,6 +90,24 @@ def test_the_fast_and_the_reference_loop_draw_the_same_samples():
     assert torch.equal(fast, reference)
 
 
+def test_the_loop_reports_each_row_once_filled_and_can_be_stopped():
+    """on_row sees rows 0 … H−1 in order, each already drawn (the rows below still blank), and the end result; an
+    exception raised in it stops the loop (the sampler's stream stops a run this way)."""
+    model, seen = PixelCNN(TINY), []
+    record = lambda row, levels: seen.append((row, levels.clone()))
+    done = model.sample(2, seed=4, on_row=record)
+    assert [row for row, _ in seen] == list(range(8))
+    assert torch.equal(seen[-1][1][:, None].float() / 127.5 - 1, done)
+    assert all(torch.equal(levels[:, :row + 1], seen[-1][1][:, :row + 1]) and not levels[:, row + 1:].any()
+               for row, levels in seen)
+
+    def stop(row, levels):
+        if row == 2:
+            raise RuntimeError("stopped")
+    with pytest.raises(RuntimeError, match="stopped"):
+        model.sample(2, seed=4, on_row=stop)
+
+
 def test_bits_per_dim_is_the_cross_entropy_and_a_uniform_model_scores_8():
     model = PixelCNN(dataclasses.replace(TINY, num_classes=0))
     torch.nn.init.zeros_(model.network.head[-1].weight), torch.nn.init.zeros_(model.network.head[-1].bias)
