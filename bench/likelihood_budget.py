@@ -1,15 +1,17 @@
-"""What a fixed CPU budget buys a normalizing flow: for each run, the training bits/dim after equal training minutes
+"""What a fixed CPU budget buys a likelihood model (a normalizing flow, a PixelCNN): for each run, the training bits/dim after equal training minutes
 (from its metrics.jsonl), and the test bits/dim of the checkpoints it keeps with the run's size and training minutes.
 
-    python bench/flow_budget.py ~/genlab-runs/flow/glow-k4-h64 ~/genlab-runs/flow/glow-k8-h128 [--eval-size 10000]
+    python bench/likelihood_budget.py ~/genlab-runs/flow/glow-k4-h64 ~/genlab-runs/flow/glow-k8-h128 [--eval-size 10000]
+    python bench/likelihood_budget.py ~/genlab-runs/pixelcnn/h64-l8 ~/genlab-runs/pixelcnn/h32-l12
 
-Runs are started with `python -m core.train flow --threads 1 ...` (the glow model card lists the commands); this script
-only reads their files, so it can run while they train. Bits/dim: core.models.flow.Flow.test_bits_per_dim, one
-seeded draw of the dequantization noise per test image. A run keeps only its last checkpoints, so the figures at
+Runs are started with `python -m core.train FAMILY --threads 1 ...` (the model cards list the commands); this script
+only reads their files, so it can run while they train. Bits/dim: the family's `test_bits_per_dim` (a flow: one
+seeded draw of the dequantization noise per test image; a conditional PixelCNN: exact, given each image's label). A run keeps only its last checkpoints, so the figures at
 equal minutes are the training loss itself (bits/dim of the training batches, the mean over the --window minutes
 before each mark), which the test figures of the kept checkpoints calibrate (a loss spike shows in both).
 """
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data import load_dataset  # noqa: E402
 from core.hub import load_model  # noqa: E402
+
+
+SIZE_OPTIONS = ("kind", "dequantization", "steps", "hidden", "layers", "kernel", "num_classes")
 
 
 def kept(run: Path) -> list[Path]:
@@ -35,7 +40,8 @@ def measure(folder: Path, test) -> dict:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     recent = [r["loss/bits_per_dim"] for r in records if state["step"] - 250 < r.get("step", -1) <= state["step"]
               and "loss/bits_per_dim" in r]
-    return {"run": run.name, "kind": c.kind, "dequantization": c.dequantization, "K": c.steps, "hidden": c.hidden,
+    size = {k: v for k, v in dataclasses.asdict(c).items() if k in SIZE_OPTIONS}
+    return {"run": run.name, **size,
             "parameters": sum(p.numel() for p in model.parameters()), "steps": state["step"],
             "minutes": round(state["elapsed"] / 60, 1),
             "train_bpd_last_250_steps": round(sum(recent) / len(recent), 3) if recent else "-",
