@@ -17,11 +17,12 @@ from core.models.pixelcnn import PixelCNN
 from core.models.simclr import SimCLR
 from core.models.stylegan import StyleGAN
 from core.models.vae import VAE
+from core.models.vqvae import VQVAE
 
 FAMILIES: dict[str, type[TrainableModel]] = {"classifier": Classifier, "gan": GAN, "ddpm": DDPM, "vae": VAE,
                                              "cyclegan": CycleGAN, "pix2pix": Pix2Pix, "simclr": SimCLR,
                                              "stylegan": StyleGAN, "flow": Flow,
-                                             "pixelcnn": PixelCNN}
+                                             "pixelcnn": PixelCNN, "vqvae": VQVAE}
 
 
 def class_named(class_name: str) -> type[TrainableModel]:

@@ -18,6 +18,7 @@ from core.models.pixelcnn import PixelCNNConfig
 from core.models.simclr import SimCLRConfig
 from core.models.stylegan import StyleGANConfig
 from core.models.vae import VAEConfig
+from core.models.vqvae import VQVAEConfig
 from core.train import train
 
 # one tiny configuration (or several) of every registered family, on the 8x8 digits
@@ -35,7 +36,10 @@ TINY = {"classifier": [ClassifierConfig(width=4, hidden=8)],
                  FlowConfig(image_size=8, steps=1, hidden=4, kind="realnvp", dequantization="variational",
                             dequant_hidden=4, num_classes=10)],
         "pixelcnn": [PixelCNNConfig(image_size=8, hidden=4, layers=2, num_classes=10),
-                     PixelCNNConfig(image_size=8, hidden=4, layers=2, kind="plain")]}
+                     PixelCNNConfig(image_size=8, hidden=4, layers=2, kind="plain")],
+        "vqvae": [VQVAEConfig(image_size=8, codes=8, code_dim=4, width=4, prior_hidden=4, prior_layers=2),
+                  VQVAEConfig(image_size=8, codes=8, code_dim=4, width=4, prior_hidden=4, prior_layers=2,
+                              stage="prior")]}
 CASES = [(family, config) for family, configs in TINY.items() for config in configs]
 
 
