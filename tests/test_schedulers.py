@@ -1,5 +1,6 @@
 """Our schedulers against diffusers' classes of the same name: step by step over a matrix of configurations, whole
 trajectories, the forward process, and each other's scheduler_config.json. diffusers is a dependency: never skipped."""
+import inspect
 import itertools
 import json
 
@@ -10,7 +11,7 @@ import torch
 from core import schedulers as ours
 from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, SPACINGS
 
-NAMES = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
+NAMES = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 MATRIX = list(itertools.product(BETA_SCHEDULES, PREDICTION_TYPES, (False, True), SPACINGS, (10, 50, 1000)))
 
 
@@ -35,13 +36,14 @@ def compare_trajectory(name: str, options: dict, steps: int, step_kwargs: dict, 
     data = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 6, 6, generator=data) * 3
     noise_mine, noise_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    takes_generator = "generator" in inspect.signature(ref.step).parameters      # not diffusers' UniPC
     compared = 0
     for i, t in enumerate(ref.timesteps):
         if i % every and i != len(ref.timesteps) - 1:
             continue
         model_output = torch.randn(x.shape, generator=data).to(output_dtype)
         a = mine.step(model_output, t, x, generator=noise_mine, **step_kwargs)
-        b = ref.step(model_output, t, x, generator=noise_ref, **step_kwargs)
+        b = ref.step(model_output, t, x, **({"generator": noise_ref} if takes_generator else {}), **step_kwargs)
         close(a.prev_sample, b.prev_sample)
         if hasattr(b, "pred_original_sample"):
             close(a.pred_original_sample, b.pred_original_sample)
@@ -138,18 +140,145 @@ def test_sde_dpm_solver_draws_fresh_noise_and_the_ode_none():
             ours.DPMSolverMultistepScheduler(algorithm_type=algorithm)
 
 
+# ---------------------------------------------------------------------------------------------------------- UniPC
+def fake_network(x: torch.Tensor, t) -> torch.Tensor:
+    """A fixed smooth function of (x, t) standing in for a network, so each step's output depends on the trajectory."""
+    return torch.tanh(0.7 * x + 0.001 * float(t)) + 0.1 * torch.sin(3 * x)
+
+
+def compare_unipc_sampling(options: dict, steps: int, last_step_differs: bool = False) -> float:
+    """Two independent whole samplings, ours and diffusers', each feeding its own x_t to `fake_network`: every
+    step's x_{t−1} bit for bit (so no difference can hide behind a shared x_t). Returns the largest |difference|."""
+    mine, ref = pair("UniPCMultistepScheduler", **options)
+    mine.set_timesteps(steps)
+    ref.set_timesteps(steps)
+    assert torch.equal(mine.timesteps, ref.timesteps) and torch.equal(mine.sigmas, ref.sigmas)
+    x_mine = x_ref = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    for i, t in enumerate(ref.timesteps):
+        x_mine = mine.step(fake_network(x_mine, t), t, x_mine).prev_sample
+        x_ref = ref.step(fake_network(x_ref, t), t, x_ref).prev_sample
+        if last_step_differs and i == steps - 1:
+            return 0.0
+        close(x_mine, x_ref)
+    assert x_mine.isfinite().all()
+    return float((x_mine - x_ref).abs().max())
+
+
+UNIPC_MATRIX = list(itertools.product((1, 2, 3), ("bh1", "bh2"), ("epsilon", "v_prediction"), (10, 25)))
+
+
+@pytest.mark.parametrize("order,solver_type,prediction_type,steps", UNIPC_MATRIX)
+def test_unipc_trajectory_matches_diffusers(order, solver_type, prediction_type, steps):
+    """Orders 1-3, B(h) = h and e^h − 1, ε and v: every step equal, on a σ_min end (where diffusers' bh1 is finite)."""
+    options = dict(solver_order=order, solver_type=solver_type, prediction_type=prediction_type,
+                   beta_schedule="squaredcos_cap_v2", final_sigmas_type="sigma_min")
+    assert compare_unipc_sampling(options, steps) == 0.0
+
+
+@pytest.mark.parametrize("beta_schedule,prediction_type,thresholding,spacing,steps",
+                         [m for m in MATRIX if m[4] != 1000 or (m[0] == "linear" and not m[2] and m[3] == "trailing")])
+def test_unipc_step_matches_diffusers(beta_schedule, prediction_type, thresholding, spacing, steps):
+    """The common matrix (β schedules, prediction types, thresholding, spacings) with random outputs, every step."""
+    options = dict(beta_schedule=beta_schedule, prediction_type=prediction_type, thresholding=thresholding,
+                   timestep_spacing=spacing)
+    assert compare_trajectory("UniPCMultistepScheduler", options, steps, {}) == steps
+
+
+@pytest.mark.parametrize("options", [dict(solver_order=3), dict(solver_order=1), dict(disable_corrector=[0, 1, 4]),
+                                     dict(lower_order_final=False, final_sigmas_type="sigma_min", solver_order=3),
+                                     dict(predict_x0=False, final_sigmas_type="sigma_min", solver_order=3),
+                                     dict(predict_x0=False, final_sigmas_type="sigma_min", prediction_type="sample"),
+                                     dict(steps_offset=1, timestep_spacing="leading"),
+                                     dict(thresholding=True, sample_max_value=1.5, solver_order=3)])
+@pytest.mark.parametrize("steps", (10, 25))
+def test_unipc_options_match_diffusers(options, steps):
+    assert compare_unipc_sampling(options, steps) == 0.0
+
+
+def test_unipc_bh1_lands_on_x0_where_diffusers_returns_nan():
+    """Departure: with B(h) = h and a final σ of 0, h = ∞ at the last step; its UniP-1 update needs no B(h) and
+    lands on x̂_0, but diffusers multiplies an absent correction, 0, by B(h) = −∞ and returns NaN. Every step before
+    the last is diffusers' bit for bit."""
+    options = dict(solver_type="bh1", prediction_type="v_prediction")
+    compare_unipc_sampling(options, 10, last_step_differs=True)
+    mine, ref = pair("UniPCMultistepScheduler", **options)
+    for scheduler in (mine, ref):
+        scheduler.set_timesteps(4)
+        x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+        for t in scheduler.timesteps:
+            output = fake_network(x, t)
+            last_x0 = mine.convert_model_output(output, x) if scheduler is mine and t == mine.timesteps[-1] else None
+            x = scheduler.step(output, t, x).prev_sample
+        if scheduler is mine:                            # the last UniP-1 step returns x̂_0 exactly
+            assert torch.equal(x, last_x0)
+        else:
+            assert x.isnan().all()
+
+
+def test_unipc_refuses_what_diverges_and_reads_dpm_solver_configs():
+    """A final σ of 0 with the noise form or without lower_order_final: diffusers returns inf/NaN or a singular
+    solve, ours says why. A DPM-Solver config (solver_type 'midpoint') becomes bh2, as diffusers reads it."""
+    for bad in (dict(predict_x0=False), dict(lower_order_final=False), dict(solver_order=4), dict(solver_type="x")):
+        with pytest.raises(ValueError, match="final σ of 0|solver_order 1, 2 or 3"):
+            ours.UniPCMultistepScheduler(**bad)
+    ours.UniPCMultistepScheduler(lower_order_final=False, solver_order=1)
+    dpm = ours.DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    mine = ours.UniPCMultistepScheduler.from_config(dpm.config)
+    reference = diffusers.UniPCMultistepScheduler.from_config(diffusers.DPMSolverMultistepScheduler(**dpm.config).config)
+    assert mine.config.solver_type == reference.config.solver_type == "bh2"
+    assert {k: reference.config[k] for k in mine.config} == dict(mine.config)
+    with pytest.raises(ValueError, match="repeats timesteps"):
+        ours.UniPCMultistepScheduler().set_timesteps(1000)
+
+
+def vp_gaussian(mean: float, std: float):
+    """For data N(mean, std²) per pixel on the VP path x_t = α_t x_0 + σ_t ε: the exact x̂_0(x_t) = mean +
+    α s²/(α² s² + σ²) (x_t − α mean), and the exact probability-flow ODE map from σ̃_a to σ̃_b."""
+    alpha_sigma = lambda s: (1 / (s ** 2 + 1) ** 0.5, s / (s ** 2 + 1) ** 0.5)
+
+    def x0_of(x, s):
+        a, sg = alpha_sigma(s)
+        return mean + a * std ** 2 / (a ** 2 * std ** 2 + sg ** 2) * (x - a * mean)
+
+    def flow(x, s_from, s_to):
+        (a, sg), (b, sb) = alpha_sigma(s_from), alpha_sigma(s_to)
+        return b * mean + ((b ** 2 * std ** 2 + sb ** 2) / (a ** 2 * std ** 2 + sg ** 2)) ** 0.5 * (x - a * mean)
+    return x0_of, flow
+
+
+@pytest.mark.parametrize("solver_type", ("bh1", "bh2"))
+def test_unipc_higher_orders_land_closer_on_an_exact_denoiser(solver_type):
+    """On an exact x̂_0 (Gaussian data) the ODE's end point is known. Every order converges (40 steps land over 5x
+    closer than 10), and at 40 steps UniPC-2 and UniPC-3 land over 4x closer than UniPC-1 (linear β, "linspace";
+    max |error| bh1: 0.050, 0.0088, 0.0011; bh2: 0.056, 0.0055, 0.010; float32 coefficients set a floor near 1e-3)."""
+    def error(order, steps):
+        s = ours.UniPCMultistepScheduler(solver_order=order, solver_type=solver_type, prediction_type="sample",
+                                         final_sigmas_type="sigma_min")
+        s.set_timesteps(steps)
+        x0_of, flow = vp_gaussian(0.3, 0.5)
+        x = torch.randn(4, 1, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        truth = flow(x, s.sigmas[0].double(), s.sigmas[-1].double())
+        for i, t in enumerate(s.timesteps):
+            x = s.step(x0_of(x, s.sigmas[i].double()), t, x).prev_sample
+        return float((x - truth).abs().max())
+    at_40 = [error(order, 40) for order in (1, 2, 3)]
+    assert all(at_40[order - 1] < error(order, 10) / 5 for order in (1, 2, 3))
+    assert at_40[1] < at_40[0] / 4 and at_40[2] < at_40[0] / 4
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
 def test_forward_process_matches_diffusers(name, beta_schedule):
     mine, ref = pair(name, beta_schedule=beta_schedule)
     torch.testing.assert_close(mine.alphas_cumprod, ref.alphas_cumprod, rtol=0, atol=0)
     x0, eps, t = torch.randn(4, 1, 5, 5), torch.randn(4, 1, 5, 5), torch.tensor([0, 10, 500, 999])
-    if name == "DPMSolverMultistepScheduler":     # diffusers' DPM add_noise reads the inference schedule
+    multistep = name in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+    if multistep:                                 # diffusers' multistep add_noise reads the inference schedule
         mine.set_timesteps(10)
         ref.set_timesteps(10)
         t = ref.timesteps[[0, 3, 5, 9]]
     close(mine.add_noise(x0, eps, t), ref.add_noise(x0, eps, t))
-    if name != "DPMSolverMultistepScheduler":
+    if not multistep:
         close(mine.get_velocity(x0, eps, t), ref.get_velocity(x0, eps, t))
     assert mine.init_noise_sigma == ref.init_noise_sigma and mine.order == ref.order
     assert torch.equal(mine.scale_model_input(x0, 5), ref.scale_model_input(x0, 5))
@@ -173,7 +302,8 @@ def test_each_library_loads_the_others_config(name, tmp_path):
     x, out = torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
     t = loaded_ref.timesteps[0]
     a = loaded_mine.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
-    close(a, loaded_ref.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample)
+    seeded = {"generator": torch.Generator().manual_seed(0)} if name != "UniPCMultistepScheduler" else {}
+    close(a, loaded_ref.step(out, t, x, **seeded).prev_sample)
 
 
 def test_from_config_across_classes_keeps_the_noise_schedule():

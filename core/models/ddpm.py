@@ -32,7 +32,7 @@ from core.config import option
 from core.models.diffusion import ETA_RANGE, GUIDANCE_RANGE, MAX_STEPS, DiffusionModel, Objective, own_first
 from core.models.edm import EDM, EDMObjective
 from core.models.flow_matching import FLOW, TIME_SAMPLINGS, FlowMatchingObjective
-from core.schedulers import DIFFUSION_SCHEDULERS, DDPMScheduler, DPMSolverMultistepScheduler
+from core.schedulers import DIFFUSION_SCHEDULERS, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, predicted_x0
 
 __all__ = ["DDPM", "DDPMConfig", "DDPMObjective", "OBJECTIVES", "MAX_STEPS", "GUIDANCE_RANGE", "ETA_RANGE",
@@ -42,7 +42,7 @@ __all__ = ["DDPM", "DDPMConfig", "DDPMObjective", "OBJECTIVES", "MAX_STEPS", "GU
 class DDPMObjective(Objective):
     """ε, x_0 or v prediction on Ho et al.'s variance-preserving path, with min-SNR-γ and zero terminal SNR."""
     kind = "diffusion"
-    samplers = {name: DIFFUSION_SCHEDULERS[name] for name in ("dpm_solver", "dpm_solver_sde", "ddim", "ddpm")}
+    samplers = {name: DIFFUSION_SCHEDULERS[name] for name in ("dpm_solver", "dpm_solver_sde", "unipc", "ddim", "ddpm")}
     training_scheduler = DDPMScheduler
 
     def scheduler_config(self) -> dict:
@@ -73,18 +73,19 @@ class DDPMObjective(Objective):
         return predicted_x0(self.config.prediction_type, output, x_t, abar ** 0.5, (1 - abar) ** 0.5)
 
     def sampler_options(self, name: str) -> dict:
-        """DPM-Solver++ (ODE or SDE) uses dynamic thresholding for an ε-prediction model, as diffusers advises for
-        pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps (α_T ≈ 0.006 for the linear
+        """DPM-Solver++ (ODE or SDE) and UniPC use dynamic thresholding for an ε-prediction model, as diffusers advises
+        for pixel-space models: there x̂_0 = (x_t − σ_t ε̂)/α_t at the first, noisiest steps (α_T ≈ 0.006 for the linear
         schedule) turns small errors in ε̂ into saturated speckle; DDPM and DDIM clip its x̂_0 to [-1, 1] (diffusers'
         default). A v-prediction model needs neither (x̂_0 = α_t x_t − σ_t v̂ amplifies nothing) and samples better
-        without them: DPM-Solver++ without thresholding (bench/diffusion_recipes.py: recall 0.45 against 0.37 with
-        it); DDPM and DDIM without clipping, which changes x̂_0 but not ε̂ and so bends every step, and from t = T
-        ("trailing" spacing, Lin et al. 2024: diffusers' "leading" starts 50 steps at t = 980 and 20 at t = 950,
-        where pure noise stands in for an x_t that still holds 3% and 8% of the image, √ᾱ_t): the shipped `ddpm`
-        with DDIM 50 steps, FID 23.5 with clipping from t = 980, 6.1 without (500 samples at its guidance). With
-        zero terminal SNR, DDPM and DDIM start at t = T too, the pure noise (Lin et al.)."""
+        without them: DPM-Solver++ without thresholding (bench/diffusion_recipes.py: recall 0.45 against 0.37 with it);
+        DDPM and DDIM without clipping, which changes x̂_0 but not ε̂ and so bends every step, and from t = T
+        ("trailing" spacing, Lin et al. 2024: diffusers' "leading" starts 50 steps at t = 980 and 20 at t = 950, where
+        pure noise stands in for an x_t that still holds 3% and 8% of the image, √ᾱ_t): the shipped `ddpm` with DDIM 50
+        steps, FID 23.5 with clipping from t = 980, 6.1 without (500 samples at its guidance). With zero terminal SNR,
+        DDPM and DDIM start at t = T too, the pure noise (Lin et al.)."""
         options, prediction_type = {}, self.config.prediction_type
-        if self.samplers[name] is DPMSolverMultistepScheduler and prediction_type == "epsilon":
+        x0_solvers = (DPMSolverMultistepScheduler, UniPCMultistepScheduler)
+        if self.samplers[name] in x0_solvers and prediction_type == "epsilon":
             options["thresholding"] = True
         if name in ("ddpm", "ddim") and prediction_type == "v_prediction":
             options.update(clip_sample=False, timestep_spacing="trailing")
@@ -134,8 +135,8 @@ class DDPMConfig:
 
 def samplers_for(prediction_type: str) -> dict:
     """The schedulers that can sample a model of this prediction type, by name, the type's default first: Euler and
-    Heun for flow matching; DPM-Solver++, Heun and Euler for EDM; DPM-Solver++ (ODE, then SDE), DDIM and DDPM for
-    diffusion (also the answer for a type that is not one)."""
+    Heun for flow matching; DPM-Solver++, Heun and Euler for EDM; DPM-Solver++ (ODE, then SDE), UniPC, DDIM and DDPM
+    for diffusion (also the answer for a type that is not one)."""
     objective = OBJECTIVES.get(prediction_type, DDPMObjective) if isinstance(prediction_type, str) else DDPMObjective
     return objective.samplers
 

@@ -33,7 +33,8 @@ NEUTRAL = {"trained_betas": None, "use_karras_sigmas": False,
            "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
            "flow_shift": 1.0, "lambda_min_clipped": -math.inf, "variance_type": None, "use_dynamic_shifting": False,
            "time_shift_type": "exponential", "invert_sigmas": False, "shift_terminal": None, "stochastic_sampling": False,
-           "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+           "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096,
+           "solver_p": None}
 
 
 @dataclass
