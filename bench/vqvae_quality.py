@@ -29,15 +29,20 @@ from core.images import save_grid  # noqa: E402
 
 
 def autoencoder_notes(command: str) -> str | None:
-    """Where the frozen autoencoder came from: the stage-1 folder named by the prior run's --init-from."""
+    """Where the frozen autoencoder came from: the stage-1 folder named by the prior run's --init-from (a run's
+    model folder, or one of its checkpoints)."""
     words = command.split()
     if "--init-from" not in words:
         return None
     folder = Path(words[words.index("--init-from") + 1]).expanduser()
-    training = folder / "training.json"
-    if not training.is_file():
+    if (folder / "training_state.json").is_file():                    # RUN/checkpoints/step-N
+        state, run = json.loads((folder / "training_state.json").read_text()), folder.parent.parent
+        facts = {"steps": state["step"], "seconds": state["elapsed"]}
+        facts["command"] = json.loads((run / "config.json").read_text())["command"]
+    elif (folder / "training.json").is_file():                        # RUN/model
+        facts = json.loads((folder / "training.json").read_text())
+    else:
         return f"The autoencoder (stage 1) is {folder}."
-    facts = json.loads(training.read_text())
     return (f"Stage 1, the autoencoder: {facts['steps']:,} steps, {facts['seconds'] / 60:.0f} training minutes, "
             f"`{facts['command']}`. Stage 2, the prior, is the run described above (autoencoder frozen).")
 
