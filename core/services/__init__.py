@@ -13,11 +13,13 @@ from core.services.foundations import FoundationsService
 from core.services.gan import GANService
 from core.services.pictures import OutputFiles
 from core.services.pix2pix import Pix2PixService
+from core.services.pixelcnn import PixelCNNService
 from core.services.simclr import SimCLRService
 from core.services.stylegan import StyleGANService
 from core.services.vae import VAEService
 
-SERVICES: tuple[type[Service], ...] = (GANService, StyleGANService, VAEService, FlowService, DiffusionService,
-                                       CycleGANService, Pix2PixService, SimCLRService, AttackService, FoundationsService)
+SERVICES: tuple[type[Service], ...] = (GANService, StyleGANService, VAEService, FlowService, PixelCNNService,
+                                       DiffusionService, CycleGANService, Pix2PixService, SimCLRService, AttackService,
+                                       FoundationsService)
 
 __all__ = ["SERVICES", "Service", "Endpoint", "Admission", "OutputFiles", "RequestError", "figures_markdown"]
