@@ -410,6 +410,16 @@ def write_pngs(folder: Path, images: np.ndarray, names: list[str], force: bool) 
     return paths
 
 
+def trusted_model_name(name: str) -> str:
+    """The model a file names, if it is a manifest name or a local folder: a file alone never makes the decoder
+    download a model from the Hub (pass --model for that)."""
+    from core.hub import read_manifest
+    if name in read_manifest() or Path(name).is_dir():
+        return name
+    raise ValueError(f"the file names the model {name!r}, neither a manifest name nor a local folder: pass --model "
+                     f"to decode with it")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m core.compress",
@@ -453,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             data = Path(args.in_file).read_bytes()
             header = read_header(data)
-            model = load_model(args.model or header["model"])
+            model = load_model(args.model or trusted_model_name(header["model"]))
             images, names = decode(model, data)
             paths = write_pngs(Path(args.out_dir), images, names, args.force)
             print(f"{len(paths)} images -> {args.out_dir}")

@@ -130,6 +130,10 @@ def test_the_cli_round_trips_a_folder_of_pngs(tmp_path, fashion):
     with pytest.raises(SystemExit, match="refusing to overwrite"):
         compress.main(["decode", str(packed), str(out_dir)])
     compress.main(["decode", "--force", str(packed), str(out_dir)])
+    hub_named = tmp_path / "hub.glpx"                     # a file alone never makes the decoder fetch a Hub repo
+    hub_named.write_bytes(forged(packed.read_bytes(), model="someone/evil-model"))
+    with pytest.raises(SystemExit, match="pass --model"):
+        compress.main(["decode", str(hub_named), str(tmp_path / "elsewhere")])
     Image.fromarray(np.stack([images[0]] * 3, -1), mode="RGB").save(in_dir / "colour.png")
     with pytest.raises(SystemExit, match="colour.png: mode RGB"):
         compress.main(["encode", "--force", "--model", str(model_dir), str(in_dir), str(packed)])
