@@ -4,9 +4,9 @@ classes of --samples samples on genlab's metric classifier.
 
     python bench/vqvae_quality.py checkpoints/vqvae --from-run ~/genlab-runs/vqvae/prior --samples 2000 --write
 
---from-run first writes the run's newest checkpoint (checkpoints/latest.json) into the folder as a Hub folder, with
-training.json (the prior's steps, seconds, hardware, images/s and command; the notes name the autoencoder's run,
-read from the folder the prior run started from with --init-from). A run still training can be exported.
+--from-run first writes the run's newest checkpoint into the folder as a Hub folder (bench/run_export.py: the prior's
+steps, seconds, hardware, images/s and command), the notes of its training.json naming the autoencoder's run, read
+from the folder the prior run started from with --init-from. A run still training can be exported.
 Without --write the figures are printed and the grids (samples, reconstructions, worst and best samples) go to
 --out; with it they go into the folder with eval.json, and the card is rewritten.
 """
@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.run_export import export as run_export  # noqa: E402
 from core.config import save_json  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.evaluate import extremes  # noqa: E402
@@ -48,20 +49,11 @@ def autoencoder_notes(command: str) -> str | None:
 
 
 def export(run: Path, folder: Path) -> None:
-    """The run's newest checkpoint as a Hub folder with its training facts."""
-    root = run / "checkpoints"
-    checkpoint = root / json.loads((root / "latest.json").read_text())["folder"]
-    state = json.loads((checkpoint / "training_state.json").read_text())
-    config = json.loads((run / "config.json").read_text())
-    load_model(checkpoint).save_pretrained(folder)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    speeds = sorted(r["images_per_s"] for r in records if "images_per_s" in r and r["step"] <= state["step"])
-    save_json({"family": "vqvae", "dataset": config["train"]["dataset"], "steps": state["step"],
-               "seconds": round(state["elapsed"], 1), "hardware": config["hardware"],
-               "images_per_s": speeds[len(speeds) // 2], "command": config["command"],
-               "notes": autoencoder_notes(config["command"] or ""), "train_config": config["train"]},
-              folder / "training.json")
-    print(f"{folder}: step {state['step']}, {state['elapsed'] / 60:.0f} training minutes, from {checkpoint}")
+    """bench/run_export.py's Hub folder of the run's newest checkpoint, with the autoencoder's facts as notes."""
+    run_export(run, folder)
+    training = json.loads((folder / "training.json").read_text())
+    command = json.loads((run / "config.json").read_text())["command"] or ""
+    save_json({**training, "notes": autoencoder_notes(command)}, folder / "training.json")
 
 
 def sampling_seconds(model, n: int = 64, repeats: int = 3) -> float:
