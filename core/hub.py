@@ -4,7 +4,8 @@ A checkpoint is a Hub repo folder (core.checkpoint: config.json + model.safetens
 manifest name (checkpoints/index.json), a folder or `owner/name[@revision]` into a local folder, downloading through
 huggingface_hub; `load_model` builds the class config.json names (core.families); `push` publishes a folder;
 `attach_guide` makes one diffusion checkpoint from a model and its autoguidance guide; `export_diffusers` writes a
-diffusion model as a diffusers DDPMPipeline folder; `python -m core.hub` is the command line for all of them.
+diffusion model as a diffusers DDPMPipeline folder (and pushes it), and `load_model` reads such folders back as
+DDPMs (core/models/diffusers_export.py); `python -m core.hub` is the command line for all of them.
 """
 from __future__ import annotations
 
@@ -19,13 +20,16 @@ from core.cards import write_model_card
 from core.checkpoint import PICKLE_SUFFIXES, WEIGHTS, CheckpointError, HubModel, read_class_name
 from core.data import load_dataset
 from core.families import class_named
+from core.models.diffusers_export import DIFFUSERS_WEIGHTS, diffusers_folders, import_diffusers
 
 MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "index.json"
 METRIC_CLASSIFIER = MANIFEST.parent / "classifier"     # whose features every sample-quality figure uses
 # what a download fetches: the model (config, weights, a DDPM's scheduler, the classifier's metric statistics) and
 # its card with the card's figures; nothing else in a repo (least of all pickles) is downloaded
 HUB_FILES = ["config.json", "model.safetensors", "scheduler_config.json", "reference_stats.safetensors",
-             "README.md", "eval.json", "training.json", "*.png"]
+             "README.md", "eval.json", "training.json", "*.png",
+             "model_index.json", "unet/config.json", f"unet/{DIFFUSERS_WEIGHTS}", "scheduler/scheduler_config.json",
+             DIFFUSERS_WEIGHTS]          # a diffusers UNet2DModel or pipeline folder (imported by `load_model`)
 __all__ = ["CheckpointError", "attach_guide", "export_diffusers", "load_model", "push", "read_manifest", "resolve",
            "write_model_card"]
 
@@ -71,7 +75,7 @@ def resolve(spec: str | Path, revision: str | None = None, manifest: str | Path 
             raise CheckpointError(f"model {spec!r}: not found; tried {'; '.join(tried)}")
         return hub_snapshot(entry["repo_id"], revision or entry.get("revision"), tried)
     if allow_local and folder.is_dir():
-        if not (folder / "config.json").is_file():
+        if not (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
             raise CheckpointError(f"{folder} has no config.json, so it is not a genlab checkpoint folder")
         return folder
     repo_id, revision = split_spec(str(spec), revision)
@@ -120,27 +124,38 @@ def hub_snapshot(repo_id: str, revision: str | None, tried: list[str], max_bytes
 
 
 def check_snapshot(folder: Path, name: str) -> Path:
-    """A downloaded repo must hold config.json and safetensors weights; a pickle-only repo is refused by name."""
-    if not (folder / "config.json").is_file():
+    """A downloaded repo must hold config.json and safetensors weights (a diffusers folder: its own file names);
+    a pickle-only repo is refused by name."""
+    if not (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
         raise CheckpointError(f"{name} has no config.json, so it is not a genlab checkpoint")
-    if not (folder / WEIGHTS).is_file():
+    layout = diffusers_folders(folder)
+    weights = (layout[0] / DIFFUSERS_WEIGHTS) if layout else (folder / WEIGHTS)
+    if not weights.is_file():
         from huggingface_hub import HfApi
         try:
             files = HfApi().list_repo_files(name.split("@")[0], revision=name.split("@")[1])
         except Exception:
             files = []
         pickles = sorted(f for f in files if Path(f).suffix in PICKLE_SUFFIXES)
+        expected = weights.relative_to(folder).as_posix()
         if pickles:
-            raise CheckpointError(f"{name} holds {', '.join(pickles)} but no {WEIGHTS}: genlab refuses to unpickle "
+            raise CheckpointError(f"{name} holds {', '.join(pickles)} but no {expected}: genlab refuses to unpickle "
                                   "weights (a pickle can run code)")
-        raise CheckpointError(f"{name} has no {WEIGHTS}")
+        raise CheckpointError(f"{name} has no {expected}")
     return folder
 
 
 def load_model(spec: str | Path, revision: str | None = None, manifest: str | Path | None = None,
                allow_local: bool = True, max_bytes: int | None = None, **kwargs) -> HubModel:
-    """Any genlab checkpoint (see `resolve`): config.json's _class_name picks the class."""
+    """Any genlab checkpoint (see `resolve`): config.json's _class_name picks the class. A diffusers UNet2DModel or
+    pipeline folder whose network and scheduler genlab can express loads as a DDPM (core/models/diffusers_export.py);
+    one it cannot is refused with the key that has no genlab equal."""
     folder = resolve(spec, revision, manifest, allow_local, max_bytes)
+    if diffusers_folders(folder):
+        try:
+            return import_diffusers(folder)
+        except ValueError as exc:
+            raise CheckpointError(f"{spec} (diffusers): {exc}") from None
     config_file = folder / "config.json"
     class_name = read_class_name(folder)
     try:
@@ -193,15 +208,26 @@ def attach_guide(model_folder: str | Path, guide_folder: str | Path, out: str | 
     return Path(out)
 
 
-def export_diffusers(spec: str | Path, out: str | Path, sampler: str | None = None) -> Path:
+def export_diffusers(spec: str | Path, out: str | Path, sampler: str | None = None,
+                     push_to: str | None = None) -> str:
     """A DDPM-family model as a folder that diffusers.DDPMPipeline.from_pretrained loads (core/models/
-    diffusers_export.py); a model it cannot run is refused with the reason."""
+    diffusers_export.py); a model it cannot run is refused with the reason. With `push_to`, the folder is also
+    committed to that Hub repo (every file, subfolders included); returns the folder, or `repo_id@commit`."""
     from core.models.diffusers_export import export_pipeline
     model = load_model(spec)
     try:
-        return export_pipeline(model, out, source=str(spec), sampler=sampler)
+        folder = export_pipeline(model, out, source=str(spec), sampler=sampler)
     except ValueError as exc:
         raise CheckpointError(f"{spec}: {exc}") from None
+    if not push_to:
+        return str(folder)
+    from huggingface_hub import CommitOperationAdd, HfApi
+    api = HfApi()
+    api.create_repo(push_to, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+                  for p in sorted(folder.rglob("*")) if p.is_file()]
+    commit = api.create_commit(push_to, operations, commit_message=f"genlab: {spec} as a diffusers DDPMPipeline")
+    return f"{push_to}@{commit.oid}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("model", help="manifest name, folder, repo_id or repo_id@revision of a DDPM-family model")
     p.add_argument("out_dir", help="the folder to write (model_index.json, unet/, scheduler/, README.md)")
     p.add_argument("--sampler", help="the scheduler to write, one of the model's samplers (default: its own)")
+    p.add_argument("--push", metavar="REPO_ID", help="also push the folder to this Hub repo (created if missing)")
     args = parser.parse_args(argv)
     try:
         if args.command == "push":
@@ -250,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "guide":
             print(attach_guide(args.model, args.guide, args.out, args.scale, args.sampler))
         elif args.command == "export-diffusers":
-            print(export_diffusers(args.model, args.out_dir, args.sampler))
+            print(export_diffusers(args.model, args.out_dir, args.sampler, args.push))
         elif args.command == "pull":
             print(resolve(args.spec))
         else:

@@ -1,6 +1,8 @@
 """genlab's diffusion models as diffusers pipelines: the U-Net's weights under `diffusers.UNet2DModel`'s names, the
 UNet2DModel config that builds the same network, and a `DDPMPipeline` folder (model_index.json, unet/, scheduler/,
-README.md) for a DDPM-family model with its own sampler; and back, our U-Net from a UNet2DModel it can express.
+README.md) for a DDPM-family model with its own sampler (a class-conditional one with a classifier-free guidance loop,
+`CFG_LOOP`, since the pipeline's call passes no labels); and back, our U-Net from a UNet2DModel it can express, and a
+DDPM from a diffusers folder (`import_diffusers`: weights from safetensors, the schedule from scheduler_config.json).
 
 Our U-Net (core/models/unet.py) follows UNet2DModel block for block; the two differ in names and in one fusion:
     ours                                       diffusers
@@ -13,6 +15,8 @@ Our U-Net (core/models/unet.py) follows UNet2DModel block for block; the two dif
     downsample.i, upsample.i                   down_blocks.i.downsamplers.0.conv, up_blocks.i.upsamplers.0.conv
     mid1, mid_attention, mid2                  mid_block.resnets.0, mid_block.attentions.0, mid_block.resnets.1
     norm_out                                   conv_norm_out
+The label embedding needs no mapping: both add its row to the time embedding (after the MLP) before any block; only
+a call without labels differs (ours takes the null label ∅ = K, diffusers raises: pass ∅ yourself).
 and in options, which pick diffusers' choices equal to ours: the timestep embedding [cos(t ω_i), sin(t ω_i)] with
 ω_i = 10000^(−i/(d/2)) is flip_sin_to_cos=True, freq_shift=0; GN(h + Linear(SiLU(temb))) is
 resnet_time_scale_shift="default"; attention heads of `head_dim` channels scaled by 1/√head_dim are
@@ -22,12 +26,14 @@ does not halve evenly down to the lowest level (28 with four levels: 7 -> 4 -> 8
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from core.checkpoint import PICKLE_SUFFIXES
 from core.models.ddpm import DDPM, DDPMObjective
 from core.models.unet import SelfAttention, UNet
 
@@ -124,20 +130,28 @@ def unet_options(config: dict) -> dict:
                 attention_levels=tuple(i for i, t in enumerate(down) if t == "AttnDownBlock2D"))
 
 
-def from_unet2d(converted) -> UNet:
-    """Our U-Net computing what a UNet2DModel computes: its config mapped by `unet_options`, its weights back under
-    our names (to_q, to_k, to_v joined into qkv), loaded strictly."""
-    unet = UNet(**unet_options(converted.config))
-    theirs = converted.state_dict()
+def genlab_state_dict(names, theirs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """UNet2DModel weights `theirs` under our U-Net's state-dict `names` (to_q, to_k, to_v joined into qkv); a
+    ValueError names any weight of theirs that has no place here."""
     state, used = {}, set()
-    for name in unet.state_dict():
+    for name in names:
         key = diffusers_key(name)
         parts = [key.replace(".qkv.", f".{p}.") for p in ("to_q", "to_k", "to_v")] if ".qkv." in key else [key]
+        missing = [k for k in parts if k not in theirs]
+        if missing:
+            raise ValueError(f"UNet2DModel weights lack {missing[0]} (genlab's {name})")
         state[name] = torch.cat([theirs[k] for k in parts])          # 3 x (C, ...) -> (3C, ...), or one tensor as is
         used.update(parts)
     if set(theirs) - used:
         raise ValueError(f"UNet2DModel weights genlab has no place for: {sorted(set(theirs) - used)[:3]}")
-    unet.load_state_dict(state, strict=True)
+    return state
+
+
+def from_unet2d(converted) -> UNet:
+    """Our U-Net computing what a UNet2DModel computes: its config mapped by `unet_options`, its weights back under
+    our names (`genlab_state_dict`), loaded strictly."""
+    unet = UNet(**unet_options(converted.config))
+    unet.load_state_dict(genlab_state_dict(unet.state_dict(), converted.state_dict()), strict=True)
     return unet.eval()
 
 
@@ -152,9 +166,6 @@ def check_exportable(model) -> None:
     if not isinstance(model.objective, DDPMObjective):
         raise ValueError(f"a {model.objective.kind} model ({kind}) is not exported: only ε, x_0 and v prediction "
                          "(the DDPM family) are tested against DDPMPipeline here")
-    if model.conditional:
-        raise ValueError("a class-conditional model needs class_labels, which DDPMPipeline does not pass "
-                         "(its diffusers export with classifier-free guidance is not written yet)")
 
 
 def diffusers_scheduler(model: DDPM, name: str | None = None):
@@ -187,10 +198,17 @@ def card(model: DDPM, source: str, scheduler_name: str, scheduler_config) -> str
                 if model.guidance_scale == 1.0 else
                 f"genlab samples it at guidance {model.guidance_scale:g}; this pipeline samples the model alone "
                 "(guidance 1).")) if model.guide is not None else ""
+    usage = conditional_usage(model) if model.conditional else f"""```python
+from diffusers import DDPMPipeline
+pipe = DDPMPipeline.from_pretrained("path/to/this/folder")
+images = pipe(batch_size=16, num_inference_steps={c.eval_steps}).images   # the model's own {c.eval_steps} steps
+```
+With the same steps and `generator=torch.Generator().manual_seed(s)`, the images equal genlab's
+`model.denoise(n, noise=x_T, generator=g)` from the same seed (tests/models/test_diffusers_export.py)."""
     return f"""---
 library_name: diffusers
 pipeline_tag: unconditional-image-generation
-tags: [genlab, ddpm, fashion-mnist]
+tags: [genlab, ddpm, fashion-mnist{', class-conditional' if model.conditional else ''}]
 ---
 # {source or 'genlab diffusion model'} for diffusers
 
@@ -199,11 +217,147 @@ images with {c.channels} channel(s), exported by `python -m core.hub export-diff
 weights under diffusers' names; its forward equals genlab's to 1e-5) and the model's own sampler,
 `{scheduler_name}`{algorithm} ({c.prediction_type} prediction, {c.beta_schedule} β schedule, T = {c.num_train_timesteps}).
 
-```python
-from diffusers import DDPMPipeline
-pipe = DDPMPipeline.from_pretrained("path/to/this/folder")
-images = pipe(batch_size=16, num_inference_steps={c.eval_steps}).images   # the model's own {c.eval_steps} steps
-```
-With the same steps and `generator=torch.Generator().manual_seed(s)`, the images equal genlab's
-`model.denoise(n, noise=x_T, generator=g)` from the same seed (tests/models/test_diffusers_export.py).{guide}
+{usage}{guide}
 """
+
+
+# Classifier-free guidance through diffusers (Ho & Salimans 2022, Eq. 6 with genlab's w: f̃ = f(∅) + w (f(y) − f(∅))),
+# which DDPMPipeline's call does not do: it passes no labels. The card prints it after a line setting folder, steps, w
+# and labels; docs/diffusion.md shows it, and tests/models/test_diffusers_export.py runs that copy against ours.
+CFG_LOOP = """pipe = DDPMPipeline.from_pretrained(folder)     # the UNet2DModel and scheduler; pipe() itself passes no labels
+unet, scheduler = pipe.unet, pipe.scheduler
+null = torch.full_like(labels, unet.config.num_class_embeds - 1)              # the null label ∅ = K
+generator = torch.Generator().manual_seed(0)
+size = (len(labels), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+x = torch.randn(size, generator=generator) * scheduler.init_noise_sigma
+scheduler.set_timesteps(steps)
+for t in scheduler.timesteps:
+    with torch.no_grad():
+        both = unet(scheduler.scale_model_input(torch.cat([x, x]), t), t, torch.cat([labels, null])).sample
+    conditional, unconditional = both.chunk(2)
+    x = scheduler.step(unconditional + w * (conditional - unconditional), t, x, generator=generator).prev_sample
+images = (x / 2 + 0.5).clamp(0, 1)                                          # (N, C, H, W) in [0, 1]
+"""
+
+
+def cfg_settings(folder: str, steps: int, w: float, classes: int) -> str:
+    """The lines before CFG_LOOP: imports, and the folder, steps, guidance scale and labels it samples."""
+    return (f"import torch\nfrom diffusers import DDPMPipeline\n"
+            f"folder, steps, w, labels = {json.dumps(folder)}, {steps}, {w:g}, torch.arange({classes})   # labels 0..{classes - 1}\n")
+
+
+def conditional_usage(model: DDPM) -> str:
+    """The card's sampling loop for a class-conditional model (CFG_LOOP at genlab's steps and guidance)."""
+    c = model.config
+    return f"""Class-conditional with classifier-free guidance: labels 0..{c.num_classes - 1} are the classes and label
+{c.num_classes} (`num_class_embeds - 1`) is the null label ∅. `DDPMPipeline.from_pretrained` loads the U-Net and
+the scheduler, but calling the pipeline passes no labels; sample with this loop (genlab's guidance scale
+{model.guidance_scale:g} and {c.eval_steps} steps):
+```python
+{cfg_settings("path/to/this/folder", c.eval_steps, model.guidance_scale, c.num_classes)}{CFG_LOOP}```
+From the same seed, the images equal genlab's `model.denoise(n, guidance_scale=w, label=labels, noise=x_T,
+generator=g)` with x_T drawn first from g (tests/models/test_diffusers_export.py)."""
+
+
+# -------------------------------------------------------------------- import: a diffusers folder as a genlab DDPM
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DDPM_UNET = dict(groups=8, head_dim=32)       # what DDPM builds its U-Net with (diffusion.py): no config option sets them
+
+
+def diffusers_folders(folder: str | Path) -> tuple[Path, Path | None] | None:
+    """(the UNet2DModel folder, the folder of its scheduler_config.json or None) when `folder` is a diffusers folder:
+    a pipeline (model_index.json, unet/, scheduler/) or a model saved by diffusers (config.json naming
+    _diffusers_version); None for anything else (a genlab checkpoint)."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        return folder / "unet", folder / "scheduler"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or "_diffusers_version" not in config:
+        return None
+    return folder, folder if (folder / "scheduler_config.json").is_file() else None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path.parent.name}/{path.name} is missing or not JSON ({type(exc).__name__})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path.parent.name}/{path.name} is not a JSON object")
+    return config
+
+
+def ddpm_unet_options(unet_config: dict) -> dict:
+    """DDPMConfig's network options for a UNet2DModel config, or a ValueError naming the key DDPM cannot express: our
+    U-Net takes any groups, head width and attention levels, but a DDPM checkpoint builds it with `DDPM_UNET` and
+    attention at the lowest resolution only."""
+    if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ValueError(f"_class_name={unet_config['_class_name']!r}: genlab imports UNet2DModel only (no "
+                         "cross-attention, no text conditioning)")
+    options = unet_options(unet_config)
+    channels, levels = options["channels"], len(options["channels"])
+    width, head_dim = channels[-1], options["head_dim"]
+    if options["groups"] != DDPM_UNET["groups"]:
+        raise ValueError(f"UNet2DModel option norm_num_groups={options['groups']}: genlab's DDPM uses 8")
+    if width % head_dim or width // head_dim != max(1, width // DDPM_UNET["head_dim"]):
+        raise ValueError(f"UNet2DModel option attention_head_dim={head_dim}: genlab's DDPM attends with heads of 32 "
+                         f"channels ({max(1, width // 32)} at width {width})")
+    if options["attention_levels"] != (levels - 1,):
+        raise ValueError(f"UNet2DModel option down_block_types={unet_config['down_block_types']}: genlab's DDPM "
+                         "attends at the lowest resolution only (AttnDownBlock2D last)")
+    size = unet_config.get("sample_size")
+    size = size[0] if isinstance(size, (list, tuple)) and len(set(size)) == 1 else size
+    if not isinstance(size, int):
+        raise ValueError(f"UNet2DModel option sample_size={unet_config.get('sample_size')!r}: genlab's images are square")
+    return dict(channels=options["in_channels"], image_size=size, widths=",".join(map(str, channels)),
+                layers_per_block=options["layers_per_block"], dropout=options["dropout"],
+                num_classes=options["num_classes"])
+
+
+def ddpm_schedule_options(config: dict) -> dict:
+    """DDPMConfig's schedule and own sampler for a diffusers scheduler_config.json (None: DDPMPipeline's default
+    DDPMScheduler()), or a ValueError naming the key genlab cannot express. The sampler is genlab's of the same
+    class and algorithm, with genlab's options for it (DDPMObjective.sampler_options), not the file's other options."""
+    from core.models.ddpm import DDPMObjective
+    from core.schedulers import SCHEDULER_OPTIONS
+    from core.schedulers.base import BETA_SCHEDULES
+    config = config or {"_class_name": "DDPMScheduler"}
+    names = [name for name, cls in DDPMObjective.samplers.items() if cls.__name__ == config.get("_class_name")]
+    names.sort(key=lambda name: -len(SCHEDULER_OPTIONS.get(name, {})))          # the most specific name first
+    names = [n for n in names if all(config.get(k) == v for k, v in SCHEDULER_OPTIONS.get(n, {}).items())]
+    if not names:
+        raise ValueError(f"scheduler _class_name={config.get('_class_name')!r} has no genlab sampler for diffusion "
+                         f"models (genlab has {sorted({c.__name__ for c in DDPMObjective.samplers.values()})})")
+    DDPMObjective.samplers[names[0]].from_config(config)         # refuses, by name, options genlab does not have
+    checks = [("prediction_type", ("epsilon", "sample", "v_prediction")), ("beta_schedule", BETA_SCHEDULES),
+              ("trained_betas", (None,))]
+    for key, allowed in checks:
+        if config.get(key, allowed[0]) not in allowed:
+            raise ValueError(f"scheduler option {key}={config[key]!r} has no genlab equal (genlab: {allowed})")
+    return dict(prediction_type=config.get("prediction_type", "epsilon"), eval_sampler=names[0],
+                num_train_timesteps=config.get("num_train_timesteps", 1000),
+                beta_schedule=config.get("beta_schedule", "linear"), beta_start=config.get("beta_start", 0.0001),
+                beta_end=config.get("beta_end", 0.02), zero_terminal_snr=bool(config.get("rescale_betas_zero_snr")))
+
+
+def import_diffusers(folder: str | Path) -> DDPM:
+    """A genlab DDPM from a diffusers folder (`diffusers_folders`): the network from unet/config.json, the schedule
+    and own sampler from scheduler_config.json, and the weights from diffusion_pytorch_model.safetensors only (a
+    pickled .bin is refused), mapped back under our names and loaded strictly."""
+    import safetensors.torch
+    from core.models.ddpm import DDPMConfig
+    unet_folder, scheduler_folder = diffusers_folders(folder)
+    schedule = read_json(scheduler_folder / "scheduler_config.json") if scheduler_folder else None
+    config = DDPMConfig(**ddpm_unet_options(read_json(unet_folder / "config.json")),
+                        **ddpm_schedule_options(schedule), ema_decay=0.0)
+    weights = unet_folder / DIFFUSERS_WEIGHTS
+    if not weights.is_file():
+        pickles = sorted(p.name for p in unet_folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
+        raise ValueError(f"{unet_folder.name}/ has no {DIFFUSERS_WEIGHTS}" + (
+            f" (only {', '.join(pickles)}: genlab never unpickles weights)" if pickles else ""))
+    model = DDPM(config)
+    model.unet.load_state_dict(genlab_state_dict(model.unet.state_dict(), safetensors.torch.load_file(weights)))
+    return model.eval()
