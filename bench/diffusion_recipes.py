@@ -11,9 +11,9 @@ wall clock (one CPU thread per run, two runs side by side).
 Recipe table: one row per run and sampler setting (a diffusion model: DPM-Solver++ 20 steps with and without dynamic
 thresholding; a flow-matching or EDM model: Euler 20 steps and Heun 10 steps, 19 network passes), with FID, precision,
 recall and off-manifold share of n samples (seed 0) on the metric classifier's stage features (core.metrics), plus
-conditional accuracy for a class-conditional model. Few-step table: one row per (sampler, steps), DDIM and
-DPM-Solver++ (ODE and SDE) without thresholding (flow matching and EDM: Euler and Heun), with the seconds to draw 64
-images on this machine's threads. A guided model (class-conditional, or autoguided) samples at its own guidance
+conditional accuracy for a class-conditional model. Few-step table: one row per (sampler, steps), DDIM,
+DPM-Solver++ (ODE and SDE) and UniPC without thresholding (flow matching and EDM: Euler and Heun; or the --samplers
+named), with the seconds to draw 64 images on this machine's threads. A guided model (class-conditional, or autoguided) samples at its own guidance
 scale, the config's eval_guidance (2 for a conditional one). The U-Net runs in bf16 autocast unless --fp32.
 """
 import argparse
@@ -60,12 +60,16 @@ def sampler_settings(model) -> list[tuple[str, str, int, dict]]:
 def few_step_samplers(model) -> tuple[str, ...]:
     if model.flow:
         return ("euler", "heun")
-    return ("edm_euler", "edm_heun", "edm_dpm_solver") if model.edm else ("ddim", "dpm_solver", "dpm_solver_sde")
+    if model.edm:
+        return ("edm_euler", "edm_heun", "edm_dpm_solver")
+    return ("ddim", "dpm_solver", "dpm_solver_sde", "unipc")
 
 
 def sampler_for(model, scheduler: str, options: dict | None = None):
-    """DPM-Solver++ without thresholding unless asked: the tables compare the network, not the thresholding."""
-    options = {"thresholding": False, **(options or {})} if scheduler.startswith("dpm_solver") else (options or {})
+    """DPM-Solver++ and UniPC without thresholding unless asked: the tables compare the network, not the
+    thresholding."""
+    x0_solver = scheduler.startswith("dpm_solver") or scheduler == "unipc"
+    options = {"thresholding": False, **(options or {})} if x0_solver else (options or {})
     return model.scheduler(scheduler, **options)
 
 
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--steps", default="", help="comma-separated step counts: the few-step table instead")
     parser.add_argument("--fp32", action="store_true", help="run the U-Net in float32")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--samplers", default="", help="few-step table: comma-separated scheduler names (default: "
+                                                       "the family's, e.g. ddim,dpm_solver,dpm_solver_sde,unipc)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,7 +126,7 @@ def main() -> None:
         print(f"{args.runs[0]}: {recipe(vars(model.config))}, {args.n} samples, {torch.get_num_threads()} threads")
         print(header(["sampler", "steps", *COLUMNS, *(extra if model.conditional else []), "s / 64 images"]))
         for steps in (int(s) for s in args.steps.split(",")):
-            for scheduler in few_step_samplers(model):
+            for scheduler in (args.samplers.split(",") if args.samplers else few_step_samplers(model)):
                 cells = score_row(model, yardstick, test, args.n, steps, scheduler)
                 print(row([scheduler, steps, *cells, f"{seconds_for_64(model, steps, scheduler):.2f}"]), flush=True)
         return
