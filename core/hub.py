@@ -9,6 +9,7 @@ DDPMs (core/models/diffusers_export.py); `python -m core.hub` is the command lin
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import functools
@@ -20,7 +21,7 @@ from core.cards import write_model_card
 from core.checkpoint import PICKLE_SUFFIXES, WEIGHTS, CheckpointError, HubModel, read_class_name
 from core.data import load_dataset
 from core.families import class_named
-from core.models.diffusers_export import DIFFUSERS_WEIGHTS, diffusers_folders, import_diffusers
+from core.models.diffusers_export import DIFFUSERS_WEIGHTS, ddpm_config, diffusers_folders, import_diffusers
 
 MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "index.json"
 METRIC_CLASSIFIER = MANIFEST.parent / "classifier"     # whose features every sample-quality figure uses
@@ -30,8 +31,8 @@ HUB_FILES = ["config.json", "model.safetensors", "scheduler_config.json", "refer
              "README.md", "eval.json", "training.json", "*.png",
              "model_index.json", "unet/config.json", f"unet/{DIFFUSERS_WEIGHTS}", "scheduler/scheduler_config.json",
              DIFFUSERS_WEIGHTS]          # a diffusers UNet2DModel or pipeline folder (imported by `load_model`)
-__all__ = ["CheckpointError", "attach_guide", "export_diffusers", "load_model", "push", "read_manifest", "resolve",
-           "write_model_card"]
+__all__ = ["CheckpointError", "attach_guide", "export_diffusers", "load_model", "push", "read_config", "read_manifest",
+           "resolve", "write_model_card"]
 
 
 def split_spec(spec: str, revision: str | None = None) -> tuple[str, str | None]:
@@ -166,6 +167,17 @@ def load_model(spec: str | Path, revision: str | None = None, manifest: str | Pa
         return cls.from_pretrained(str(folder), **kwargs)
     except TypeError as exc:                                    # config.json names options the class does not have
         raise CheckpointError(f"{config_file} does not match {class_name}: {exc}") from exc
+
+
+def read_config(folder: Path) -> dict:
+    """A resolved folder's config as a dict, nothing loaded: config.json, or for a diffusers folder the DDPM config
+    it loads as (with _class_name "DDPM")."""
+    if diffusers_folders(folder):
+        try:
+            return {"_class_name": "DDPM", **dataclasses.asdict(ddpm_config(folder))}
+        except ValueError as exc:
+            raise CheckpointError(f"{folder.name} (diffusers): {exc}") from None
+    return json.loads((folder / "config.json").read_text())
 
 
 # ----------------------------------------------------------------------------------------------- publishing (CLI)

@@ -231,6 +231,7 @@ def intercepted_writes(server, monkeypatch):
         if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo, capture_output=True).returncode == 0:
             git(repo, "checkout", "-q", revision or "main")          # (a new repo has no commit to check out)
         for op in operations:
+            (repo / op.path_in_repo).parent.mkdir(parents=True, exist_ok=True)      # a diffusers folder's unet/
             shutil.copy(op.path_or_fileobj, repo / op.path_in_repo)
         git(repo, "add", "-A")
         git(repo, "commit", "-q", "--allow-empty", "-m", commit_message)
@@ -319,3 +320,27 @@ def test_a_download_cap_refuses_large_repos_before_fetching(server, tmp_path):
         resolve("test/capped", max_bytes=size - 1)
     assert not list(Path(constants.HF_HUB_CACHE).glob("models--test--capped/snapshots/*/model.safetensors"))
     assert (resolve("test/capped", max_bytes=size) / "model.safetensors").is_file()
+
+
+def test_export_diffusers_pushes_a_pipeline_that_loads_back_by_repo_id(intercepted_writes, tmp_path, capsys):
+    """`export-diffusers --push` commits the whole DDPMPipeline folder (subfolders included); the repo id then loads
+    as our DDPM through the download path the apps use (no local path), the weights equal, and the diffusion tab
+    reads its config without loading it."""
+    from core.services.diffusion import DiffusionService
+    torch.manual_seed(0)
+    model = DDPM(DDPMConfig(image_size=8, widths="8,16", ema_decay=0.0, num_classes=3, eval_steps=7)).eval()
+    folder = saved(model, tmp_path / "ddpm")
+    hub.main(["export-diffusers", str(folder), str(tmp_path / "exported"), "--push", "someone/ddpm-diffusers"])
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("someone/ddpm-diffusers@")
+    pushed = dict(intercepted_writes)["create_commit"]
+    assert sorted(pushed) == ["README.md", "model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                              "unet/diffusion_pytorch_model.safetensors"]
+    snapshot = resolve("someone/ddpm-diffusers", allow_local=False)
+    assert snapshot.name == printed.split("@")[1] and (snapshot / "unet" / "config.json").is_file()
+    loaded = load_model("someone/ddpm-diffusers", allow_local=False, max_bytes=10**7)
+    mine, theirs = model.denoiser.state_dict(), loaded.denoiser.state_dict()
+    assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert loaded.config.num_classes == 3 and loaded.default_sampler == model.default_sampler
+    follow = DiffusionService.follow("someone/ddpm-diffusers")
+    assert follow["scheduler"]["value"] == model.default_sampler and follow["label"]["interactive"]

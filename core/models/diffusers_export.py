@@ -343,16 +343,23 @@ def ddpm_schedule_options(config: dict) -> dict:
                 beta_end=config.get("beta_end", 0.02), zero_terminal_snr=bool(config.get("rescale_betas_zero_snr")))
 
 
-def import_diffusers(folder: str | Path) -> DDPM:
-    """A genlab DDPM from a diffusers folder (`diffusers_folders`): the network from unet/config.json, the schedule
-    and own sampler from scheduler_config.json, and the weights from diffusion_pytorch_model.safetensors only (a
-    pickled .bin is refused), mapped back under our names and loaded strictly."""
-    import safetensors.torch
+def ddpm_config(folder: str | Path):
+    """The DDPMConfig a diffusers folder (`diffusers_folders`) loads as: the network from unet/config.json, the
+    schedule and own sampler from scheduler_config.json; a ValueError names what genlab cannot express."""
     from core.models.ddpm import DDPMConfig
     unet_folder, scheduler_folder = diffusers_folders(folder)
     schedule = read_json(scheduler_folder / "scheduler_config.json") if scheduler_folder else None
-    config = DDPMConfig(**ddpm_unet_options(read_json(unet_folder / "config.json")),
-                        **ddpm_schedule_options(schedule), ema_decay=0.0)
+    return DDPMConfig(**ddpm_unet_options(read_json(unet_folder / "config.json")),
+                      **ddpm_schedule_options(schedule), ema_decay=0.0)
+
+
+def import_diffusers(folder: str | Path) -> DDPM:
+    """A genlab DDPM from a diffusers folder: its `ddpm_config`, and the weights from
+    diffusion_pytorch_model.safetensors only (a pickled .bin is refused), mapped back under our names and loaded
+    strictly."""
+    import safetensors.torch
+    config = ddpm_config(folder)
+    unet_folder = diffusers_folders(folder)[0]
     weights = unet_folder / DIFFUSERS_WEIGHTS
     if not weights.is_file():
         pickles = sorted(p.name for p in unet_folder.glob("*") if p.suffix in PICKLE_SUFFIXES)

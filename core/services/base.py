@@ -27,7 +27,7 @@ import torch
 from core.checkpoint import CheckpointError
 from core.data import FASHION_CLASSES
 from core.families import FAMILIES
-from core.hub import load_model, read_manifest, resolve
+from core.hub import load_model, read_config, read_manifest, resolve
 from core.runs import FIGURE_NAMES
 from core.model import TrainableModel
 from core.requests import MAX_SEED, RequestError, class_index, shown, whole_number, without_paths
@@ -168,7 +168,7 @@ def checked_spec(spec, family: str) -> str:
 def model_config(spec, family: str) -> dict:
     """A model's config.json as a dict (nothing is loaded)."""
     try:
-        config = json.loads((resolve(checked_spec(spec, family), allow_local=False) / "config.json").read_text())
+        config = read_config(resolve(checked_spec(spec, family), allow_local=False))   # a diffusers folder too
     except (CheckpointError, OSError, json.JSONDecodeError, TypeError) as exc:
         raise RequestError(f"cannot read the config of {spec!r}: {without_paths(exc)}") from exc
     return config if isinstance(config, dict) else {}
