@@ -615,3 +615,13 @@ def test_edm_configs_load_both_ways_and_bad_options_fail_clearly(tmp_path):
         euler.step(x, euler.timesteps[0], x, s_churn=1.0)
     with pytest.raises(ValueError, match="set_timesteps"):
         ours.EDMHeunScheduler().step(x, 0.0, x)
+
+
+def test_diffusers_unipc_runs_in_our_sampling_loop_like_ours():
+    """diffusers' UniPC takes no generator; `ForeignScheduler` leaves it out, and the loop gives ours' samples."""
+    from core.models.diffusion import denoising_loop
+    network = lambda x, t: fake_network(x, t)
+    noise = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    runs = [list(denoising_loop(network, scheduler, noise, 8, lambda f, x, t: f, generator=torch.Generator()))
+            for scheduler in (ours.UniPCMultistepScheduler(), diffusers.UniPCMultistepScheduler())]
+    close(runs[0][-1][1], runs[1][-1][1])

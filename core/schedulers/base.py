@@ -302,11 +302,13 @@ class ForeignScheduler:
     """A scheduler of another library with the diffusers API (diffusers' own classes), seen through what the
     sampling loop reads of a genlab `Scheduler`. diffusers leaves some of it out of some classes (no
     `init_noise_sigma` on its flow-matching schedulers, no `state_in_first_order` on first-order ones) and declares
-    η by `step`'s signature; here the missing parts take genlab's neutral values, once, so no loop has to probe."""
+    η and the noise generator by `step`'s signature (its deterministic UniPC takes no generator); here the missing
+    parts take genlab's neutral values, once, so no loop has to probe."""
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
-        self.takes_eta = "eta" in inspect.signature(scheduler.step).parameters
+        parameters = inspect.signature(scheduler.step).parameters
+        self.takes_eta, self.takes_generator = "eta" in parameters, "generator" in parameters
 
     @property
     def init_noise_sigma(self) -> float:
@@ -327,8 +329,9 @@ class ForeignScheduler:
         scale = getattr(self.scheduler, "scale_model_input", None)
         return scale(sample, timestep) if scale is not None else sample
 
-    def step(self, model_output: Tensor, timestep, sample: Tensor, **options):
-        return self.scheduler.step(model_output, timestep, sample, **options)
+    def step(self, model_output: Tensor, timestep, sample: Tensor, generator=None, **options):
+        noise = {"generator": generator} if self.takes_generator else {}
+        return self.scheduler.step(model_output, timestep, sample, **noise, **options)
 
 
 def as_scheduler(scheduler) -> Scheduler | ForeignScheduler:

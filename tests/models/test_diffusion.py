@@ -172,7 +172,7 @@ def test_a_model_samples_with_its_own_scheduler_and_says_which_names_fit():
     the other names stay available, the own one first; a name of another objective is refused; a config read
     without loading (the sampler app's) falls back to the objective's default for a name that does not fit."""
     model = fixed_model(prediction_type="v_prediction", eval_sampler="dpm_solver_sde")
-    assert model.default_sampler == "dpm_solver_sde" and list(model.samplers)[1:] == ["dpm_solver", "ddim", "ddpm"]
+    assert model.default_sampler == "dpm_solver_sde" and list(model.samplers)[1:] == ["dpm_solver", "unipc", "ddim", "ddpm"]
     assert model.scheduler().config.algorithm_type == "sde-dpmsolver++"
     assert model.scheduler("dpm_solver").config.algorithm_type == "dpmsolver++"
     torch.testing.assert_close(model.sample(2, steps=4, seed=0), model.sample(2, steps=4, scheduler="dpm_solver_sde",
@@ -184,7 +184,7 @@ def test_a_model_samples_with_its_own_scheduler_and_says_which_names_fit():
     with pytest.raises(ValueError, match=r"eval_sampler must be one of .* got \['ddim'\]"):     # a config's bad JSON
         DDPM(DDPMConfig(**TINY, eval_sampler=["ddim"]))
     assert own_samplers({"prediction_type": "epsilon", "eval_sampler": "ddpm"}) == ("ddpm", "dpm_solver",
-                                                                                   "dpm_solver_sde", "ddim")
+                                                                                   "dpm_solver_sde", "unipc", "ddim")
     for odd in ("euler", ["ddim"], None, 3):
         assert own_samplers({"prediction_type": "epsilon", "eval_sampler": odd})[0] == "dpm_solver"
     guided = model.with_guide(fixed_model(prediction_type="v_prediction", widths="8,16"), 1.5, "ddpm")

@@ -9,7 +9,7 @@ from core.services import base, diffusion
 from core.services.diffusion import DiffusionService
 from core.services.pictures import SCALE
 
-DIFFUSION = ["dpm_solver", "dpm_solver_sde", "ddim", "ddpm"]
+DIFFUSION = ["dpm_solver", "dpm_solver_sde", "unipc", "ddim", "ddpm"]
 
 
 def schedulers(spec) -> list[str]:
@@ -23,7 +23,7 @@ def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path
     assert schedulers("someone/flow") == ["euler", "heun"]
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "v_prediction", '
                                           '"eval_sampler": "ddpm"}')
-    assert schedulers("someone/own") == ["ddpm", "dpm_solver", "dpm_solver_sde", "ddim"]
+    assert schedulers("someone/own") == ["ddpm", "dpm_solver", "dpm_solver_sde", "unipc", "ddim"]
     assert DiffusionService.follow("someone/own")["scheduler"]["value"] == "ddpm"
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "eval_sampler": "/etc/passwd"}')
     assert schedulers("someone/odd") == DIFFUSION
