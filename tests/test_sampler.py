@@ -71,6 +71,12 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
                                                  api_name="/ddpm_sample")
     assert size(frame) == size(guess) == (SIDE(4), SIDE(4)) and size(strip) == (SIDE(10), SIDE(8))
     assert status.startswith("step 20/20 · ") and status.endswith(" s")
+    status, grid = client.predict("pixelcnn", 4, 0, 1.0, -1, api_name="/pixelcnn_sample")
+    assert size(grid) == (SIDE(2), SIDE(2)) and status.startswith("4 images, 3,136 pixels drawn one at a time in ")
+    note, grid = client.predict("pixelcnn", handle_file(SNEAKER), 20, 2, 0, 1.0, -1, api_name="/pixelcnn_complete")
+    assert size(grid) == (SIDE(3), SIDE(1)) and note.startswith("p(y | top 20 rows): ")
+    table, seen = client.predict("pixelcnn", handle_file(SNEAKER), api_name="/pixelcnn_compress")
+    assert size(seen) == (28 * SCALE, 28 * SCALE) and "decoded back bit for bit" in table
     outputs = client.predict("cyclegan", handle_file(SNEAKER), "a2b", api_name="/cyclegan_translate")
     assert [size(p) for p in outputs[:3]] == [(28 * SCALE, 28 * SCALE)] * 3
     assert outputs[3].startswith("The classifier sees: sneaker")
@@ -117,6 +123,18 @@ def test_denoising_streams_frames_before_the_result(client):
     middle = len(job.outputs()) // 2
     x_t, guess = pixels(job.outputs()[middle][0]), pixels(job.outputs()[middle][1])
     assert distance(guess, last) < distance(x_t, last)       # halfway, x̂_0 is nearer the final images than x_t
+
+
+def test_pixelcnn_samples_stream_row_by_row(client):
+    """A frame per row drawn (the rows below still grey), then the samples."""
+    job = client.submit("pixelcnn", 1, 0, 1.0, 7, api_name="/pixelcnn_sample")
+    job.result()
+    statuses = [output[0] for output in job.outputs()]
+    assert len(statuses) == 28 and statuses[0].startswith("row 1/28 · ") and statuses[-2].startswith("row 27/28 · ")
+    assert statuses[-1].startswith("1 image, 784 pixels drawn one at a time in ")
+    first, last = pixels(job.outputs()[0][1]), pixels(job.outputs()[-1][1])
+    assert (first[(2 + 2) * SCALE:(2 + 28) * SCALE, 2 * SCALE:30 * SCALE] == 128).all()     # rows 2-27 of the cell
+    assert not (last[(2 + 2) * SCALE:(2 + 28) * SCALE, 2 * SCALE:30 * SCALE] == 128).all()
 
 
 def test_attacks_change_the_standard_classifier_and_respect_epsilon(client):
@@ -201,6 +219,15 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/ddpm_sample", ("ddpm", 4, 20, "edm_heun", 0, 0, -1, 1), "a diffusion model samples with a scheduler of"),
     ("/ddpm_sample", ("ddpm", 4, 20, "ddim", 1.5, 0, -1, 1), "eta must be a number from 0 to 1"),
     ("/ddpm_sample", ("ddpm-cond", 4, 20, "ddim", 0, 0, 3, 21), "guidance_scale must be a number from 0 to 20"),
+    ("/pixelcnn_sample", ("pixelcnn", 65, 0, 1.0, -1), "n must be a whole number from 1 to 64"),
+    ("/pixelcnn_sample", ("pixelcnn", 4, 0, 1.5, -1), "temperature must be a number from 0.5 to 1.2"),
+    ("/pixelcnn_sample", ("pixelcnn", 4, 0, 1.0, 10), "label must be a whole number from -1 to 9"),
+    ("/pixelcnn_sample", ("glow", 4, 0, 1.0, -1), "is a Flow; this needs a PixelCNN"),
+    ("/pixelcnn_complete", ("pixelcnn", SNEAKER, 29, 4, 0, 1.0, -1), "known_rows must be a whole number from 0 to 28"),
+    ("/pixelcnn_complete", ("pixelcnn", SNEAKER, 14, 9, 0, 1.0, -1), "per_image must be a whole number from 1 to 8"),
+    ("/pixelcnn_complete", ("pixelcnn", "truncated", 14, 2, 0, 1.0, -1), "the file is not a readable image"),
+    ("/pixelcnn_compress", ("pixelcnn", "huge"), "the image is 10000x10000 pixels"),
+    ("/pixelcnn_compress", ("pixelcnn", None), "no image"),
     ("/cyclegan_translate", ("cyclegan", SNEAKER, "sideways"), "direction must be one of a2b, b2a"),
     ("/cyclegan_translate", ("cyclegan", "huge", "a2b"), "the image is 10000x10000 pixels"),
     ("/pix2pix_translate", ("pix2pix-edges", None, SNEAKER, "photo", 0), "source must be one of drawing, edge map"),
@@ -251,7 +278,8 @@ def test_bad_input_answers_with_what_is_allowed(client, sampler_url, tmp_path):
     files = bad_files(tmp_path)
     image = lambda a: files[a] if a in files else handle_file(a) if isinstance(a, str) and a.endswith(".png") else a
     for api_name, arguments, message in BAD:     # diffusion's cost is refused at admission, before queueing
-        with pytest.raises((AppError, ValidationError) if api_name == "/ddpm_sample" else AppError) as caught:
+        costed = api_name in ("/ddpm_sample", "/pixelcnn_sample")
+        with pytest.raises((AppError, ValidationError) if costed else AppError) as caught:
             client.predict(*map(image, arguments), api_name=api_name)
         assert message in str(caught.value), (api_name, arguments, str(caught.value))
     assert len(BAD) >= 20
@@ -283,6 +311,7 @@ def raw_call(url: str, api_name: str, body: str) -> str:
     ("ddpm_sample", '["ddpm-cond", 4, 10, "ddim", 0, 0, 3, NaN]', "guidance_scale must be a number from 0 to 20"),
     ("stylegan_sample", '["stylegan", 4, 0, NaN]', "psi must be a number from -1 to 1.5"),
     ("flow_sample", '["glow", 4, 0, NaN, -1]', "temperature must be a number from 0 to 1.2"),
+    ("pixelcnn_sample", '["pixelcnn", 4, 0, NaN, -1]', "temperature must be a number from 0.5 to 1.2"),
 ])
 def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     stream = raw_call(sampler_url, api_name, '{"data": %s}' % data)
@@ -294,7 +323,8 @@ def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     ("vae_traverse", '"vae", ', ", 0, 3, 9"), ("vae_interpolate", '"vae", ', ', {"path": "%s"}, 8'),
     ("cyclegan_translate", '"cyclegan", ', ', "a2b"'), ("fgsm_attack", '"classifier", ', ', "fgsm", 0.1, 0'),
     ("pix2pix_translate", '"pix2pix-edges", null, ', ', "picture", 0'), ("simclr_nearest", '"simclr", ', ""),
-    ("flow_latents", '"glow", ', ", -1"), ("flow_interpolate", '"glow", ', ', {"path": "%s"}, 8, -1')])
+    ("flow_latents", '"glow", ', ", -1"), ("flow_interpolate", '"glow", ', ', {"path": "%s"}, 8, -1'),
+    ("pixelcnn_complete", '"pixelcnn", ', ", 27, 1, 0, 1.0, -1"), ("pixelcnn_compress", '"pixelcnn", ', "")])
 def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, after):
     """An untagged dict passes Gradio's checks when inputs are unprocessed: our code must refuse
     every path outside the upload cache and the examples, with one message that says nothing about the file."""
@@ -430,13 +460,17 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
     our message, never Gradio's generic error."""
     client = Client(sampler_url, verbose=False)
     apis = endpoints(sampler_url)
-    assert len(apis) == 24
+    assert len(apis) == 27
     calls = 0
     for api_name, inputs in apis.items():
         defaults = default_arguments(inputs)
         client.predict(*defaults, api_name=f"/{api_name}")            # the defaults work as they are
         if api_name == "ddpm_sample":        # walk the other widgets with 1 image and 2 steps (n and steps
             defaults[1:3] = [1, 2]           # themselves are walked to their ends below)
+        if api_name == "pixelcnn_sample":    # 1 image, and 1 image with its last row to draw
+            defaults[1] = 1
+        if api_name == "pixelcnn_complete":
+            defaults[2:4] = [27, 1]
         for i, component in enumerate(inputs):
             for value in component_values(component):
                 arguments = defaults[:i] + [value] + defaults[i + 1:]

@@ -1,10 +1,11 @@
 """The PixelCNN tab: samples drawn pixel by pixel and streamed row by row, completions of an image's lower rows, and an
 image's exact bits/dim beside what an entropy coder driven by the model makes of it (core/models/pixelcnn.py).
 
-Sampling is sequential: one network step per pixel, 784 per image, so a request costs images x pixels. The cost is
-checked before the request is queued (admission); a run happens in a worker thread that reports every finished row,
-so the picture fills in while the user watches, and stops at the next row when the client leaves or the run passes
-PIXELCNN_BUDGET_S.
+Sampling is sequential: one network step per pixel, 784 per image, so a request costs images x pixels. A sampling
+request's cost is checked before it is queued (admission; a completion, at most MAX_COMPLETIONS images, has no
+admission, since Gradio checks an upload's file reference after admission and a refusal there would keep the
+client's slot until it expires). A run happens in a worker thread that reports every finished row, so the picture
+fills in while the user watches, and stops at the next row when the client leaves or the run passes PIXELCNN_BUDGET_S.
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ network to read it back; PNG and WebP know nothing about garments."""
                  (MODEL, IMAGE, Number("known_rows", "known top rows", SIDE // 2, 0, SIDE),
                   Number("per_image", "completions", 4, 1, MAX_COMPLETIONS), SEED, TEMPERATURE, LABEL),
                  (Output("", "text"), Output("the image with its unknown rows greyed, then the completions")),
-                 "Complete the lower rows", stream=True, cost="completion_work", queue="pixelcnn"),
+                 "Complete the lower rows", stream=True, queue="pixelcnn"),
         Endpoint("pixelcnn_compress", "compress", (MODEL, IMAGE),
                  (Output("", "text"), Output("the image as coded (28x28, 8-bit grey)")), "Compress losslessly",
                  queue="pixelcnn"),
@@ -150,13 +151,6 @@ network to read it back; PNG and WebP know nothing about garments."""
         checked_spec(model, cls.family)
         return cost(n, SIDE * SIDE, seed, temperature)
 
-    @classmethod
-    def completion_work(cls, model, image, known_rows, per_image, seed, temperature, label=-1) -> int:
-        """pixelcnn_complete's admission (the image is read by the run itself)."""
-        checked_spec(model, cls.family)
-        whole_number(known_rows, "known_rows", 0, SIDE)
-        return cost(whole_number(per_image, "per_image", 1, MAX_COMPLETIONS), SIDE * SIDE, seed, temperature)
-
     @property
     def side(self) -> int:
         return self.model.config.image_size
@@ -173,7 +167,8 @@ network to read it back; PNG and WebP know nothing about garments."""
         for row, levels in rows_drawn(run):
             seconds = time.monotonic() - start
             if row is None:
-                yield 1.0, (f"{n} images, {n * self.side ** 2:,} pixels drawn one at a time in {seconds:.1f} s",
+                yield 1.0, (f"{n} image{'s' * (n > 1)}, {n * self.side ** 2:,} pixels drawn one at a time in "
+                            f"{seconds:.1f} s",
                             grid_image(levels))
             elif row < self.side - 1:
                 yield (row + 1) / self.side, (f"row {row + 1}/{self.side} · {seconds:.1f} s",

@@ -91,14 +91,11 @@ def test_bad_requests_are_refused_naming_the_field(service, method, arguments, f
 def test_the_cost_is_checked_before_anything_loads(monkeypatch):
     monkeypatch.setattr(PixelCNNService, "load", lambda spec: pytest.fail("admission loaded a model"))
     assert PixelCNNService.work("someone/pixelcnn", 64, 0, 1.0, -1) == 64 * 784 == P.MAX_WORK   # not downloaded
-    assert PixelCNNService.completion_work("someone/pixelcnn", SNEAKER, 14, 8, 0, 1.0, -1) == 8 * 784
     for arguments, message in [(("someone/pixelcnn", 65, 0, 1.0), "n must be"),
                                (("/etc/passwd", 4, 0, 1.0), "model must"),
                                (("someone/pixelcnn", 4, 0, 9.0), "temperature must")]:
         with pytest.raises(R.RequestError, match=message):
             PixelCNNService.work(*arguments)
-    with pytest.raises(R.RequestError, match="per_image must be a whole number from 1 to 8"):
-        PixelCNNService.completion_work("someone/pixelcnn", SNEAKER, 14, 9, 0, 1.0)
     big = PixelCNNService(PixelCNN(PixelCNNConfig(hidden=4, layers=1, image_size=64)), "big")   # a Hub model
     with pytest.raises(R.RequestError, match="images x pixels must be at most 50,176.*13 x 4,096") as caught:
         next(big.sample(13, 0, 1.0))
