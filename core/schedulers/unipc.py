@@ -16,10 +16,16 @@ With ĥ = −h (data prediction) and φ_1(ĥ) = (e^ĥ − 1)/ĥ, φ_{k+1}(ĥ) = 
     x_t^c = (σ_t/σ_s) x_s − α_t ĥφ_1(ĥ) m_0 − α_t B(h) Σ_{k=1}^{p} a_k D_k,
   whose order of accuracy is p + 1 (Theorem 3.1). The weights a solve the order conditions
     Σ_k a_k r_k^{n−1} = n! ĥφ_{n+1}(ĥ) / B(h),   n = 1, …, p   (R_p(h) a = g_p(h)/B(h); UniP uses the first p − 1),
-  with B(h) = ĥ ("bh1") or B(h) = e^ĥ − 1 ("bh2"; Sec. 3.3, Appendix: bh1 for unconditional sampling at under 10
-  steps, bh2 otherwise). Departure, as in the authors' code and diffusers: for one unknown (UniP-2, UniC-1) the
-  weight is its h → 0 limit a = ½, not the 1 × 1 solve. `predict_x0=False` runs the noise-prediction form instead:
-  ε̂ in place of x̂_0, α_t/α_s for σ_t/σ_s, σ_t for α_t, ĥ = h.
+  with B(h) = ĥ ("bh1") or B(h) = e^ĥ − 1 ("bh2"), any B(h) = O(h) being allowed (the authors advise bh1 for
+  unconditional sampling at under 10 steps, bh2 otherwise). Sections and theorem as numbered in the arXiv version
+  (2302.04867); its equation numbers were not at hand, so the formulas are written out here instead.
+  Departure, as in the authors' code and diffusers: for one unknown (UniP-2, UniC-1) the weight is its h → 0 limit
+  a = ½, not the 1 × 1 solve. `predict_x0=False` runs the noise-prediction form instead: ε̂ in place of x̂_0,
+  α_t/α_s for σ_t/σ_s, σ_t for α_t, ĥ = h.
+
+Departures from diffusers: with a final σ of 0 (λ = +∞), "bh1" makes B(h) = −∞ at the last step, whose UniP-1 update
+has no B(h) term; ours lands on x̂_0 there, diffusers multiplies its absent correction (0) by −∞ and returns NaN. The
+ε form and `lower_order_final=False` with a final σ of 0 are refused (diffusers returns inf/NaN or fails a solve).
 
 The step at t_i: evaluate m at x_{t_i} (the predictor's output), correct x_{t_i} with UniC (not at the first step
 nor after the steps listed in `disable_corrector`), then predict x_{t_{i+1}} with UniP from the corrected point. The
