@@ -106,12 +106,17 @@ class GatedLayer(nn.Module):
 
 @dataclass
 class Cache:
-    """Every layer's inputs so far during generation: vertical[l], horizontal[l] are (B, C_l, H, W); link[l] holds
-    the link term of the current row, (B, 2h, 1, W)."""
+    """What generation keeps. vertical[l]: layer l's vertical input so far, (B, C_l, H, W). row[l]: layer l's
+    horizontal input along the current row, channels last and zero-padded on the left, (B, pad + W, C_l).
+    link[l]: the link term plus the class bias of the horizontal stack for the current row, (B, W, 2h). matrices[l]:
+    layer l's horizontal kernel and 1x1 output as matrices, read by F.linear (a 1 x (k//2 + 1) convolution at one
+    pixel is a matrix product; oneDNN's convolution costs a millisecond per call on shapes this small)."""
     vertical: list[Tensor]
-    horizontal: list[Tensor]
+    row: list[Tensor]
     link: list[Tensor]
-    labels: Tensor | None
+    matrices: list[tuple[Tensor, Tensor]]
+    biases: list[tuple[Tensor | float, Tensor | float]]
+    pad: int
 
 
 class GatedPixelCNN(nn.Module):
@@ -134,41 +139,55 @@ class GatedPixelCNN(nn.Module):
 
     # ------------------------------------------------------------------------------------------- fast generation
     def start(self, shape: tuple[int, ...], labels: Tensor | None, like: Tensor) -> Cache:
-        """An empty cache for inputs of `shape` (B, C_in, H, W). Row 0's links are the link's bias, as the full
-        pass's zero padding above row 0 gives."""
+        """An empty cache for inputs of `shape` (B, C_in, H, W) (`like` gives the dtype and device)."""
         b, _, height, width = shape
         channels = [shape[1]] + [layer.out.out_channels for layer in self.layers]
-        return Cache([like.new_zeros(b, c, height, width) for c in channels],
-                     [like.new_zeros(b, c, height, width) for c in channels],
-                     [layer.link(like.new_zeros(b, 2 * layer.out.out_channels, 1, width)) for layer in self.layers],
-                     labels)
+        pad = self.layers[0].half + 1
+        matrices = [(layer.horizontal.weight.permute(0, 2, 3, 1).flatten(1), layer.out.weight.flatten(1))
+                    for layer in self.layers]                       # (2h, C, 1, k') -> (2h, k'·C), columns then C
+        cache = Cache([like.new_zeros(b, c, height, width) for c in channels],
+                      [like.new_zeros(b, pad + width, c) for c in channels], [], matrices,
+                      [layer.biases(labels) for layer in self.layers], pad)
+        self.set_links(cache, [like.new_zeros(b, 2 * c, 1, width) for c in channels[1:]])
+        return cache
+
+    def set_links(self, cache: Cache, v_pre: list[Tensor]) -> None:
+        """The current row's link terms from each layer's vertical pre-activations of the row above, (B, 2h, 1, W);
+        zeros above row 0, where the full pass pads with zeros (the link's bias remains). The class bias and the
+        horizontal convolution's bias are added here, once per row."""
+        cache.link = [(layer.link(v) + bias_h + layer.horizontal.bias[:, None, None])[:, :, 0].transpose(1, 2).contiguous()
+                      for layer, v, (_, bias_h) in zip(self.layers, v_pre, cache.biases)]
 
     def next_row(self, cache: Cache, row: int, above: Tensor) -> None:
-        """Before row `row` is generated: store the input row above, `above` (B, C_in, 1, W), and run the vertical
-        stack's row − 1 through every layer, keeping each layer's link term for the horizontal stack of `row`."""
+        """Before row `row` is generated: store the input row above, `above` (B, C_in, 1, W), run the vertical
+        stack's row − 1 through every layer, and start the horizontal stack's row."""
         cache.vertical[0][:, :, row - 1:row] = above
+        v_pre = []
         for l, layer in enumerate(self.layers):
             top = row - 1 - layer.half                       # rows top … row − 1 of the layer's input, zeros above 0
             window = F.pad(cache.vertical[l][:, :, max(top, 0):row], (layer.half, layer.half, max(-top, 0), 0))
-            v_pre = layer.vertical(window) + layer.biases(cache.labels)[0]             # (B, 2h, 1, W)
-            cache.link[l] = layer.link(v_pre)
-            cache.vertical[l + 1][:, :, row - 1:row] = gate(v_pre)
+            v_pre.append(layer.vertical(window) + cache.biases[l][0])                  # (B, 2h, 1, W)
+            cache.vertical[l + 1][:, :, row - 1:row] = gate(v_pre[-1])
+        self.set_links(cache, v_pre)
+        for buffer in cache.row:
+            buffer.zero_()
 
     def pixel_logits(self, cache: Cache, row: int, col: int, left: Tensor | None) -> Tensor:
         """The logits of pixel (row, col), (B, categories), from the cache; `left` (B, C_in, 1, 1) is the input at
-        (row, col − 1), None at col = 0."""
+        (row, col − 1), None at col = 0. The same sums as the full pass, as matrix products at one pixel."""
+        at = cache.pad + col                                 # column col in the padded row buffers
         if left is not None:
-            cache.horizontal[0][:, :, row:row + 1, col - 1:col] = left
+            cache.row[0][:, at - 1] = left[:, :, 0, 0]
         for l, layer in enumerate(self.layers):
-            end = col if layer.first else col + 1             # the first layer sees columns < col (mask A)
-            window = cache.horizontal[l][:, :, row:row + 1, max(end - layer.half - 1, 0):end]
-            window = F.pad(window, (layer.half + 1 - window.shape[-1], 0))
-            h_pre = layer.horizontal(window) + cache.link[l][:, :, :, col:col + 1] + layer.biases(cache.labels)[1]
-            h_out = layer.out(gate(h_pre))
-            if not layer.first:
-                h_out = h_out + cache.horizontal[l][:, :, row:row + 1, col:col + 1]
-            cache.horizontal[l + 1][:, :, row:row + 1, col:col + 1] = h_out
-        return self.head(cache.horizontal[-1][:, :, row:row + 1, col:col + 1]).flatten(1)
+            end = at if layer.first else at + 1              # the first layer sees columns < col (mask A)
+            window = cache.row[l][:, end - layer.half - 1:end].flatten(1)               # (B, k'·C)
+            kernel, out = cache.matrices[l]
+            h_pre = torch.addmm(cache.link[l][:, col], window, kernel.t())
+            h_out = F.linear(gate(h_pre), out, layer.out.bias)
+            cache.row[l + 1][:, at] = h_out if layer.first else h_out + cache.row[l][:, at]
+        _, first, _, last = self.head
+        return F.linear(F.relu(F.linear(F.relu(cache.row[-1][:, at]), first.weight.flatten(1), first.bias)),
+                        last.weight.flatten(1), last.bias)
 
 
 def raster_loop(network: nn.Module, embed, values: Tensor, labels: Tensor | None, draw, fast: bool = True,
