@@ -32,6 +32,11 @@ image); here the KL terms are sampled per image with a standard error. Their nor
 here it is the exact one (torch.special.log_ndtr), with each bin's mass computed as a difference of log-CDFs
 on the side of the mean that keeps it from cancelling.
 
+Out-of-distribution detection (Nalisnick et al. 2019) ranks images by a score, higher = more likely out of
+distribution; `auroc` is the area under the ROC curve in its Mann-Whitney form,
+    AUROC = P(s_out > s_in) + ½ P(s_out = s_in)   over all pairs (in-distribution image, out-of-distribution image),
+so 0.5 is chance and below 0.5 the score points the wrong way.
+
 This is a base module: it takes the model's function (x̂_0 from (x_t, t), a log-density, a log-probability) as an
 argument and loads no checkpoint.
 """
@@ -245,3 +250,16 @@ def diffusion_bound_full(x0: Tensor, denoise: Callable[[Tensor, Tensor], Tensor]
         total = total + step_bits(x0, torch.full((n,), step, dtype=torch.long, device=x0.device), denoise,
                                   schedule, generator)
     return total / x0[0].numel()
+
+
+# ------------------------------------------------------------------------------------ out-of-distribution scores
+def auroc(in_scores: Tensor, out_scores: Tensor) -> float:
+    """P(s_out > s_in) + ½ P(s_out = s_in) over all pairs (Mann-Whitney U / (n_in n_out)): higher score = more
+    out-of-distribution. For each out-of-distribution score, the in-distribution scores below it and tied with it
+    are counted by binary search in the sorted in-distribution scores."""
+    inside, outside = torch.sort(in_scores.detach().double().flatten()).values, out_scores.detach().double().flatten()
+    if len(inside) == 0 or len(outside) == 0:
+        raise ValueError("auroc needs at least one score on each side")
+    below = torch.searchsorted(inside, outside, side="left").double()
+    tied = torch.searchsorted(inside, outside, side="right").double() - below
+    return float((below + 0.5 * tied).sum() / (len(inside) * len(outside)))

@@ -215,3 +215,23 @@ def test_bad_arguments_are_refused():
         lk.DiffusionSchedule(torch.ones(3), "learned")
     with pytest.raises(ValueError):
         lk.diffusion_bound(one_image(), shrinking_denoiser, schedule(), 2, proposal=torch.ones(19))
+
+
+def test_auroc_counts_pairs_and_ties_half():
+    # in = (1, 2, 3), out = (2, 4): pairs out > in: 2>1, 4>1, 4>2, 4>3 = 4; ties: 2=2 counts ½; 6 pairs → 4.5/6.
+    assert lk.auroc(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0])) == pytest.approx(4.5 / 6)
+    assert lk.auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 1.0           # perfectly separated
+    assert lk.auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 0.0           # pointing the wrong way
+    assert lk.auroc(torch.ones(3), torch.ones(4)) == 0.5                                  # all tied
+    with pytest.raises(ValueError):
+        lk.auroc(torch.tensor([]), torch.ones(2))
+
+
+def test_auroc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+    gen = torch.Generator().manual_seed(0)
+    inside = torch.randint(0, 20, (300,), generator=gen).double()                        # many ties
+    outside = torch.randint(3, 25, (200,), generator=gen).double()
+    labels = [0] * len(inside) + [1] * len(outside)
+    expected = roc_auc_score(labels, torch.cat([inside, outside]).numpy())
+    assert lk.auroc(inside, outside) == pytest.approx(expected, abs=1e-12)
