@@ -28,8 +28,9 @@ Determinism. The decoder must reproduce the encoder's float probabilities bit fo
 encoder runs the very computation the decoder runs (the same pixel-by-pixel fast path on a zero canvas, not a full
 forward pass; the same batch grouping; the same torch thread count, set explicitly while coding and restored after;
 the model's own precision via `model.autocast()`), and the probabilities go to the coder as float64 softmaxes of the
-logits. Float results can differ between torch builds, CPU kinds (instruction sets) and thread counts: decoding needs
-the same torch build and the same kind of CPU as encoding (the file records the torch version, device type, batch
+logits. Float results can differ between torch builds, CPU kinds (instruction sets), thread counts and versions of
+genlab's fast path (core/models/autoregressive.py): decoding needs the same torch build, genlab code and kind of CPU as
+encoding (the file records the torch version, device type, batch
 size and thread count; the decoder uses the recorded ones). A checksum of the images in the header catches a decode
 that went astray on another machine, and a CRC-32 catches a corrupted or truncated file.
 
@@ -270,8 +271,8 @@ def decode(model, data: bytes, check_model: bool = True) -> tuple[np.ndarray, li
     images = levels.numpy().astype(np.uint8)
     if images_checksum(images) != header["checksum"]:
         raise CompressedFileError(
-            "the decoded images do not match the encoder's checksum: decoding needs the same torch build, CPU kind, "
-            f"batch size and thread count as encoding (encoded with torch {header['torch']} on "
+            "the decoded images do not match the encoder's checksum: decoding needs the same torch build, genlab "
+            f"code, CPU kind, batch size and thread count as encoding (encoded with torch {header['torch']} on "
             f"{header['device']}, here torch {torch.__version__} on {model.device.type})")
     return images, header["names"]
 
