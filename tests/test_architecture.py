@@ -5,7 +5,7 @@ from pathlib import Path
 from conftest import ROOT
 
 LAYERS = {"base": 1, "models": 2, "registry": 3, "services": 4, "apps": 5}
-SERVICES = {"train", "resume", "hub", "cards", "evaluate", "sample", "services"}
+SERVICES = {"train", "resume", "hub", "cards", "evaluate", "sample", "compress", "services"}
 APPS_MAY_IMPORT = ("core.services", "core.data", "core.runs", "core.families")   # never a model or a scheduler:
 # the sampler goes through the services, the monitor reads run files (and its opt-in launcher lists the families)
 
