@@ -27,6 +27,7 @@ does not halve evenly down to the lowest level (28 with four levels: 7 -> 4 -> 8
 from __future__ import annotations
 
 import json
+import inspect
 import re
 from pathlib import Path
 
@@ -182,6 +183,10 @@ def export_pipeline(model: DDPM, out: str | Path, source: str = "", sampler: str
     check_exportable(model)
     unet = to_unet2d(model.denoiser, model.config.image_size)
     scheduler = diffusers_scheduler(model, sampler)
+    if "generator" not in inspect.signature(scheduler.step).parameters:     # DDPMPipeline passes one to every step
+        raise ValueError(f"DDPMPipeline calls scheduler.step(..., generator=...), which diffusers' "
+                         f"{type(scheduler).__name__} does not take: export with another --sampler "
+                         f"(one of {sorted(model.samplers)}) and switch schedulers after loading")
     out = Path(out)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out, safe_serialization=True)
     (out / "README.md").write_text(card(model, source, type(scheduler).__name__, scheduler.config))

@@ -10,7 +10,7 @@ import torch
 
 from core.hub import CheckpointError, load_model, main
 from core.models.ddpm import DDPM, DDPMConfig
-from core.models.diffusers_export import CFG_LOOP, from_unet2d, to_unet2d, unet2d_config
+from core.models.diffusers_export import CFG_LOOP, export_pipeline, from_unet2d, to_unet2d, unet2d_config
 from core.models.unet import UNet
 from conftest import ROOT
 from models.test_diffusion import fixed_model
@@ -254,3 +254,11 @@ def test_every_shipped_diffusion_model_comes_back_exactly(name, tmp_path):
     same = ("channels", "image_size", "widths", "num_classes", "prediction_type", "beta_schedule", "num_train_timesteps")
     assert all(getattr(back.config, k) == getattr(ours.config, k) for k in same)
     assert back.default_sampler == ours.default_sampler and back.guide is None
+
+
+def test_a_sampler_ddpmpipeline_cannot_drive_is_refused_at_export(tmp_path):
+    """DDPMPipeline passes a generator to scheduler.step; diffusers' UniPC takes none, so its folder would fail when run."""
+    model = load_model("ddpm")
+    with pytest.raises(ValueError, match="does not take: export with another --sampler"):
+        export_pipeline(model, tmp_path / "out", sampler="unipc")
+    assert not (tmp_path / "out").exists()
