@@ -68,7 +68,7 @@ def test_stored_scales_and_thresholds_describe_the_test_set(fashion_test):
 
 
 GENERATORS = ("dcgan", "mlp-gan", "cgan", "stylegan", "vae", "vae-vamp", "vae-2d", "autoencoder", "ddpm", "ddpm-cond",
-              "glow")
+              "glow", "vqvae")
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +275,16 @@ def test_glow_bits_per_dim_are_what_its_card_says(fashion_test):
     measured = model.test_bits_per_dim(fashion_test.select(torch.arange(0, 10_000, 5)), seed=1)
     assert measured == pytest.approx(card["bits_per_dim"], abs=4 * spread / 2_000 ** 0.5)
     assert card["bits_per_dim"] < 3.5 and card["samples"] == 10_000 and model.config.temperature == 0.7
+
+
+def test_vqvae_figures_are_what_its_card_says(fashion_test):
+    """The card's test figures (all 10k images) re-measured on every fifth test image: the reconstruction MSE within
+    5%, the prior's bits per code within 0.1, the codebook's perplexity within 10%; samples are garments of the class
+    asked for most of the time (the card's conditional accuracy, from its 10k samples)."""
+    model = load_model(CHECKPOINTS / "vqvae")
+    card = json.loads((CHECKPOINTS / "vqvae" / "eval.json").read_text())
+    measured = model.test_codes(fashion_test.select(torch.arange(0, 10_000, 5)))
+    assert measured["reconstruction_mse"] == pytest.approx(card["reconstruction_mse"], rel=0.05)
+    assert measured["bits_per_code"] == pytest.approx(card["bits_per_code"], abs=0.1)
+    assert measured["codebook_perplexity"] == pytest.approx(card["codebook_perplexity"], rel=0.1)
+    assert card["bits_per_code"] < 8 and card["samples"] == 10_000 and card["conditional_accuracy"] > 0.5
