@@ -7,7 +7,9 @@ Rows: the uniform model (8 bits/dim, exact); the independent per-pixel histogram
 WebP lossless, JPEG XL lossless via imagecodecs at their strongest settings: each test image encoded alone, file
 bits / 784, container headers included, so a few dozen bytes per file of overhead count; libwebp takes RGB only, so
 WebP gets the grey image in all three channels); the shipped `glow` if checkpoints/glow exists
-(Flow.bits_per_dim, one seeded draw of uniform dequantization noise per image: an upper bound); the shipped `ddpm`'s
+(Flow.bits_per_dim, one seeded draw of uniform dequantization noise per image: an upper bound); the shipped
+`pixelcnn` if checkpoints/pixelcnn exists (exact: p(k) = Σ_y p(k | y)/10 on the first --pixelcnn-images, ten passes
+each, with glow's figure on the same images, and p(k | y) given the label on all); the shipped `ddpm`'s
 variational bound (core.likelihood.diffusion_bound: the prior and decoder terms exactly, --samples importance-sampled
 KL timesteps per image, the proposal fitted on a pilot of --pilot-images training images; --proposal uniform to
 compare) on the first --ddpm-images
@@ -83,6 +85,34 @@ def glow_bits(images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
+def pixelcnn_bits(images: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 250) -> torch.Tensor:
+    """The shipped class-conditional PixelCNN's exact −log₂ p(k)/D = −log₂ Σ_y p(k | y)/10 /D (labels None: ten
+    passes per image), or −log₂ p(k | y)/D given each image's label."""
+    model, out = load_model(ROOT / "checkpoints" / "pixelcnn").eval(), []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].float() / 127.5 - 1
+            part = labels[start:start + batch_size] if labels is not None else None
+            out.append(model.bits_per_dim(x, part).double())
+    return torch.cat(out)
+
+
+def pixelcnn_rows(test, glow: torch.Tensor | None, n: int) -> list[str]:
+    """p(k) on the first n test images (exact, ten passes each), glow on the same images, p(k | y) on all."""
+    bits, seconds = timed(lambda: pixelcnn_bits(test.images[:n], None))
+    lines = [row("pixelcnn", lk.BitsPerDim.of(bits, "exact"), seconds,
+                 "p(k) = Σ_y p(k | y)/10 of the class-conditional Gated PixelCNN, 256-way softmax per pixel")]
+    if glow is not None and n < len(glow):
+        paired = glow[:n] - bits
+        lines.append(row(f"glow, the PixelCNN's {n} images", lk.BitsPerDim.of(glow[:n], "bound"), 0.0,
+                         f"same images: glow − pixelcnn = {float(paired.mean()):.3f} ± "
+                         f"{float(paired.std() / math.sqrt(len(paired))):.3f} (paired)"))
+    conditional, seconds = timed(lambda: pixelcnn_bits(test.images, test.labels))
+    lines.append(row("pixelcnn given the label", lk.BitsPerDim.of(conditional, "exact"), seconds,
+                     "p(k | y) with each test image's true label: not a likelihood of the image alone"))
+    return lines
+
+
 def ddpm_denoiser(model, clip: bool):
     """x̂_0 from (x_t, t) for the shipped DDPM, unguided (guidance 1: the model itself, not its autoguided mix)."""
     abar = model.noise_scheduler.alphas_cumprod
@@ -137,12 +167,15 @@ def main(argv=None) -> None:
                         help="σ_t² of p_θ(x_{t−1}|x_t): β̃_t (small, what the ddpm samples with) or β_t")
     parser.add_argument("--no-clip", action="store_true", help="do not clip x̂_0 to [-1, 1]")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--pixelcnn-images", type=int, default=1000,
+                        help="first N test images for the PixelCNN's p(k) (ten passes each; 0: skip)")
     parser.add_argument("--codec-images", type=int, default=10000, help="first N test images for the codecs")
     parser.add_argument("--rows", default="all", choices=("all", "ddpm"), help="all rows, or the DDPM bound alone")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    test, train = load_dataset("fashion-mnist", "test").images, load_dataset("fashion-mnist", "train").images
+    test_set = load_dataset("fashion-mnist", "test")
+    test, train = test_set.images, load_dataset("fashion-mnist", "train").images
     lines = ["| model | bits/dim (± s.e.) | exact / bound | images | seconds | how |", "|---|---|---|---|---|---|"]
     if args.rows == "all":
         lines += baseline_rows(train, test, args)
@@ -151,6 +184,8 @@ def main(argv=None) -> None:
         glow, seconds = timed(lambda: glow_bits(test))
         lines.append(row("glow", lk.BitsPerDim.of(glow, "bound"), seconds,
                          "uniform dequantization, one seeded draw per image"))
+    if args.rows == "all" and args.pixelcnn_images and (ROOT / "checkpoints" / "pixelcnn").is_dir():
+        lines += pixelcnn_rows(test_set, glow, args.pixelcnn_images)
     if args.ddpm_images:
         lines += ddpm_rows(train, test, glow, args)
     print(f"python bench/likelihood_table.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip())

@@ -1,5 +1,6 @@
 """The shipped checkpoints: they load from safetensors and are as good as their model cards say."""
 import json
+import math
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_stored_scales_and_thresholds_describe_the_test_set(fashion_test):
 
 
 GENERATORS = ("dcgan", "mlp-gan", "cgan", "stylegan", "vae", "vae-vamp", "vae-2d", "autoencoder", "ddpm", "ddpm-cond",
-              "glow", "vqvae")
+              "glow", "vqvae", "pixelcnn")
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +289,19 @@ def test_vqvae_figures_are_what_its_card_says(fashion_test):
     assert measured["bits_per_code"] == pytest.approx(card["bits_per_code"], abs=0.1)
     assert measured["codebook_perplexity"] == pytest.approx(card["codebook_perplexity"], rel=0.1)
     assert card["bits_per_code"] < 8 and card["samples"] == 10_000 and card["conditional_accuracy"] > 0.5
+
+
+def test_pixelcnn_bits_per_dim_are_what_its_card_says(fashion_test):
+    """Exact likelihoods need no noise: p(x | y) of every fifth test image re-measured lies within four standard
+    errors (the card's per-image spread) of the card's 10k mean; p(x) = Σ_y p(x | y)/10 costs at most log₂ 10 bits
+    per image more than p(x | y) with the true label."""
+    model = load_model(CHECKPOINTS / "pixelcnn")
+    card = json.loads((CHECKPOINTS / "pixelcnn" / "eval.json").read_text())
+    spread = card["bits_per_dim_stderr"] * 10_000 ** 0.5
+    measured = model.test_bits_per_dim(fashion_test.select(torch.arange(0, 10_000, 5)))
+    assert measured == pytest.approx(card["bits_per_dim"], abs=4 * spread / 2_000 ** 0.5)
+    batch = fashion_test.batch(torch.arange(0, 10_000, 500))
+    with torch.no_grad():
+        conditional, unconditional = model.bits_per_dim(batch.images, batch.labels), model.bits_per_dim(batch.images)
+    gap = (unconditional - conditional) * 784
+    assert (gap <= math.log2(10) + 1e-3).all() and card["samples"] == 10_000
