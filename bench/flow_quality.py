@@ -16,16 +16,14 @@ the card; without it the figures are printed only.
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run_export import export  # noqa: E402
+from bench.run_export import export, sampling_seconds  # noqa: E402
 from core.config import save_json  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.hub import load_model, metric_yardstick, write_model_card  # noqa: E402
@@ -42,17 +40,6 @@ def bits_per_dim(model, test) -> tuple[float, float]:
             values.append(model.bits_per_dim(batch.images, None, generator))
     values = torch.cat(values).double()
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
-
-
-def sampling_seconds(model, n: int = 64, repeats: int = 5) -> float:
-    """Median wall time of drawing n images (after one warm-up draw)."""
-    model.sample(n, seed=0)
-    times = []
-    for seed in range(repeats):
-        start = time.perf_counter()
-        model.sample(n, seed=seed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def draws(model, n: int, temperature: float, seed: int = 0, chunk: int = 500) -> tuple[torch.Tensor, int]:
@@ -109,7 +96,7 @@ def main() -> None:
         export(args.from_run, args.checkpoint)
     model, test = load_model(args.checkpoint).eval(), load_dataset("fashion-mnist", "test")
     bpd, error = bits_per_dim(model, test)
-    seconds = sampling_seconds(model)
+    seconds = sampling_seconds(model, repeats=5)
     print(f"test bits/dim {bpd:.4f} ± {error:.4f} (standard error, {len(test)} images); "
           f"64 samples in {seconds:.2f} s ({args.threads} thread)", flush=True)
     table, _ = temperature_table(model, test, metric_yardstick(), args.samples)

@@ -13,16 +13,14 @@ rewrites the card; without it the figures are printed only.
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run_export import export  # noqa: E402
+from bench.run_export import export, sampling_seconds  # noqa: E402
 from core.config import save_json  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.hub import load_model, write_model_card  # noqa: E402
@@ -40,17 +38,6 @@ def bits_per_dim(model, test, conditional: bool) -> tuple[float, float]:
             values.append(model.bits_per_dim(batch.images, labels))
     values = torch.cat(values).double()
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
-
-
-def sampling_seconds(model, n: int = 64, repeats: int = 3) -> float:
-    """Median wall time of drawing n images (after one warm-up draw)."""
-    model.sample(n, seed=0)
-    times = []
-    for seed in range(repeats):
-        start = time.perf_counter()
-        model.sample(n, seed=seed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def completions(model, test, path: Path) -> str:

@@ -1,7 +1,10 @@
-"""A training run's newest checkpoint written as a Hub folder with its training facts (for the bench scripts that
-measure a checkpoint for its card: flow_quality.py, pixelcnn_quality.py). A run that is still training can be
+"""What the bench scripts that measure a checkpoint for its card share (flow_quality.py, pixelcnn_quality.py,
+vqvae_quality.py): a training run's newest checkpoint written as a Hub folder with its training facts, and the
+sampling time. A run that is still training can be
 exported: the loop writes each checkpoint whole before latest.json names it."""
 import json
+import statistics
+import time
 from pathlib import Path
 
 from core.config import save_json
@@ -41,3 +44,14 @@ def export(run: Path, folder: Path) -> None:
                "images_per_s": speeds[len(speeds) // 2], "command": started_with(config),
                "train_config": config["train"]}, folder / "training.json")
     print(f"{folder}: step {state['step']}, {state['elapsed'] / 60:.0f} training minutes, from {checkpoint}")
+
+
+def sampling_seconds(model, n: int = 64, repeats: int = 3) -> float:
+    """Median wall time of drawing n images (after one warm-up draw)."""
+    model.sample(n, seed=0)
+    times = []
+    for seed in range(repeats):
+        start = time.perf_counter()
+        model.sample(n, seed=seed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -12,16 +12,14 @@ Without --write the figures are printed and the grids (samples, reconstructions,
 """
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run_export import export as run_export  # noqa: E402
+from bench.run_export import export as run_export, sampling_seconds  # noqa: E402
 from core.config import save_json  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.evaluate import extremes  # noqa: E402
@@ -54,17 +52,6 @@ def export(run: Path, folder: Path) -> None:
     training = json.loads((folder / "training.json").read_text())
     command = json.loads((run / "config.json").read_text())["command"] or ""
     save_json({**training, "notes": autoencoder_notes(command)}, folder / "training.json")
-
-
-def sampling_seconds(model, n: int = 64, repeats: int = 3) -> float:
-    """Median wall time of drawing n images (after one warm-up draw)."""
-    model.sample(n, seed=0)
-    times = []
-    for seed in range(repeats):
-        start = time.perf_counter()
-        model.sample(n, seed=seed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
