@@ -214,7 +214,7 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/ddpm_sample", ("ddpm", 4, 1001, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
     ("/ddpm_sample", ("ddpm", 4, 0, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
     ("/ddpm_sample", ("ddpm", 64, 1000, "ddim", 0, 0, -1, 1), "n x steps x passes must be at most 16,000"),
-    ("/ddpm_sample", ("ddpm", 4, 20, "lms", 0, 0, -1, 1), "scheduler must be one of ddpm, ddim, dpm_solver, dpm_solver_sde, euler"),
+    ("/ddpm_sample", ("ddpm", 4, 20, "lms", 0, 0, -1, 1), "scheduler must be one of ddpm, ddim, dpm_solver, dpm_solver_sde, unipc, euler"),
     ("/ddpm_sample", ("ddpm", 4, 20, "heun", 0, 0, -1, 1), "a diffusion model samples with a scheduler of"),
     ("/ddpm_sample", ("ddpm", 4, 20, "edm_heun", 0, 0, -1, 1), "a diffusion model samples with a scheduler of"),
     ("/ddpm_sample", ("ddpm", 4, 20, "ddim", 1.5, 0, -1, 1), "eta must be a number from 0 to 1"),
