@@ -77,6 +77,11 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
     assert size(grid) == (SIDE(3), SIDE(1)) and note.startswith("p(y | top 20 rows): ")
     table, seen = client.predict("pixelcnn", handle_file(SNEAKER), api_name="/pixelcnn_compress")
     assert size(seen) == (28 * SCALE, 28 * SCALE) and "decoded back bit for bit" in table
+    status, grid = client.predict("vqvae", 4, 0, 1.0, -1, api_name="/vqvae_sample")
+    assert size(grid) == (SIDE(2), SIDE(2)) and status == "4 images: 196 codes drawn one at a time, decoded"
+    note, both, codes = client.predict("vqvae", handle_file(SNEAKER), -1, api_name="/vqvae_reconstruct")
+    assert size(both) == (SIDE(2), SIDE(1)) and size(codes) == (7 * 28, 7 * 28)
+    assert note.startswith("Reconstruction MSE **") and "bits per code" in note
     outputs = client.predict("cyclegan", handle_file(SNEAKER), "a2b", api_name="/cyclegan_translate")
     assert [size(p) for p in outputs[:3]] == [(28 * SCALE, 28 * SCALE)] * 3
     assert outputs[3].startswith("The classifier sees: sneaker")
@@ -228,6 +233,15 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/pixelcnn_complete", ("pixelcnn", "truncated", 14, 2, 0, 1.0, -1), "the file is not a readable image"),
     ("/pixelcnn_compress", ("pixelcnn", "huge"), "the image is 10000x10000 pixels"),
     ("/pixelcnn_compress", ("pixelcnn", None), "no image"),
+    ("/vqvae_sample", ("vqvae", 65, 0, 1.0, -1), "n must be a whole number from 1 to 64"),
+    ("/vqvae_sample", ("vqvae", 4, 0, 0.4, -1), "temperature must be a number from 0.5 to 1.5"),
+    ("/vqvae_sample", ("vqvae", 4, -1, 1.0, -1), "seed must be a whole number from 0"),
+    ("/vqvae_sample", ("vqvae", 4, 0, 1.0, 10), "label must be a whole number from -1 to 9"),
+    ("/vqvae_sample", ("pixelcnn", 4, 0, 1.0, -1), "is a PixelCNN; this needs a VQVAE"),
+    ("/vqvae_reconstruct", ("vqvae", None, -1), "no image"),
+    ("/vqvae_reconstruct", ("vqvae", "truncated", -1), "the file is not a readable image"),
+    ("/vqvae_reconstruct", ("vqvae", "huge", -1), "the image is 10000x10000 pixels"),
+    ("/vqvae_reconstruct", ("vqvae", SNEAKER, 10), "label must be a whole number from -1 to 9"),
     ("/cyclegan_translate", ("cyclegan", SNEAKER, "sideways"), "direction must be one of a2b, b2a"),
     ("/cyclegan_translate", ("cyclegan", "huge", "a2b"), "the image is 10000x10000 pixels"),
     ("/pix2pix_translate", ("pix2pix-edges", None, SNEAKER, "photo", 0), "source must be one of drawing, edge map"),
@@ -278,7 +292,7 @@ def test_bad_input_answers_with_what_is_allowed(client, sampler_url, tmp_path):
     files = bad_files(tmp_path)
     image = lambda a: files[a] if a in files else handle_file(a) if isinstance(a, str) and a.endswith(".png") else a
     for api_name, arguments, message in BAD:     # diffusion's cost is refused at admission, before queueing
-        costed = api_name in ("/ddpm_sample", "/pixelcnn_sample")
+        costed = api_name in ("/ddpm_sample", "/pixelcnn_sample", "/vqvae_sample")
         with pytest.raises((AppError, ValidationError) if costed else AppError) as caught:
             client.predict(*map(image, arguments), api_name=api_name)
         assert message in str(caught.value), (api_name, arguments, str(caught.value))
@@ -312,6 +326,7 @@ def raw_call(url: str, api_name: str, body: str) -> str:
     ("stylegan_sample", '["stylegan", 4, 0, NaN]', "psi must be a number from -1 to 1.5"),
     ("flow_sample", '["glow", 4, 0, NaN, -1]', "temperature must be a number from 0 to 1.2"),
     ("pixelcnn_sample", '["pixelcnn", 4, 0, NaN, -1]', "temperature must be a number from 0.5 to 1.2"),
+    ("vqvae_sample", '["vqvae", 4, 0, NaN, -1]', "temperature must be a number from 0.5 to 1.5"),
 ])
 def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     stream = raw_call(sampler_url, api_name, '{"data": %s}' % data)
@@ -324,7 +339,8 @@ def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     ("cyclegan_translate", '"cyclegan", ', ', "a2b"'), ("fgsm_attack", '"classifier", ', ', "fgsm", 0.1, 0'),
     ("pix2pix_translate", '"pix2pix-edges", null, ', ', "picture", 0'), ("simclr_nearest", '"simclr", ', ""),
     ("flow_latents", '"glow", ', ", -1"), ("flow_interpolate", '"glow", ', ', {"path": "%s"}, 8, -1'),
-    ("pixelcnn_complete", '"pixelcnn", ', ", 27, 1, 0, 1.0, -1"), ("pixelcnn_compress", '"pixelcnn", ', "")])
+    ("pixelcnn_complete", '"pixelcnn", ', ", 27, 1, 0, 1.0, -1"), ("pixelcnn_compress", '"pixelcnn", ', ""),
+    ("vqvae_reconstruct", '"vqvae", ', ", -1")])
 def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, after):
     """An untagged dict passes Gradio's checks when inputs are unprocessed: our code must refuse
     every path outside the upload cache and the examples, with one message that says nothing about the file."""
@@ -460,7 +476,7 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
     our message, never Gradio's generic error."""
     client = Client(sampler_url, verbose=False)
     apis = endpoints(sampler_url)
-    assert len(apis) == 27
+    assert len(apis) == 29
     calls = 0
     for api_name, inputs in apis.items():
         defaults = default_arguments(inputs)

@@ -13,6 +13,8 @@ TABS = [   # tab, button, the label of the image output it fills
     ("VAE", "Sample from the prior", "samples: decoder means of z ~ p(z)"),
     ("Flow", "Sample", "samples at temperature T"),
     ("PixelCNN", "Sample", "samples, drawn pixel by pixel (grey: not drawn yet)"),
+    ("VQ-VAE", "Sample", "samples: codes drawn by the prior, decoded (grey: not drawn yet)"),
+    ("VQ-VAE", "Reconstruct", "its codes (a colour per codebook entry)"),
     ("Diffusion", "Denoise", "the first images at 10 moments of the run: x_t above x̂₀"),
     ("StyleGAN", "Mix styles", "style mixing: top row and left column are the sources"),
     ("StyleGAN", "Resample the noise inputs", "one w, 8 noise draws"),

@@ -328,8 +328,9 @@ genlab's Fashion-MNIST classifier (`checkpoints/classifier`).
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample_codes(self, n: int, labels: Tensor | None, temperature: float, generator: torch.Generator,
-                     fast: bool = True) -> Tensor:
-        """(n, h, w) codes drawn position by position from softmax(logits / T) of the prior."""
+                     fast: bool = True, on_row=None) -> Tensor:
+        """(n, h, w) codes drawn position by position from softmax(logits / T) of the prior; `on_row(row, codes so
+        far)` after each row of the grid (raster_loop)."""
         labels = self.checked_labels(labels, n)
 
         def draw(logits: Tensor, row: int, col: int) -> Tensor:
@@ -338,7 +339,7 @@ genlab's Fashion-MNIST classifier (`checkpoints/classifier`).
 
         blank = torch.zeros(n, self.grid, self.grid, dtype=torch.long, device=self.device)
         with self.autocast():
-            return raster_loop(self.prior, self.embed, blank, labels, draw, fast)
+            return raster_loop(self.prior, self.embed, blank, labels, draw, fast, on_row)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, labels: Tensor | None = None, temperature: float | None = None,

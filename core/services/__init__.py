@@ -17,9 +17,10 @@ from core.services.pixelcnn import PixelCNNService
 from core.services.simclr import SimCLRService
 from core.services.stylegan import StyleGANService
 from core.services.vae import VAEService
+from core.services.vqvae import VQVAEService
 
 SERVICES: tuple[type[Service], ...] = (GANService, StyleGANService, VAEService, FlowService, PixelCNNService,
-                                       DiffusionService, CycleGANService, Pix2PixService, SimCLRService, AttackService,
-                                       FoundationsService)
+                                       VQVAEService, DiffusionService, CycleGANService, Pix2PixService, SimCLRService,
+                                       AttackService, FoundationsService)
 
 __all__ = ["SERVICES", "Service", "Endpoint", "Admission", "OutputFiles", "RequestError", "figures_markdown"]

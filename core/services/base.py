@@ -271,8 +271,9 @@ class Admission:
         with self._lock:
             alive = [t for t in self._pending.get(client, []) if now - t < self.expiry]
             if len(alive) >= self.limit:
-                raise RequestError(f"you already have {len(alive)} slow requests (diffusion, PixelCNN sampling) queued "
-                                   f"or running; at most {self.limit} at a time: wait for one to finish")
+                raise RequestError(f"you already have {len(alive)} slow requests (diffusion, PixelCNN or VQ-VAE "
+                                   f"sampling) queued or running; at most {self.limit} at a time: wait for one to "
+                                   f"finish")
             self._pending[client] = alive + [now]
 
     def release(self, client: str) -> None:
