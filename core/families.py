@@ -10,6 +10,7 @@ from core.model import TrainableModel
 from core.models.classifier import Classifier
 from core.models.cyclegan import CycleGAN
 from core.models.ddpm import DDPM
+from core.models.energy import JEM
 from core.models.flow import Flow
 from core.models.gan import GAN
 from core.models.pix2pix import Pix2Pix
@@ -22,7 +23,7 @@ from core.models.vqvae import VQVAE
 FAMILIES: dict[str, type[TrainableModel]] = {"classifier": Classifier, "gan": GAN, "ddpm": DDPM, "vae": VAE,
                                              "cyclegan": CycleGAN, "pix2pix": Pix2Pix, "simclr": SimCLR,
                                              "stylegan": StyleGAN, "flow": Flow,
-                                             "pixelcnn": PixelCNN, "vqvae": VQVAE}
+                                             "pixelcnn": PixelCNN, "vqvae": VQVAE, "jem": JEM}
 
 
 def class_named(class_name: str) -> type[TrainableModel]:

@@ -25,6 +25,8 @@ comparable with published Inception-FIDs.
     covered when it gets at least a quarter of its uniform share (2.5% of samples for 10 classes), with the
     smallest class share, and KL(histogram ‖ uniform) = log K − H(histogram) is 0 for perfect balance.
     Conditional accuracy: the share of samples asked for class k that the classifier labels k.
+Calibration of a classifier (Guo et al. 2017): predictions are put in M = 15 equal bins of their confidence (the top
+softmax probability); ECE = Σ_m (n_m / n) |accuracy_m − confidence_m|, and the bins are the reliability diagram.
 Paired figures (image-to-image translation, outputs against their targets, pixels in [0, 1], averaged per image):
     L1 = mean |y − ŷ|;   PSNR = 10 log₁₀(1 / MSE) dB;
     SSIM (Wang et al. 2004) = mean over 11x11 Gaussian windows (σ = 1.5, valid positions) of
@@ -174,6 +176,27 @@ def class_coverage(predicted: Tensor, num_classes: int) -> dict[str, float]:
 
 def conditional_accuracy(logits: Tensor, requested: Tensor) -> float:
     return float((logits.argmax(1) == requested).double().mean())
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per confidence bin: its count, mean confidence and accuracy (a reliability diagram), and the ECE."""
+    counts: list[int]
+    confidence: list[float]
+    accuracy: list[float]
+    ece: float
+
+
+def calibration(probabilities: Tensor, labels: Tensor, bins: int = 15) -> Calibration:
+    """Reliability bins of (N, K) class probabilities against (N,) labels; empty bins report 0."""
+    confidence, predicted = probabilities.max(1)
+    correct = (predicted == labels).float()
+    which = (confidence * bins).long().clamp(max=bins - 1)          # bin m holds confidences in [m/M, (m+1)/M)
+    counts = torch.bincount(which, minlength=bins).double()
+    mean_conf = torch.zeros(bins, dtype=torch.double).index_add_(0, which, confidence.double()) / counts.clamp(min=1)
+    mean_acc = torch.zeros(bins, dtype=torch.double).index_add_(0, which, correct.double()) / counts.clamp(min=1)
+    ece = float((counts / len(labels) * (mean_acc - mean_conf).abs()).sum())
+    return Calibration(counts.long().tolist(), mean_conf.tolist(), mean_acc.tolist(), ece)
 
 
 def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:

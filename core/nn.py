@@ -39,17 +39,20 @@ class EMA(nn.Module):
         return super().train(False)
 
 
-def conv_block(c_in: int, c_out: int) -> list[nn.Module]:
-    """conv3x3 (no bias) → batch norm → ReLU."""
+def conv_block(c_in: int, c_out: int, batch_norm: bool = True) -> list[nn.Module]:
+    """conv3x3 (no bias) → batch norm → ReLU; without batch norm, conv3x3 (with bias) → SiLU, a smooth function of
+    its input whose gradient Langevin dynamics can follow (JEM's energy, core/models/energy.py)."""
+    if not batch_norm:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.SiLU()]
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-def conv_encoder(channels: int, width: int) -> list[nn.Module]:
+def conv_encoder(channels: int, width: int, batch_norm: bool = True) -> list[nn.Module]:
     """conv3x3(w) ×2 → maxpool → conv3x3(2w) ×2 → maxpool → conv3x3(4w) → global average pool → (B, 4w): the
-    classifier's body and SimCLR's encoder (global pooling takes any image size)."""
-    w = width
-    return [*conv_block(channels, w), *conv_block(w, w), nn.MaxPool2d(2), *conv_block(w, 2 * w),
-            *conv_block(2 * w, 2 * w), nn.MaxPool2d(2), *conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
+    classifier's body, SimCLR's encoder and (without batch norm) JEM's (global pooling takes any image size)."""
+    w, bn = width, batch_norm
+    return [*conv_block(channels, w, bn), *conv_block(w, w, bn), nn.MaxPool2d(2), *conv_block(w, 2 * w, bn),
+            *conv_block(2 * w, 2 * w, bn), nn.MaxPool2d(2), *conv_block(2 * w, 4 * w, bn), nn.AdaptiveAvgPool2d(1),
             nn.Flatten()]
 
 

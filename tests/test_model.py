@@ -11,6 +11,7 @@ from core.families import FAMILIES, class_named, family_of
 from core.models.classifier import ClassifierConfig
 from core.models.cyclegan import CycleGANConfig
 from core.models.ddpm import DDPMConfig
+from core.models.energy import JEMConfig
 from core.models.flow import FlowConfig
 from core.models.gan import ARCHITECTURES, GANConfig
 from core.models.pix2pix import Pix2PixConfig
@@ -39,7 +40,8 @@ TINY = {"classifier": [ClassifierConfig(width=4, hidden=8)],
                      PixelCNNConfig(image_size=8, hidden=4, layers=2, kind="plain")],
         "vqvae": [VQVAEConfig(image_size=8, codes=8, code_dim=4, width=4, prior_hidden=4, prior_layers=2),
                   VQVAEConfig(image_size=8, codes=8, code_dim=4, width=4, prior_hidden=4, prior_layers=2,
-                              stage="prior")]}
+                              stage="prior")],
+        "jem": [JEMConfig(image_size=8, width=4, hidden=8, buffer_size=32, sgld_steps=2, sample_steps=2)]}
 CASES = [(family, config) for family, configs in TINY.items() for config in configs]
 
 
