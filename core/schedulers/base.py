@@ -263,6 +263,47 @@ class Scheduler:
                              f"(num_train_timesteps), got {n!r}")
 
 
+class ScheduleIndex:
+    """Where a multistep scheduler (DPM-Solver++, UniPC) is in its schedule, kept as diffusers keeps it:
+    `step_index`, the position of the next step (None until the first step finds it from its timestep), and
+    `begin_index`, a start part-way through the schedule (image-to-image) that the first step takes instead."""
+    _step_index: int | None = None
+    _begin_index: int | None = None
+
+    def _reset_index(self) -> None:
+        self._step_index = self._begin_index = None
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start part-way through the schedule (image-to-image)."""
+        self._begin_index = begin_index
+
+    def index_for_timestep(self, timestep: int | Tensor) -> int:
+        """Where `timestep` lies in the schedule (the second match if it appears twice, as diffusers picks)."""
+        candidates = (self.timesteps == timestep).nonzero()
+        if len(candidates) == 0:
+            return len(self.timesteps) - 1
+        return int(candidates[1 if len(candidates) > 1 else 0])
+
+    def _start_at(self, timestep: int | Tensor) -> None:
+        """Before the first step: the schedule position of `timestep`, or the begin index if one was set."""
+        if self._step_index is None:
+            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
+    def _noise_indices(self, timesteps: Tensor) -> list[int]:
+        """The schedule positions `add_noise` reads: each timestep's, or (a begin index set) the current one."""
+        if self._begin_index is None:
+            return [self.index_for_timestep(t) for t in torch.as_tensor(timesteps).flatten().cpu()]
+        return [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
+
+
 class HeunSteps:
     """Heun's second-order step (Karras et al. 2022, Algorithm 1) for a σ-indexed scheduler whose `sigmas` visit
     every σ after the first twice (`visited_twice`): the first call of a step makes the Euler guess x̃ = x + dt d at

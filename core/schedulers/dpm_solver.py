@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.schedulers.base import Scheduler, SchedulerOutput, expand, in_place, predicted_x0, step_noise
+from core.schedulers.base import ScheduleIndex, Scheduler, SchedulerOutput, expand, in_place, predicted_x0, step_noise
 
 ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++")
 
 
-class DPMSolverMultistepScheduler(Scheduler):
+class DPMSolverMultistepScheduler(ScheduleIndex, Scheduler):
     defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                     solver_order=2, prediction_type="epsilon", thresholding=False, dynamic_thresholding_ratio=0.995,
                     sample_max_value=1.0, algorithm_type="dpmsolver++", solver_type="midpoint",
@@ -58,20 +58,7 @@ class DPMSolverMultistepScheduler(Scheduler):
     def _reset(self) -> None:
         self.model_outputs: list[Tensor | None] = [None] * self.config.solver_order
         self.lower_order_nums = 0
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start part-way through the schedule (image-to-image)."""
-        self._begin_index = begin_index
+        self._reset_index()
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """n timesteps spaced over [0, T) (one more point than steps, the last dropped), and σ̃ at each plus a final
@@ -122,18 +109,6 @@ class DPMSolverMultistepScheduler(Scheduler):
         return torch.stack([alpha[:-1], sigma[:-1], sigma[1:] / sigma[:-1], first_order, 1.0 / r, 0.5 * first_order,
                             alpha[1:] * ((torch.exp(-h) - 1.0) / h + 1.0), torch.zeros_like(h)], 1)
 
-    def index_for_timestep(self, timestep: int | Tensor) -> int:
-        """Where `timestep` lies in the schedule (the second match if it appears twice, as diffusers picks)."""
-        candidates = (self.timesteps == timestep).nonzero()
-        if len(candidates) == 0:
-            return len(self.timesteps) - 1
-        return int(candidates[1 if len(candidates) > 1 else 0])
-
-    def _start_at(self, timestep: int | Tensor) -> None:
-        """Before the first step: the schedule position of `timestep`, or the begin index if one was set."""
-        if self._step_index is None:
-            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
-
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
         """The data prediction x̂_0 that DPM-Solver++ integrates, from an ε, x_0 or v prediction."""
         alpha_t, sigma_t = self._rows[self._step_index, :2].unbind()
@@ -177,9 +152,6 @@ class DPMSolverMultistepScheduler(Scheduler):
         if self.num_inference_steps is None:
             return super().add_noise(original_samples, noise, timesteps)
         sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(t) for t in torch.as_tensor(timesteps).flatten().cpu()]
-        else:
-            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
+        indices = self._noise_indices(timesteps)
         alpha_t, sigma_t = self._alpha_sigma(expand(sigmas[indices], original_samples))
         return alpha_t * original_samples + sigma_t * noise

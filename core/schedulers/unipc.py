@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.schedulers.base import (Scheduler, SchedulerOutput, expand, predicted_eps, predicted_x0,
+from core.schedulers.base import (ScheduleIndex, Scheduler, SchedulerOutput, expand, predicted_eps, predicted_x0,
                                   spaced_timesteps)
 
 SOLVER_TYPES = ("bh1", "bh2")
 
 
-class UniPCMultistepScheduler(Scheduler):
+class UniPCMultistepScheduler(ScheduleIndex, Scheduler):
     defaults = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                     solver_order=2, prediction_type="epsilon", thresholding=False, dynamic_thresholding_ratio=0.995,
                     sample_max_value=1.0, predict_x0=True, solver_type="bh2", lower_order_final=True,
@@ -79,20 +79,7 @@ class UniPCMultistepScheduler(Scheduler):
         self.lower_order_nums = 0
         self.this_order = 1
         self.last_sample: Tensor | None = None
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start part-way through the schedule (image-to-image)."""
-        self._begin_index = begin_index
+        self._reset_index()
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """n timesteps spaced over [0, T) as DPM-Solver++'s (one more point than steps, the last dropped), σ̃ =
@@ -120,13 +107,6 @@ class UniPCMultistepScheduler(Scheduler):
         alpha = 1 / ((sigma_tilde ** 2 + 1) ** 0.5)
         sigma = sigma_tilde * alpha
         return alpha, sigma, torch.log(alpha) - torch.log(sigma)
-
-    def index_for_timestep(self, timestep: int | Tensor) -> int:
-        """Where `timestep` lies in the schedule (the second match if it appears twice, as diffusers picks)."""
-        candidates = (self.timesteps == timestep).nonzero()
-        if len(candidates) == 0:
-            return len(self.timesteps) - 1
-        return int(candidates[1 if len(candidates) > 1 else 0])
 
     def convert_model_output(self, model_output: Tensor, sample: Tensor) -> Tensor:
         """What UniPC integrates, from an ε, x_0 or v prediction: x̂_0 (thresholded if enabled) with predict_x0,
@@ -199,8 +179,7 @@ class UniPCMultistepScheduler(Scheduler):
         `generator` is accepted for the sampling loop's sake and unused: UniPC is deterministic."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step")
-        if self._step_index is None:
-            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+        self._start_at(timestep)
         c, i = self.config, self._step_index
         converted = self.convert_model_output(model_output, sample)
         if i > 0 and i - 1 not in c.disable_corrector and self.last_sample is not None:
@@ -221,10 +200,7 @@ class UniPCMultistepScheduler(Scheduler):
         if self.num_inference_steps is None:
             return super().add_noise(original_samples, noise, timesteps)
         sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(t) for t in torch.as_tensor(timesteps).flatten().cpu()]
-        else:
-            indices = [self._step_index if self._step_index is not None else self._begin_index] * len(timesteps)
+        indices = self._noise_indices(timesteps)
         sigma = expand(sigmas[indices], original_samples)
         alpha_t = 1 / ((sigma ** 2 + 1) ** 0.5)
         return alpha_t * original_samples + sigma * alpha_t * noise
