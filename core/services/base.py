@@ -252,6 +252,21 @@ def class_picker(config: dict) -> dict[str, dict]:
     return {"label": {"interactive": True} if config.get("num_classes") else {"interactive": False, "value": -1}}
 
 
+def class_and_temperature(spec, family: str, low: float, high: float) -> dict[str, dict]:
+    """`Service.follow` of a tab with a class picker and a temperature slider from `low` to `high`: the picker is
+    live for a class-conditional model, the slider starts at the model's own T (its config's "temperature", kept
+    within the bounds). A model whose config cannot be read leaves the picker off and the slider as it is."""
+    try:
+        config = model_config(spec, family)
+    except RequestError:
+        config = {}
+    settings = class_picker(config)
+    t = config.get("temperature")
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        settings["temperature"] = {"value": min(max(float(t), low), high)}
+    return settings
+
+
 # -------------------------------------------------------------------------------------------------- admission
 MAX_PENDING_PER_CLIENT = 2     # expensive requests one client (session) may have queued or running
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from core.requests import MAX_SEED, RequestError, read_image, real_number, to_model_input, whole_number
 from core.services.base import (CLASS_CHOICES, MAX_IMAGES, MAX_PATH, Choice, Endpoint, ModelChoice, Number, Output,
-                                Service, Upload, class_picker, count_input, label_or_none, model_config, path_input,
+                                Service, Upload, class_and_temperature, count_input, label_or_none, path_input,
                                 seed_input)
 from core.services.pictures import grid_image
 
@@ -52,15 +52,7 @@ image are shown whitened, $\varepsilon_i = (z_i - \mu_i)/\sigma_i$: noise where 
     @classmethod
     def follow(cls, spec) -> dict[str, dict]:
         """The class picker is live for a class-conditional flow; the slider starts at the model's own T."""
-        try:
-            config = model_config(spec, cls.family)
-        except RequestError:
-            config = {}
-        settings = class_picker(config)
-        t = config.get("temperature")
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
-            settings["temperature"] = {"value": min(max(float(t), MIN_TEMPERATURE), MAX_TEMPERATURE)}
-        return settings
+        return class_and_temperature(spec, cls.family, MIN_TEMPERATURE, MAX_TEMPERATURE)
 
     def sample(self, n, seed, temperature, label=-1) -> Image.Image:
         n, seed = whole_number(n, "n", 1, MAX_IMAGES), whole_number(seed, "seed", 0, MAX_SEED)

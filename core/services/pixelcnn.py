@@ -24,7 +24,7 @@ from core.data import FASHION_CLASSES
 from core.models.pixelcnn import pixel_levels
 from core.requests import MAX_SEED, RequestError, read_image, real_number, to_model_input, whole_number
 from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service, Upload,
-                                checked_spec, class_picker, count_input, label_or_none, model_config, seed_input)
+                                checked_spec, class_and_temperature, count_input, label_or_none, seed_input)
 from core.services.pictures import grid_image, single_image
 
 SIDE = 28                      # Fashion-MNIST's side: what admission assumes (the method re-checks the model's own)
@@ -136,15 +136,7 @@ network to read it back; PNG and WebP know nothing about garments."""
     @classmethod
     def follow(cls, spec) -> dict[str, dict]:
         """The class picker is live for a class-conditional model; the slider starts at the model's own T."""
-        try:
-            config = model_config(spec, cls.family)
-        except RequestError:
-            config = {}
-        settings = class_picker(config)
-        t = config.get("temperature")
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
-            settings["temperature"] = {"value": min(max(float(t), MIN_TEMPERATURE), MAX_TEMPERATURE)}
-        return settings
+        return class_and_temperature(spec, cls.family, MIN_TEMPERATURE, MAX_TEMPERATURE)
 
     @classmethod
     def work(cls, model, n, seed, temperature, label=-1) -> int:

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from core.data import FASHION_CLASSES
 from core.requests import MAX_SEED, RequestError, read_image, real_number, to_model_input, whole_number
 from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service, Upload,
-                                checked_spec, class_picker, count_input, label_or_none, model_config, seed_input)
+                                checked_spec, class_and_temperature, count_input, label_or_none, seed_input)
 from core.services.pictures import grid_image
 from core.services.pixelcnn import HIDDEN, rows_drawn
 
@@ -99,15 +99,7 @@ against $784 \times 8$ bits of raw pixels; lossy, since the codes describe the r
     @classmethod
     def follow(cls, spec) -> dict[str, dict]:
         """The class picker is live for a class-conditional prior; the slider starts at the model's own T."""
-        try:
-            config = model_config(spec, cls.family)
-        except RequestError:
-            config = {}
-        settings = class_picker(config)
-        t = config.get("temperature")
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
-            settings["temperature"] = {"value": min(max(float(t), MIN_TEMPERATURE), MAX_TEMPERATURE)}
-        return settings
+        return class_and_temperature(spec, cls.family, MIN_TEMPERATURE, MAX_TEMPERATURE)
 
     @classmethod
     def work(cls, model, n, seed, temperature, label=-1) -> int:
