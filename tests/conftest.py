@@ -79,6 +79,17 @@ def tiny_config(tmp_path) -> TrainConfig:
                        checkpoint_every=6, runs_dir=str(tmp_path), run_name="run", lr=3e-3, cpu=True)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): models this small
+    gain nothing from threads, and a busy machine makes two threads wait on each other (20x slower once while a
+    training run held the other core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

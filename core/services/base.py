@@ -30,7 +30,7 @@ from core.families import FAMILIES
 from core.hub import load_model, read_config, read_manifest, resolve
 from core.runs import FIGURE_NAMES
 from core.model import TrainableModel
-from core.requests import MAX_SEED, RequestError, class_index, shown, whole_number, without_paths
+from core.requests import MAX_SEED, RequestError, class_index, real_number, shown, whole_number, without_paths
 
 MAX_IMAGES = 64                # images per request
 MAX_PATH = 32                  # images along an interpolation or a latent sweep
@@ -265,6 +265,40 @@ def class_and_temperature(spec, family: str, low: float, high: float) -> dict[st
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         settings["temperature"] = {"value": min(max(float(t), low), high)}
     return settings
+
+
+class StepwiseSampling:
+    """A tab whose sampler draws one unit at a time, a network step each (a PixelCNN's pixels, a VQ-VAE prior's
+    codes), at a temperature and class: a request costs images x units, checked at admission by `work` (before
+    anything loads, at the units per image of `admitted`) and again by the methods with the model's own count
+    (`cost`); the class picker and the temperature slider follow the model. A subclass (before Service among its
+    bases) sets `unit`, `admitted`, `max_work` and `temperatures`, the slider's bounds."""
+    family: ClassVar[str] = ""
+    unit: ClassVar[str] = ""                  # what one network step draws, e.g. "pixel"
+    admitted: ClassVar[int] = 0               # units per image that admission assumes (Fashion-MNIST's size)
+    max_work: ClassVar[int] = 0               # images x units per request
+    temperatures: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    @classmethod
+    def follow(cls, spec) -> dict[str, dict]:
+        """The class picker is live for a class-conditional model; the slider starts at the model's own T."""
+        return class_and_temperature(spec, cls.family, *cls.temperatures)
+
+    @classmethod
+    def work(cls, model, n, seed, temperature, label=-1) -> int:
+        """The sampling endpoint's admission: the model named, and the request's cost. Loads nothing."""
+        checked_spec(model, cls.family)
+        return cls.cost(n, cls.admitted, seed, temperature)
+
+    @classmethod
+    def cost(cls, n, units: int, seed, temperature) -> int:
+        """The checked cost of a request for n images of `units` each: images x units."""
+        n, _ = whole_number(n, "n", 1, MAX_IMAGES), whole_number(seed, "seed", 0, MAX_SEED)
+        real_number(temperature, "temperature", *cls.temperatures)
+        if n * units > cls.max_work:
+            raise RequestError(f"images x {cls.unit}s must be at most {cls.max_work:,} (each {cls.unit} is one "
+                               f"network step), got {n} x {units:,} = {n * units:,}", "n")
+        return n * units
 
 
 # -------------------------------------------------------------------------------------------------- admission

@@ -22,9 +22,9 @@ from PIL import Image
 from core import compress
 from core.data import FASHION_CLASSES
 from core.models.pixelcnn import pixel_levels
-from core.requests import MAX_SEED, RequestError, read_image, real_number, to_model_input, whole_number
-from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service, Upload,
-                                checked_spec, class_and_temperature, count_input, label_or_none, seed_input)
+from core.requests import RequestError, read_image, to_model_input, whole_number
+from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service, StepwiseSampling,
+                                Upload, count_input, label_or_none, seed_input)
 from core.services.pictures import grid_image, single_image
 
 SIDE = 28                      # Fashion-MNIST's side: what admission assumes (the method re-checks the model's own)
@@ -47,16 +47,6 @@ IMAGE = Upload("image", "image (its top rows are kept)", "7-sneaker.png")
 
 class Stopped(Exception):
     """Raised in the worker's row callback to end a run nobody waits for."""
-
-
-def cost(n, pixels: int, seed, temperature) -> int:
-    """The checked cost of a request: images x pixels, each pixel one sequential network step."""
-    n, _ = whole_number(n, "n", 1, MAX_IMAGES), whole_number(seed, "seed", 0, MAX_SEED)
-    real_number(temperature, "temperature", MIN_TEMPERATURE, MAX_TEMPERATURE)
-    if n * pixels > MAX_WORK:
-        raise RequestError(f"images x pixels must be at most {MAX_WORK:,} (each pixel is one network step), got "
-                           f"{n} x {pixels:,} = {n * pixels:,}", "n")
-    return n * pixels
 
 
 def rows_drawn(run: Callable, budget_s: float = PIXELCNN_BUDGET_S) -> Iterator[tuple[int | None, torch.Tensor]]:
@@ -99,8 +89,9 @@ def as_images(levels: torch.Tensor, shown_rows: int) -> torch.Tensor:
     return images
 
 
-class PixelCNNService(Service):
+class PixelCNNService(StepwiseSampling, Service):
     family, tab = "pixelcnn", "PixelCNN"
+    unit, admitted, max_work, temperatures = "pixel", SIDE * SIDE, MAX_WORK, (MIN_TEMPERATURE, MAX_TEMPERATURE)
     about = r"""**PixelCNN** (van den Oord et al. 2016a): an image of $D = 784$ pixel levels $k_i \in \{0,\dots,255\}$
 factorises exactly in raster order, $p(x \mid y) = \prod_{i=1}^{D} p(x_i \mid x_{<i}, y)$, each factor a 256-way
 softmax read from the network at pixel $i$. Masked convolutions keep the network causal: a mask-A kernel (the first
@@ -133,17 +124,6 @@ network to read it back; PNG and WebP know nothing about garments."""
                  queue="pixelcnn"),
     )
 
-    @classmethod
-    def follow(cls, spec) -> dict[str, dict]:
-        """The class picker is live for a class-conditional model; the slider starts at the model's own T."""
-        return class_and_temperature(spec, cls.family, MIN_TEMPERATURE, MAX_TEMPERATURE)
-
-    @classmethod
-    def work(cls, model, n, seed, temperature, label=-1) -> int:
-        """pixelcnn_sample's admission: the model named, and the request's cost. Loads nothing."""
-        checked_spec(model, cls.family)
-        return cost(n, SIDE * SIDE, seed, temperature)
-
     @property
     def side(self) -> int:
         return self.model.config.image_size
@@ -151,7 +131,7 @@ network to read it back; PNG and WebP know nothing about garments."""
     # ------------------------------------------------------------------------------------------------ sampling
     def sample(self, n, seed, temperature, label=-1) -> Iterator[tuple[float, tuple[str, Image.Image]]]:
         """Yield (fraction done, (status, grid with the rows drawn so far)) after each row, then the samples."""
-        cost(n, self.side ** 2, seed, temperature)
+        self.cost(n, self.side ** 2, seed, temperature)
         n, seed, temperature = int(n), int(seed), float(temperature)
         label = label_or_none(label, self.model)
         labels = torch.full((n,), label) if label is not None else self.model.default_labels(n)
@@ -203,7 +183,7 @@ network to read it back; PNG and WebP know nothing about garments."""
         completions: the first cell shows the image with its unknown rows greyed."""
         known_rows = whole_number(known_rows, "known_rows", 0, self.side)
         per_image = whole_number(per_image, "per_image", 1, MAX_COMPLETIONS)
-        cost(per_image, self.side ** 2, seed, temperature)
+        self.cost(per_image, self.side ** 2, seed, temperature)
         seed, temperature = int(seed), float(temperature)
         x = self.image_of(upload)
         labels, note = self.completion_labels(x, known_rows, per_image, label, seed)

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from core.data import FASHION_CLASSES
-from core.requests import MAX_SEED, RequestError, read_image, real_number, to_model_input, whole_number
-from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service, Upload,
-                                checked_spec, class_and_temperature, count_input, label_or_none, seed_input)
+from core.requests import read_image, to_model_input
+from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service, StepwiseSampling,
+                                Upload, count_input, label_or_none, seed_input)
 from core.services.pictures import grid_image
 from core.services.pixelcnn import HIDDEN, rows_drawn
 
@@ -44,16 +44,6 @@ LABEL = Choice("label", "class (class-conditional prior)", -1,
 IMAGE = Upload("image", "image", "7-sneaker.png")
 
 
-def cost(n, cells: int, seed, temperature) -> int:
-    """The checked cost of a sampling request: images x codes, each code one sequential network step."""
-    n, _ = whole_number(n, "n", 1, MAX_IMAGES), whole_number(seed, "seed", 0, MAX_SEED)
-    real_number(temperature, "temperature", MIN_TEMPERATURE, MAX_TEMPERATURE)
-    if n * cells > MAX_WORK:
-        raise RequestError(f"images x codes must be at most {MAX_WORK:,} (each code is one network step), got "
-                           f"{n} x {cells:,} = {n * cells:,}", "n")
-    return n * cells
-
-
 def code_colours(codes: int) -> list[tuple[int, int, int]]:
     """One colour per codebook entry: hues a golden angle apart, so that neighbouring indices differ."""
     return [tuple(round(255 * c) for c in colorsys.hsv_to_rgb((k * 0.618034) % 1, 0.45, 0.95)) for k in range(codes)]
@@ -71,8 +61,9 @@ def code_picture(codes: torch.Tensor, entries: int) -> Image.Image:
     return picture
 
 
-class VQVAEService(Service):
+class VQVAEService(StepwiseSampling, Service):
     family, tab = "vqvae", "VQ-VAE"
+    unit, admitted, max_work, temperatures = "code", GRID * GRID, MAX_WORK, (MIN_TEMPERATURE, MAX_TEMPERATURE)
     about = r"""**VQ-VAE** (van den Oord et al. 2017): an encoder maps an image to a grid of vectors $z_e(x)$ (here
 28×28 → 7×7), each replaced by its nearest entry of a codebook $e \in \mathbb R^{K \times D}$ ($K = 256$):
 $k = \arg\min_j \lVert z_e(x) - e_j \rVert_2$, $z_q(x) = e_k$; the decoder maps the grid $z_q$ back to the image.
@@ -96,17 +87,6 @@ against $784 \times 8$ bits of raw pixels; lossy, since the codes describe the r
                   Output("its codes (a colour per codebook entry)", height=SHOWN_HEIGHT)), "Reconstruct"),
     )
 
-    @classmethod
-    def follow(cls, spec) -> dict[str, dict]:
-        """The class picker is live for a class-conditional prior; the slider starts at the model's own T."""
-        return class_and_temperature(spec, cls.family, MIN_TEMPERATURE, MAX_TEMPERATURE)
-
-    @classmethod
-    def work(cls, model, n, seed, temperature, label=-1) -> int:
-        """vqvae_sample's admission: the model named, and the request's cost. Loads nothing."""
-        checked_spec(model, cls.family)
-        return cost(n, GRID * GRID, seed, temperature)
-
     @property
     def grid(self) -> int:
         return self.model.grid
@@ -122,7 +102,7 @@ against $784 \times 8$ bits of raw pixels; lossy, since the codes describe the r
     def sample(self, n, seed, temperature, label=-1) -> Iterator[tuple[float, tuple[str, Image.Image]]]:
         """Yield (fraction done, (status, grid with the code rows drawn so far, decoded)) after each code row,
         then the samples: the same as the model's own `sample` for the same seed."""
-        cost(n, self.grid ** 2, seed, temperature)
+        self.cost(n, self.grid ** 2, seed, temperature)
         n, seed, temperature = int(n), int(seed), float(temperature)
         label = label_or_none(label, self.model)
         labels = torch.full((n,), label) if label is not None else self.model.default_labels(n)

@@ -19,14 +19,7 @@ from core.train import train
 TINY = dict(image_size=8, steps=2, hidden=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small gain nothing from threads, and a busy machine makes two threads wait on each other (20x
-    slower here while a training run held the other core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")      # (conftest.py)
 
 
 def randomised(module: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:

@@ -20,13 +20,7 @@ from core.train import train
 TINY = PixelCNNConfig(image_size=8, hidden=8, layers=3, num_classes=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small gain nothing from threads, and a busy machine makes two threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")      # (conftest.py)
 
 
 def seen_inputs(network: torch.nn.Module, side: int) -> torch.Tensor:

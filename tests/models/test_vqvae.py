@@ -21,12 +21,7 @@ TINY = VQVAEConfig(image_size=8, codes=16, code_dim=4, width=8, residual_blocks=
                    prior_embed=4, num_classes=3, restart_after=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")      # (conftest.py)
 
 
 def digits(n: int = 64) -> Batch:

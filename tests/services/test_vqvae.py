@@ -22,12 +22,7 @@ CELL = lambda picture, row, col: np.asarray(picture.convert("L"))[            # 
     (2 + 30 * row) * SCALE:(30 + 30 * row) * SCALE, (2 + 30 * col) * SCALE:(30 + 30 * col) * SCALE]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")      # (conftest.py)
 
 
 @pytest.fixture(scope="module")
