@@ -153,3 +153,27 @@ class Canvas:
     def title(self, text: str) -> Canvas:
         self.draw.text((self.margin, 8), text, fill=BLACK)
         return self
+
+
+def histogram_plot(percentiles: Tensor, marked: float, label: str, size: tuple[int, int] = (560, 260)) -> Image.Image:
+    """The density of a quantity drawn from its percentiles 0, 1, ..., 100 (each 1% of the mass between two of
+    them), with one value `marked` as a red line: where a query falls among reference values (no matplotlib)."""
+    width, height = size
+    edges = percentiles.double()
+    low, high = min(float(edges[0]), marked), max(float(edges[-1]), marked)
+    pad = 0.05 * (high - low or 1.0)
+    low, high = low - pad, high + pad
+    to_x = lambda v: 10 + (v - low) / (high - low) * (width - 20)
+    density = 0.01 / (edges[1:] - edges[:-1]).clamp(min=1e-9 * (high - low))
+    density = density.clamp(max=float(density.quantile(0.95)) * 2)        # a tiny gap would make a spike
+    picture = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(picture)
+    for a, b, d in zip(edges[:-1].tolist(), edges[1:].tolist(), density.tolist()):
+        top = height - 30 - d / float(density.max()) * (height - 60)
+        draw.rectangle([to_x(a), top, max(to_x(b), to_x(a) + 1), height - 30], fill=PALETTE[0])
+    draw.line([10, height - 30, width - 10, height - 30], fill="black")
+    draw.line([to_x(marked), 20, to_x(marked), height - 30], fill=(220, 30, 30), width=3)
+    for v in (low + pad, high - pad):
+        draw.text((to_x(v) - 15, height - 25), f"{v:.3g}", fill="black")
+    draw.text((12, 4), label, fill="black")
+    return picture

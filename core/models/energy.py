@@ -9,7 +9,10 @@ JEM maximises log p_θ(y | x) + log p_θ(x). Z(θ) is intractable, but the gradi
 two expectations (contrastive divergence, Hinton 2002):
     ∇_θ log p_θ(x) = −∇_θ E_θ(x) + E_{x' ~ p_θ}[∇_θ E_θ(x')]
 so the loss of a batch is, with x' drawn from the model by SGLD,
-    L = CE(f_θ(x), y) + mean E_θ(x) − mean E_θ(x') + λ (mean E_θ(x)² + mean E_θ(x')²)
+    L = CE(f_θ(x), y) + w (mean E_θ(x) − mean E_θ(x')) + λ (mean E_θ(x)² + mean E_θ(x')²)
+w = `px_weight` is 1 in JEM; w = 0 trains the same network as a plain classifier, without SGLD: the baseline the
+paper compares with, and on a CPU budget a quick start for JEM (`--init-from`), which from scratch spends its first
+hundreds of steps at chance while the energies move.
 The last term (λ = `energy_l2`, Du & Mordatch 2019) keeps the energies near 0, one of the remedies for the runs that
 diverge (wgrathwohl/JEM issues 4 and 8); a run stops with a clear message when the gap |E(x') − E(x)| exceeds
 `max_energy_gap` or turns NaN, before a checkpoint of the diverged weights is written.
@@ -40,6 +43,7 @@ from core.models.classifier import augment
 from core.nn import conv_encoder
 
 Energy = Callable[[Tensor], Tensor]        # (B, C, H, W) -> (B,)
+PERCENTILES = 101                          # of the test images' energies, kept for the out-of-distribution verdict
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class JEMConfig:
     image_size: int = option(28, "image side (of the replay buffer's samples)", low=4)
     width: int = option(32, "channels of the first conv stage (doubled at each of the next two)", low=1)
     hidden: int = option(128, "size of the penultimate layer", low=1)
+    px_weight: float = option(1.0, "weight of log p(x) in the loss (0: a plain classifier of the same network, no "
+                              "SGLD; a quick start for --init-from)", low=0.0)
     sgld_steps: int = option(20, "SGLD steps per training batch (JEM: 20)", low=1)
     sgld_step: float = option(1.0, "α/2: the step along −∇E (JEM: 1)", low=0.0)
     sgld_noise: float = option(0.01, "σ: the noise of each SGLD step (JEM: 0.01; √α would be exact Langevin)", low=0.0)
@@ -108,6 +114,7 @@ from noise or from the replay buffer of past samples kept beside the weights.
                                      nn.Linear(4 * c.width, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.num_classes))
         shape = (c.buffer_size, c.channels, c.image_size, c.image_size)
         self.register_buffer("replay", uniform_noise(shape[0], shape[1:], torch.Generator().manual_seed(0)))
+        self.register_buffer("test_energy", torch.zeros(PERCENTILES))   # E(x)'s percentiles 0-100 on test images
 
     @property
     def device(self) -> torch.device:
@@ -148,6 +155,10 @@ from noise or from the replay buffer of past samples kept beside the weights.
         if c.augment:
             x = augment(x)
         x = x + c.data_noise * torch.randn_like(x)
+        if c.px_weight == 0:
+            logits = self(x)
+            return {"loss/train": self.optimizer_step(self.optimizer, F.cross_entropy(logits, y)),
+                    "accuracy/train": (logits.detach().argmax(1) == y).float().mean()}
         starts, index = self.chain_starts(len(x))
         self.requires_grad_(False)                      # the chains need ∇_x E only
         samples = self.chain(starts, c.sgld_steps)
@@ -158,7 +169,7 @@ from noise or from the replay buffer of past samples kept beside the weights.
         e_data, e_samples = energies[:len(x)], energies[len(x):]
         gap = e_samples.mean() - e_data.mean()
         self.check_gap(float(gap.detach()), step)
-        loss = (F.cross_entropy(data_logits, y) + e_data.mean() - e_samples.mean()
+        loss = (F.cross_entropy(data_logits, y) + c.px_weight * (e_data.mean() - e_samples.mean())
                 + c.energy_l2 * (e_data.pow(2).mean() + e_samples.pow(2).mean()))
         return {"loss/train": self.optimizer_step(self.optimizer, loss),
                 "accuracy/train": (data_logits.detach().argmax(1) == y).float().mean(),
@@ -175,13 +186,15 @@ from noise or from the replay buffer of past samples kept beside the weights.
     @torch.no_grad()
     def evaluate(self, data: ImageData, yardstick: Yardstick | None = None, batch_size: int = 1000) -> dict[str, float]:
         """Test loss, accuracy, expected calibration error (15 bins), the mean energy of test images and of the
-        buffer, and the yardstick's figures of the buffer's samples (as many as test images, at most the buffer)."""
+        buffer, and the yardstick's figures of the buffer's samples (as many as test images, at most the buffer).
+        Keeps the test energies' percentiles (`test_energy`), which the shipped folder carries for OOD verdicts."""
         logits, labels = [], []
         for i in range(0, len(data), batch_size):
             b = data.batch(slice(i, i + batch_size))
             logits.append(self(b.images.to(self.device)))
             labels.append(b.labels.to(self.device))
         logits, labels = torch.cat(logits), torch.cat(labels)
+        self.test_energy.copy_(torch.quantile(-logits.logsumexp(1), torch.linspace(0, 1, PERCENTILES)))
         figures = {"loss": F.cross_entropy(logits, labels).item(),
                    "accuracy": (logits.argmax(1) == labels).float().mean().item(),
                    "ece": calibration(logits.softmax(1), labels).ece,
@@ -217,6 +230,7 @@ from noise or from the replay buffer of past samples kept beside the weights.
         export = type(self)(dataclasses.replace(self.config, buffer_size=max(kept, 1)))
         export.network.load_state_dict(self.network.state_dict())
         export.replay.copy_(self.replay[:len(export.replay)])
+        export.test_energy.copy_(self.test_energy)
         return export.to(self.device)
 
     def fine_tuning_config(self):
@@ -225,5 +239,6 @@ from noise or from the replay buffer of past samples kept beside the weights.
     def init_from(self, saved: "JEM") -> None:
         """Fine-tune from a shipped folder: its network; the buffer starts with its samples, the rest noise."""
         self.network.load_state_dict(saved.network.state_dict())
+        self.test_energy.copy_(saved.test_energy)
         kept = min(len(saved.replay), len(self.replay))
         self.replay[:kept] = saved.replay[:kept]

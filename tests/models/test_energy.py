@@ -134,3 +134,16 @@ def test_samples_are_seeded_in_range_and_follow_the_requested_class():
     seen = []
     model.sample(2, seed=0, labels=torch.tensor([0, 2]), steps=5, on_step=lambda k, x: seen.append(k))
     assert seen == [1, 2, 3, 4, 5]
+
+
+def test_without_the_px_term_it_trains_a_plain_classifier_and_runs_no_chain():
+    torch.manual_seed(0)
+    model = JEM(dataclasses.replace(TINY, px_weight=0.0, augment=False, data_noise=0.0))
+    model.configure_optimizers(TrainConfig(lr=0.0))
+    before = model.replay.clone()
+    batch = Batch(torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 3)
+    losses = model.training_step(batch, 0)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(batch.images), batch.labels)
+    assert torch.equal(model.replay, before) and "energy/gap" not in losses
+    torch.testing.assert_close(losses["loss/train"], expected)
