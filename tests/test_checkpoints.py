@@ -305,3 +305,19 @@ def test_pixelcnn_bits_per_dim_are_what_its_card_says(fashion_test):
         conditional, unconditional = model.bits_per_dim(batch.images, batch.labels), model.bits_per_dim(batch.images)
     gap = (unconditional - conditional) * 784
     assert (gap <= math.log2(10) + 1e-3).all() and card["samples"] == 10_000
+
+
+def test_jem_classifies_as_its_card_says_and_its_energy_flags_noise(fashion_test):
+    """Accuracy and ECE re-measured on all 10k test images match the card; the percentiles of the test energies the
+    folder keeps for the app are the test set's; uniform noise gets a higher energy than 95% of the test images."""
+    model = load_model(CHECKPOINTS / "jem").eval()
+    card = json.loads((CHECKPOINTS / "jem" / "eval.json").read_text())
+    batch = fashion_test.batch(slice(None))
+    with torch.no_grad():
+        logits = torch.cat([model(batch.images[i:i + 1000]) for i in range(0, 10_000, 1000)])
+        noise = model.energy(torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert float((logits.argmax(1) == batch.labels).float().mean()) == pytest.approx(card["accuracy"], abs=1e-3)
+    assert metrics.calibration(logits.softmax(1), batch.labels).ece == pytest.approx(card["ece"], abs=1e-3)
+    torch.testing.assert_close(model.test_energy, torch.quantile(-logits.logsumexp(1), torch.linspace(0, 1, 101)),
+                               rtol=0, atol=1e-3)
+    assert float((noise > model.test_energy[95]).float().mean()) > 0.95

@@ -82,6 +82,10 @@ def test_every_endpoint_returns_images_of_the_right_size(client):
     note, both, codes = client.predict("vqvae", handle_file(SNEAKER), -1, api_name="/vqvae_reconstruct")
     assert size(both) == (SIDE(2), SIDE(1)) and size(codes) == (7 * 28, 7 * 28)
     assert note.startswith("Reconstruction MSE **") and "bits per code" in note
+    status, grid = client.predict("jem", 4, 10, 0, 9, api_name="/jem_sgld")
+    assert size(grid) == (SIDE(2), SIDE(2)) and status.startswith("4 chains on E(x, ankle boot), 10 steps in ")
+    verdict, scores, picture = client.predict("jem", handle_file(SNEAKER), api_name="/jem_judge")
+    assert verdict.startswith("**E(x) = ") and scores["label"] == "sneaker" and size(picture) == (820, 260)
     outputs = client.predict("cyclegan", handle_file(SNEAKER), "a2b", api_name="/cyclegan_translate")
     assert [size(p) for p in outputs[:3]] == [(28 * SCALE, 28 * SCALE)] * 3
     assert outputs[3].startswith("The classifier sees: sneaker")
@@ -242,6 +246,12 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/vqvae_reconstruct", ("vqvae", "truncated", -1), "the file is not a readable image"),
     ("/vqvae_reconstruct", ("vqvae", "huge", -1), "the image is 10000x10000 pixels"),
     ("/vqvae_reconstruct", ("vqvae", SNEAKER, 10), "label must be a whole number from -1 to 9"),
+    ("/jem_sgld", ("jem", 65, 10, 0, 0), "n must be a whole number from 1 to 64"),
+    ("/jem_sgld", ("jem", 16, 300, 0, 0), "images x steps must be at most 3,200"),
+    ("/jem_sgld", ("jem", 4, 10, 0, 10), "label must be a whole number from -1 to 9"),
+    ("/jem_sgld", ("glow", 4, 10, 0, 0), "is a Flow; this needs a JEM"),
+    ("/jem_judge", ("jem", None), "no image"),
+    ("/jem_judge", ("jem", "truncated"), "the file is not a readable image"),
     ("/cyclegan_translate", ("cyclegan", SNEAKER, "sideways"), "direction must be one of a2b, b2a"),
     ("/cyclegan_translate", ("cyclegan", "huge", "a2b"), "the image is 10000x10000 pixels"),
     ("/pix2pix_translate", ("pix2pix-edges", None, SNEAKER, "photo", 0), "source must be one of drawing, edge map"),
@@ -292,7 +302,7 @@ def test_bad_input_answers_with_what_is_allowed(client, sampler_url, tmp_path):
     files = bad_files(tmp_path)
     image = lambda a: files[a] if a in files else handle_file(a) if isinstance(a, str) and a.endswith(".png") else a
     for api_name, arguments, message in BAD:     # diffusion's cost is refused at admission, before queueing
-        costed = api_name in ("/ddpm_sample", "/pixelcnn_sample", "/vqvae_sample")
+        costed = api_name in ("/ddpm_sample", "/pixelcnn_sample", "/vqvae_sample", "/jem_sgld")
         with pytest.raises((AppError, ValidationError) if costed else AppError) as caught:
             client.predict(*map(image, arguments), api_name=api_name)
         assert message in str(caught.value), (api_name, arguments, str(caught.value))
@@ -340,7 +350,7 @@ def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     ("pix2pix_translate", '"pix2pix-edges", null, ', ', "picture", 0'), ("simclr_nearest", '"simclr", ', ""),
     ("flow_latents", '"glow", ', ", -1"), ("flow_interpolate", '"glow", ', ', {"path": "%s"}, 8, -1'),
     ("pixelcnn_complete", '"pixelcnn", ', ", 27, 1, 0, 1.0, -1"), ("pixelcnn_compress", '"pixelcnn", ', ""),
-    ("vqvae_reconstruct", '"vqvae", ', ", -1")])
+    ("vqvae_reconstruct", '"vqvae", ', ", -1"), ("jem_judge", '"jem", ', "")])
 def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, after):
     """An untagged dict passes Gradio's checks when inputs are unprocessed: our code must refuse
     every path outside the upload cache and the examples, with one message that says nothing about the file."""
@@ -476,7 +486,7 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
     our message, never Gradio's generic error."""
     client = Client(sampler_url, verbose=False)
     apis = endpoints(sampler_url)
-    assert len(apis) == 29
+    assert len(apis) == 31
     calls = 0
     for api_name, inputs in apis.items():
         defaults = default_arguments(inputs)
@@ -487,6 +497,8 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
             defaults[1] = 1
         if api_name == "pixelcnn_complete":
             defaults[2:4] = [27, 1]
+        if api_name == "jem_sgld":           # 1 image, 5 SGLD steps
+            defaults[1:3] = [1, 5]
         for i, component in enumerate(inputs):
             for value in component_values(component):
                 arguments = defaults[:i] + [value] + defaults[i + 1:]

@@ -64,8 +64,8 @@ class JEMConfig:
     data_noise: float = option(0.03, "std of the Gaussian noise added to training images (JEM: 0.03)", low=0.0)
     augment: bool = option(True, "random 2-pixel shifts and horizontal flips of the training images")
     energy_l2: float = option(0.0, "λ of the penalty on squared energies (0: off)", low=0.0)
-    max_energy_gap: float = option(1000.0, "stop the run when |E(samples) − E(data)| exceeds this (divergence)",
-                                   low=0.0)
+    max_energy_gap: float = option(50.0, "stop the run when |E(samples) − E(data)| exceeds this (divergence; "
+                                   "healthy runs here stay under 10)", low=0.0)
     sample_steps: int = option(100, "SGLD steps of samples drawn from noise (evaluation, the app)", low=1)
     shipped_buffer: int = option(1000, "buffer samples kept in the shipped folder (the rest stays in the run)", low=0)
 
@@ -186,7 +186,8 @@ from noise or from the replay buffer of past samples kept beside the weights.
     @torch.no_grad()
     def evaluate(self, data: ImageData, yardstick: Yardstick | None = None, batch_size: int = 1000) -> dict[str, float]:
         """Test loss, accuracy, expected calibration error (15 bins), the mean energy of test images and of the
-        buffer, and the yardstick's figures of the buffer's samples (as many as test images, at most the buffer).
+        buffer, and the yardstick's figures of the buffer's samples (`buffer_fid`, ...; as many as test images, at
+        most the buffer).
         Keeps the test energies' percentiles (`test_energy`), which the shipped folder carries for OOD verdicts."""
         logits, labels = [], []
         for i in range(0, len(data), batch_size):
@@ -201,7 +202,8 @@ from noise or from the replay buffer of past samples kept beside the weights.
                    "energy_test": -logits.logsumexp(1).mean().item(),
                    "energy_buffer": self.energy(self.replay[:batch_size]).mean().item()}
         if yardstick is not None:
-            figures |= yardstick.score(self.replay[:len(data)], None, data=data)
+            score = yardstick.score(self.replay[:len(data)].clamp(-1, 1), None, data=data)
+            figures |= {f"buffer_{name}": value for name, value in score.items()}
         return figures
 
     def sample(self, n: int, seed: int = 0, labels: Tensor | None = None, steps: int | None = None,

@@ -17,12 +17,7 @@ TINY = JEMConfig(image_size=8, width=4, hidden=8, num_classes=3, buffer_size=20,
                  shipped_buffer=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_one_sgld_step_on_a_quadratic_energy_moves_by_the_formula():
