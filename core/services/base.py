@@ -320,7 +320,7 @@ class Admission:
         with self._lock:
             alive = [t for t in self._pending.get(client, []) if now - t < self.expiry]
             if len(alive) >= self.limit:
-                raise RequestError(f"you already have {len(alive)} slow requests (diffusion, PixelCNN or VQ-VAE "
+                raise RequestError(f"you already have {len(alive)} slow requests (diffusion, PixelCNN, VQ-VAE or JEM "
                                    f"sampling) queued or running; at most {self.limit} at a time: wait for one to "
                                    f"finish")
             self._pending[client] = alive + [now]

@@ -24,8 +24,9 @@ from core.services.pictures import grid_image, single_image
 from core.services.pixelcnn import rows_drawn
 
 MAX_STEPS = 400                # SGLD steps of one request
-MAX_WORK = 16 * 200            # images x steps: 3,200 forward-and-backward passes, about 6 s on one thread with the
-                               # shipped network (1.7 ms per image and step)
+MAX_WORK = 16 * 200            # images x steps: 3,200 forward-and-backward passes, 5 to 10 s on one thread with the
+                               # shipped network (1.6 ms per image and step on a quiet core, 3 ms in the app beside
+                               # other work: 16 x 100 in 4.8 s)
 JEM_BUDGET_S = 60.0            # wall time one request may take
 FRAMES = 40                    # pictures streamed along a chain
 OOD_PERCENTILE = 5             # an energy above the test images' 95th percentile is flagged (5% false alarms)
