@@ -36,7 +36,7 @@ from core.attacks import pgd  # noqa: E402
 from core.config import save_json  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.hub import load_model, metric_yardstick, write_model_card  # noqa: E402
-from core.images import save_grid  # noqa: E402
+from core.images import PALETTE, Canvas, save_grid  # noqa: E402
 from core.metrics import calibration  # noqa: E402
 
 BATCH = 500
@@ -110,6 +110,21 @@ def sample_figures(model, test, count: int, folder: Path | None) -> dict[str, fl
     return figures
 
 
+def reliability_diagram(table: dict[str, dict], path: Path) -> None:
+    """Accuracy against confidence per 15-bin of each model (bins with at least 20 test images), and the diagonal a
+    calibrated model follows; a legend of colours under the title."""
+    canvas = Canvas((0.0, 1.0), (0.0, 1.0), size=420).axes((0.0, 0.5, 1.0))
+    canvas.curve(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0]), color=(190, 190, 190))
+    for k, (name, row) in enumerate(table.items()):
+        bins = row["reliability"]
+        kept = [i for i, count in enumerate(bins["counts"]) if count >= 20]
+        canvas.curve(torch.tensor([bins["confidence"][i] for i in kept]),
+                     torch.tensor([bins["accuracy"][i] for i in kept]), color=PALETTE[k])
+        label = Path(name).parent.name if Path(name).name == "model" else Path(name).name   # a run's model folder
+        canvas.draw.text((canvas.margin + 4, 24 + 12 * k), f"{label}: ECE {row['ece']:.3f}", fill=PALETTE[k])
+    canvas.title("reliability: accuracy (y) against confidence (x), 15 bins").image.save(path)
+
+
 def measure(name: str, model, test, sets, args, energy_based: bool) -> dict:
     start = time.perf_counter()
     figures = classifier_figures(model, test, args.pgd_images) | ood_figures(model, sets, energy_based)
@@ -150,7 +165,11 @@ def main() -> None:
               args.checkpoint / "calibration.json")
     path = args.checkpoint / "eval.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    pictures = {"chains.png": f"SGLD chains from uniform noise, {model.config.sample_steps} steps on E(x, y), a "
+    reliability_diagram(table, args.checkpoint / "reliability.png")
+    pictures = {"reliability.png": "Reliability diagram on the 10k test images: accuracy against confidence in 15 "
+                                   "bins (bins of 20 images or more), this model beside the classifiers it was "
+                                   "measured with; on the diagonal a model is calibrated",
+                "chains.png": f"SGLD chains from uniform noise, {model.config.sample_steps} steps on E(x, y), a "
                               "row per class (t-shirt/top first)", "buffer.png": "Samples of the replay buffer (the chains' ends "
                                                                 "during training)"}
     kept = {k: v for k, v in previous.items() if k in ("loss", "energy_test", "energy_buffer")}   # the loop's
