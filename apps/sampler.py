@@ -195,7 +195,7 @@ def upload_examples(spec: Upload, widgets: dict) -> None:
     files = sorted(str(path) for path in (EXAMPLES / spec.examples).glob("*.png"))
     if not files:
         return
-    label = "Fashion-MNIST test images" if spec.examples == "." else f"{spec.examples} of Fashion-MNIST test images"
+    label = f"{spec.gallery}, for {spec.label}"        # which box an example fills: a tab may have two
     if spec.selects:
         other, value = spec.selects
         gr.Examples([[path, value] for path in files], inputs=[widgets[spec.widget_name], widgets[other]], label=label,

@@ -35,16 +35,24 @@ on the side of the mean that keeps it from cancelling.
 Out-of-distribution detection (Nalisnick et al. 2019) ranks images by a score, higher = more likely out of
 distribution; `auroc` is the area under the ROC curve in its Mann-Whitney form,
     AUROC = P(s_out > s_in) + ½ P(s_out = s_in)   over all pairs (in-distribution image, out-of-distribution image),
-so 0.5 is chance and below 0.5 the score points the wrong way.
+so 0.5 is chance and below 0.5 the score points the wrong way. The complexity correction of Serrà et al. 2020 scores
+    S(x) = bits/dim_M(x) − L(x)/D,   L(x) = the bits of x's lossless PNG file (`png_bits_per_dim`),
+the log-ratio of a generic compressor's likelihood 2^−L(x) to the model's: a simple image (a thin digit on black)
+is cheap for every coder, so its raw bits/dim are low whatever the model learnt; S asks whether the model codes it
+better than a compressor that knows nothing of garments. A single image is judged against the test images' scores,
+kept as percentiles (`percentiles`, `share_below`).
 
 This is a base module: it takes the model's function (x̂_0 from (x_t, t), a log-density, a log-probability) as an
 argument and loads no checkpoint.
 """
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 LEVELS = 256                                     # 8-bit pixels
@@ -263,3 +271,28 @@ def auroc(in_scores: Tensor, out_scores: Tensor) -> float:
     below = torch.searchsorted(inside, outside, side="left").double()
     tied = torch.searchsorted(inside, outside, side="right").double() - below
     return float((below + 0.5 * tied).sum() / (len(inside) * len(outside)))
+
+
+def png_bits_per_dim(levels: Tensor) -> Tensor:
+    """L(x)/D for each grey image of levels 0..255, (N, H, W) or (N, 1, H, W): the bits of its PNG file alone (Pillow,
+    optimize=True: zlib's best level and filter search; the file's header and checksums included), per pixel."""
+    images = levels.reshape(len(levels), *levels.shape[-2:]).round().clamp(0, LEVELS - 1).to(torch.uint8).numpy()
+    sizes = []
+    for image in images:
+        file = io.BytesIO()
+        Image.fromarray(image, "L").save(file, "PNG", optimize=True)
+        sizes.append(8 * len(file.getvalue()) / image.size)
+    return torch.tensor(sizes, dtype=torch.float64)
+
+
+def percentiles(values: Tensor) -> list[float]:
+    """The 0th, 1st, …, 100th percentiles of reference scores (linear interpolation between order statistics)."""
+    return torch.quantile(values.detach().double().flatten(), torch.linspace(0, 1, 101, dtype=torch.float64)).tolist()
+
+
+def share_below(reference: list[float], value: float) -> float:
+    """The share of the reference scores below `value`, from their 101 percentiles: piecewise linear between two
+    percentiles, 0 below the smallest and 1 above the largest."""
+    if len(reference) != 101 or any(b < a for a, b in zip(reference, reference[1:])):
+        raise ValueError("reference must be the 101 percentiles 0, 1, ..., 100, in order")
+    return float(np.interp(value, reference, np.linspace(0, 1, 101)))

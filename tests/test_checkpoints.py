@@ -321,3 +321,22 @@ def test_jem_classifies_as_its_card_says_and_its_energy_flags_noise(fashion_test
     torch.testing.assert_close(model.test_energy, torch.quantile(-logits.logsumexp(1), torch.linspace(0, 1, 101)),
                                rtol=0, atol=1e-3)
     assert float((noise > model.test_energy[95]).float().mean()) > 0.95
+
+
+@pytest.mark.parametrize("name", ["glow", "pixelcnn"])
+def test_the_likelihood_tabs_test_percentiles_belong_to_the_shipped_weights(fashion_test, name):
+    """likelihood.json (bench/likelihood_reference.py) keeps the first test images' own bits/dim: re-scored with the
+    shipped weights they agree, every percentile list is in order, and uniform noise lies above the 95th percentile
+    of both scores (the flagged side)."""
+    from core.likelihood import png_bits_per_dim
+    from core.services.likelihood import image_bits
+    kept = json.loads((CHECKPOINTS / name / "likelihood.json").read_text())
+    model = load_model(CHECKPOINTS / name).eval()
+    first = fashion_test.batch(slice(0, len(kept["first_images"]))).images
+    torch.testing.assert_close(image_bits(model, first, seed=0), torch.tensor(kept["first_images"], dtype=torch.float64),
+                               rtol=0, atol=1e-5)
+    for key in ("bits_per_dim", "complexity"):
+        assert len(kept[key]) == 101 and all(b >= a for a, b in zip(kept[key], kept[key][1:]))
+    noise = torch.randint(0, 256, (4, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    bits = image_bits(model, noise.float() / 127.5 - 1)
+    assert (bits > kept["bits_per_dim"][95]).all() and (bits - png_bits_per_dim(noise) > kept["complexity"][95]).all()

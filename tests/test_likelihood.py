@@ -1,10 +1,13 @@
 """core/likelihood.py against answers known in closed form: a uniform model scores 8 bits/dim, factorised models
 score their entropy, the 256 bins of the discretized Gaussian hold all the mass, and the DDPM bound of an oracle
 denoiser on a one-image dataset is the sum its parts should be."""
+import io
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core import likelihood as lk
 from core.schedulers import DDPMScheduler
@@ -235,3 +238,28 @@ def test_auroc_matches_sklearn_with_ties():
     labels = [0] * len(inside) + [1] * len(outside)
     expected = roc_auc_score(labels, torch.cat([inside, outside]).numpy())
     assert lk.auroc(inside, outside) == pytest.approx(expected, abs=1e-12)
+
+
+def test_png_length_is_the_files_bits_and_the_file_decodes_to_the_image():
+    noise = torch.randint(0, 256, (28, 28), generator=torch.Generator().manual_seed(0))
+    levels = torch.stack([torch.zeros(28, 28, dtype=torch.long), noise])
+    bits = lk.png_bits_per_dim(levels)
+    for image, figure in zip(levels, bits):
+        file = io.BytesIO()
+        Image.fromarray(image.to(torch.uint8).numpy(), "L").save(file, "PNG", optimize=True)
+        assert figure == 8 * len(file.getvalue()) / D
+        assert (torch.from_numpy(np.array(Image.open(file))) == image.to(torch.uint8)).all()
+    assert bits[0] < 1 < 8 < bits[1]           # a black page costs little more than the header; noise over 8 bits
+    torch.testing.assert_close(lk.png_bits_per_dim(levels[:, None]), bits, rtol=0, atol=0)   # (N, 1, H, W) too
+
+
+def test_share_below_reads_the_percentiles():
+    reference = lk.percentiles(torch.arange(1001, dtype=torch.float64))           # 0, 10, ..., 1000
+    assert reference == pytest.approx([10.0 * k for k in range(101)])
+    assert lk.share_below(reference, 500) == pytest.approx(0.5)
+    assert lk.share_below(reference, 505) == pytest.approx(0.505)
+    assert lk.share_below(reference, -1) == 0.0 and lk.share_below(reference, 2000) == 1.0
+    with pytest.raises(ValueError, match="101 percentiles"):
+        lk.share_below(reference[::-1], 5)
+    with pytest.raises(ValueError, match="101 percentiles"):
+        lk.share_below(reference[:50], 5)

@@ -252,6 +252,8 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/jem_sgld", ("glow", 4, 10, 0, 0), "is a Flow; this needs a JEM"),
     ("/jem_judge", ("jem", None), "no image"),
     ("/jem_judge", ("jem", "truncated"), "the file is not a readable image"),
+    ("/likelihood_judge", (None,), "no image"),
+    ("/likelihood_judge", ("truncated",), "the file is not a readable image"),
     ("/cyclegan_translate", ("cyclegan", SNEAKER, "sideways"), "direction must be one of a2b, b2a"),
     ("/cyclegan_translate", ("cyclegan", "huge", "a2b"), "the image is 10000x10000 pixels"),
     ("/pix2pix_translate", ("pix2pix-edges", None, SNEAKER, "photo", 0), "source must be one of drawing, edge map"),
@@ -350,7 +352,8 @@ def test_nan_and_infinity_over_raw_http(sampler_url, api_name, data, message):
     ("pix2pix_translate", '"pix2pix-edges", null, ', ', "picture", 0'), ("simclr_nearest", '"simclr", ', ""),
     ("flow_latents", '"glow", ', ", -1"), ("flow_interpolate", '"glow", ', ', {"path": "%s"}, 8, -1'),
     ("pixelcnn_complete", '"pixelcnn", ', ", 27, 1, 0, 1.0, -1"), ("pixelcnn_compress", '"pixelcnn", ', ""),
-    ("vqvae_reconstruct", '"vqvae", ', ", -1"), ("jem_judge", '"jem", ', "")])
+    ("vqvae_reconstruct", '"vqvae", ', ", -1"), ("jem_judge", '"jem", ', ""),
+    ("likelihood_judge", "", "")])
 def test_untagged_server_paths_are_never_opened(sampler_url, api_name, before, after):
     """An untagged dict passes Gradio's checks when inputs are unprocessed: our code must refuse
     every path outside the upload cache and the examples, with one message that says nothing about the file."""
@@ -486,7 +489,7 @@ def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(samp
     our message, never Gradio's generic error."""
     client = Client(sampler_url, verbose=False)
     apis = endpoints(sampler_url)
-    assert len(apis) == 31
+    assert len(apis) == 32
     calls = 0
     for api_name, inputs in apis.items():
         defaults = default_arguments(inputs)

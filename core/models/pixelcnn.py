@@ -109,9 +109,11 @@ genlab's Fashion-MNIST classifier (`checkpoints/classifier`).
         logits = self.logits(levels, labels).float()
         return F.cross_entropy(logits, levels.to(logits.device), reduction="none").flatten(1).sum(1)
 
-    def bits_per_dim(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+    def bits_per_dim(self, images: Tensor, labels: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> Tensor:
         """−log₂ p(k | y) / D per image for images in [-1, 1]. A conditional model without labels gives the
-        unconditional −log₂ Σ_y p(k | y)/K / D (K forward passes)."""
+        unconditional −log₂ Σ_y p(k | y)/K / D (K forward passes). Exact: `generator` (a flow's dequantization noise)
+        is not used, and is taken so that every likelihood model is called alike."""
         levels = pixel_levels(images)
         if self.config.num_classes and labels is None:
             classes = self.config.num_classes

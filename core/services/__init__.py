@@ -12,6 +12,7 @@ from core.services.flow import FlowService
 from core.services.foundations import FoundationsService
 from core.services.gan import GANService
 from core.services.jem import JEMService
+from core.services.likelihood import LikelihoodService
 from core.services.pictures import OutputFiles
 from core.services.pix2pix import Pix2PixService
 from core.services.pixelcnn import PixelCNNService
@@ -21,7 +22,8 @@ from core.services.vae import VAEService
 from core.services.vqvae import VQVAEService
 
 SERVICES: tuple[type[Service], ...] = (GANService, StyleGANService, VAEService, FlowService, PixelCNNService,
-                                       VQVAEService, JEMService, DiffusionService, CycleGANService, Pix2PixService,
-                                       SimCLRService, AttackService, FoundationsService)
+                                       VQVAEService, JEMService, DiffusionService, LikelihoodService,
+                                       CycleGANService, Pix2PixService, SimCLRService, AttackService,
+                                       FoundationsService)
 
 __all__ = ["SERVICES", "Service", "Endpoint", "Admission", "OutputFiles", "RequestError", "figures_markdown"]

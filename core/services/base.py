@@ -89,9 +89,10 @@ class Flag(Input):
 @dataclass(frozen=True)
 class Upload(Input):
     """An image file; `examples`: the folder under apps/examples whose images are offered (default: the example
-    shown); `selects` (widget, value): picking an example sets that widget too, and `upload_selects` is the value
-    a file of the user's own sets it to."""
+    shown), `gallery` what they are; `selects` (widget, value): picking an example sets that widget too, and
+    `upload_selects` is the value a file of the user's own sets it to."""
     examples: str = "."
+    gallery: str = "Fashion-MNIST test images"
     selects: tuple = ()
     upload_selects: str | None = None
 
