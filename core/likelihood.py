@@ -127,23 +127,42 @@ def normal_kl(mean_1: Tensor, log_var_1: Tensor, mean_2: Tensor, log_var_2: Tens
                   + (mean_1 - mean_2) ** 2 * torch.exp(-log_var_2) - 1.0)
 
 
-def log_normal_mass(low: Tensor, high: Tensor) -> Tensor:
-    """log(Φ(high) − Φ(low)) for standardised ends low < high (either may be ∓∞), without cancellation: an
-    interval right of 0 is mirrored to the left, where Φ is small and log Φ is exact (log_ndtr)."""
+def log_mass(low: Tensor, high: Tensor, log_cdf: Callable[[Tensor], Tensor]) -> Tensor:
+    """log(F(high) − F(low)) for standardised ends low < high (either may be ∓∞) of a distribution symmetric about 0
+    with log-CDF `log_cdf`, without cancellation: an interval right of 0 is mirrored to the left, where F is small
+    and log F is exact."""
     mirror = low > 0
     low, high = torch.where(mirror, -high, low), torch.where(mirror, -low, high)
-    log_high, log_low = torch.special.log_ndtr(high), torch.special.log_ndtr(low)
+    log_high, log_low = log_cdf(high), log_cdf(low)
     return log_high + torch.log(-torch.expm1(log_low - log_high))
 
 
-def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
-    """log P(x) elementwise for x on the 256 levels of [-1, 1] (x = k/127.5 − 1) under N(mean, e^{2 log_scale})
-    integrated over the bin [x − 1/255, x + 1/255], the first bin from −∞ and the last to +∞ (Ho et al. Eq. 13)."""
+def log_normal_mass(low: Tensor, high: Tensor) -> Tensor:
+    """log(Φ(high) − Φ(low)), Φ the standard normal CDF (log Φ: torch.special.log_ndtr)."""
+    return log_mass(low, high, torch.special.log_ndtr)
+
+
+def bin_ends(x: Tensor, mean: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """The standardised ends (x ∓ 1/255 − mean)/scale of each 8-bit level's bin of [-1, 1] (x = k/127.5 − 1), the
+    first bin from −∞ and the last to +∞, so that the 256 bins cover the line."""
     half_bin = 1.0 / (LEVELS - 1)
     inv_scale = torch.exp(-log_scale)
     low = torch.where(x < -1 + half_bin, torch.full_like(x, -math.inf), (x - half_bin - mean) * inv_scale)
     high = torch.where(x > 1 - half_bin, torch.full_like(x, math.inf), (x + half_bin - mean) * inv_scale)
-    return log_normal_mass(low, high)
+    return low, high
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log P(x) elementwise for x on the 256 levels of [-1, 1] under N(mean, e^{2 log_scale}) integrated over x's
+    bin (`bin_ends`; Ho et al. Eq. 13)."""
+    return log_normal_mass(*bin_ends(x, mean, log_scale))
+
+
+def discretized_logistic_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log P(x) elementwise for x on the 256 levels of [-1, 1] under the logistic distribution of location `mean`
+    and scale e^{log_scale}, CDF σ((y − mean)/scale), integrated over x's bin (`bin_ends`; Salimans et al. 2017,
+    PixelCNN++ Sec. 2.1, one component)."""
+    return log_mass(*bin_ends(x, mean, log_scale), torch.nn.functional.logsigmoid)
 
 
 # --------------------------------------------------------------------------------------------- the DDPM bound

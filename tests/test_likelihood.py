@@ -1,5 +1,5 @@
 """core/likelihood.py against answers known in closed form: a uniform model scores 8 bits/dim, factorised models
-score their entropy, the 256 bins of the discretized Gaussian hold all the mass, and the DDPM bound of an oracle
+score their entropy, the 256 bins of the discretized Gaussian and logistic hold all the mass, and the DDPM bound of an oracle
 denoiser on a one-image dataset is the sum its parts should be."""
 import io
 import math
@@ -90,13 +90,25 @@ def test_factorised_gaussian_bound_is_above_and_near_the_exact_figure():
 
 @pytest.mark.parametrize("mean, log_scale", [(0.0, -3.0), (0.3, -6.0), (-1.0, -5.5), (1.0, 0.0), (4.0, -1.0),
                                              (-0.5, -9.0), (0.99, -7.0)])
-def test_discretized_gaussian_sums_to_one_over_the_256_bins(mean, log_scale):
+@pytest.mark.parametrize("distribution", ["gaussian", "logistic"])
+def test_discretized_distributions_sum_to_one_over_the_256_bins(mean, log_scale, distribution):
     x = torch.arange(256, dtype=torch.float64) / 127.5 - 1
-    log_p = lk.discretized_gaussian_log_likelihood(x, torch.tensor(mean, dtype=torch.float64),
-                                                   torch.tensor(log_scale, dtype=torch.float64))
+    log_likelihood = getattr(lk, f"discretized_{distribution}_log_likelihood")
+    log_p = log_likelihood(x, torch.tensor(mean, dtype=torch.float64), torch.tensor(log_scale, dtype=torch.float64))
     assert torch.isfinite(log_p).all() or log_scale <= -7.0          # tiny σ: far bins underflow to −∞, not NaN
     assert not torch.isnan(log_p).any()
     assert abs(float(log_p.exp().sum()) - 1) < 1e-9
+
+
+def test_discretized_logistic_matches_sigmoid_differences_and_stays_finite_far_out():
+    x, mean, log_scale = (torch.tensor(v, dtype=torch.float64) for v in ([0.2, -1.0, 1.0], [0.1, -0.9, 0.95], -2.0))
+    h, cdf = 1 / 255, lambda value, i: torch.sigmoid((torch.tensor(value, dtype=torch.float64) - mean[i]) / math.exp(-2))
+    expected = torch.stack([cdf(0.2 + h, 0) - cdf(0.2 - h, 0), cdf(-1 + h, 1), 1 - cdf(1 - h, 2)]).log()
+    torch.testing.assert_close(lk.discretized_logistic_log_likelihood(x, mean, log_scale), expected)
+    far = lk.discretized_logistic_log_likelihood(torch.tensor([0.9]), torch.tensor([-0.9]), torch.tensor(-3.0))
+    z = (1.8 - h) / math.exp(-3.0)                      # 36 scales away: log P ≈ −z + log(1 − e^{−2h/s}), not −∞
+    assert torch.isfinite(far).all() and float(far) == pytest.approx(-z + math.log(-math.expm1(-2 * h / math.exp(-3))),
+                                                                   abs=1e-3)
 
 
 def test_discretized_gaussian_matches_cdf_differences_and_stays_finite_far_out():

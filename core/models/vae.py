@@ -10,6 +10,9 @@ Reconstruction terms, −log p_θ(x|z) summed over pixels (nats):
                                                              so this is a "nats" figure in the usual loose sense)
     gaussian          Σ (x − x̂)² / 2s² + ½ log 2πs²           with a fixed s (gaussian_sigma)
     gaussian_learned  the same with log s a learned scalar
+    logistic          −Σ log P(k) of each pixel's 8-bit level k under a logistic of per-pixel location and scale
+                      (the decoder's two output channels) integrated over k's bin (core.likelihood): a proper
+                      distribution over the 256 levels, so −L_k/(D ln 2) bounds the bits/dim −log₂ P(k)/D from above
 β-VAE: loss = −E_q[log p(x|z)] + β · w_t · KL, with w_t = min(1, t / kl_warmup_steps) (KL annealing, Bowman et al.
 2016). The reported −ELBO always uses β = 1. The importance-weighted bound (Burda et al. 2015, Eq. 8) is tighter:
     log p(x) ≥ L_k = E[log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x)],  z_i ~ q(z|x),  so −L_k ≤ −ELBO (k = 100 here).
@@ -33,11 +36,13 @@ from torch import Tensor, nn
 
 from core.config import TrainConfig, option
 from core.data import Batch, ImageData
+from core.likelihood import discretized_logistic_log_likelihood
 from core.metrics import Yardstick
 from core.model import TrainableModel
 
 KINDS = ("vae", "ae")
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "logistic")
+MIN_LOG_SCALE = -7.0             # the logistic decoder's scale floor (PixelCNN++ clamps at the same)
 PRIORS = ("gaussian", "vamp")
 PLANE_QUANTILES = (0.05, 0.95)   # the latent-plane grid spans these N(0, 1) quantiles on each axis
 
@@ -90,7 +95,7 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
             nn.Linear(c.latent_dim, c.hidden), nn.LeakyReLU(0.2),
             nn.Linear(c.hidden, 2 * w * s * s), nn.LeakyReLU(0.2), nn.Unflatten(1, (2 * w, s, s)),
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.ConvTranspose2d(w, c.channels, 4, 2, 1))                                          # logits / means
+            nn.ConvTranspose2d(w, c.channels * (2 if c.likelihood == "logistic" else 1), 4, 2, 1))  # (and log s)
         self.log_sigma = nn.Parameter(torch.tensor(math.log(c.gaussian_sigma)),
                                       requires_grad=c.likelihood == "gaussian_learned")
         if c.prior == "vamp":             # u_k = tanh(w_k), images in [-1, 1]; w_k start near 0 (grey images)
@@ -142,6 +147,8 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
     def decode(self, z: Tensor) -> Tensor:
         """The decoder's mean E[x|z], as an image in [-1, 1]."""
         out = self.decode_logits(z)
+        if self.config.likelihood == "logistic" and self.config.kind == "vae":
+            return out[:, :self.config.channels].clamp(-1, 1)                 # the location, already in [-1, 1]
         sigmoid = self.config.likelihood == "bernoulli" or self.config.kind == "ae"
         mean = torch.sigmoid(out) if sigmoid else out.clamp(0, 1)
         return mean * 2 - 1
@@ -160,6 +167,11 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
         """−log p(x|z) per image, summed over pixels (nats); `out` is the decoder output, x01 the target in [0, 1]."""
         if self.config.likelihood == "bernoulli":
             return F.binary_cross_entropy_with_logits(out, x01, reduction="none").flatten(1).sum(1)
+        if self.config.likelihood == "logistic":
+            mean, log_scale = out.chunk(2, dim=1)
+            x = torch.round(x01 * 255) / 127.5 - 1                                 # the pixel's level, exactly
+            log_p = discretized_logistic_log_likelihood(x, mean, log_scale.clamp(min=MIN_LOG_SCALE))
+            return -log_p.flatten(1).sum(1)
         log_s = self.log_sigma
         return (0.5 * (x01 - out).pow(2) / (2 * log_s).exp() + log_s + 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
 
@@ -195,18 +207,30 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
 
     # ------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def iwae_bound(self, x: Tensor, k: int) -> Tensor:
+    def iwae_bound(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """−L_k per image (Burda et al., Eq. 8), with log-sum-exp over the k importance samples."""
         x01 = (x + 1) / 2
         mu, logvar = self.encode(x)
         std = (0.5 * logvar).exp()
-        eps = torch.randn(k, *mu.shape, device=x.device)
+        eps = torch.randn(k, *mu.shape, generator=generator).to(x.device)
         z = mu + std * eps                                                         # (k, B, D)
         out = self.decode_logits(z.flatten(0, 1))
         log_px_z = -self.reconstruction_nll(out, x01.repeat(k, 1, 1, 1)).view(k, -1)
         log_pz = self.log_prior(z)
         log_qz = -0.5 * (eps.pow(2) + logvar + math.log(2 * math.pi)).sum(-1)
         return -(torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k))
+
+    @torch.no_grad()
+    def bits_per_dim(self, images: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None,
+                     k: int | None = None) -> Tensor:
+        """−L_k / (D ln 2) per image (k: the config's iwae_samples): an upper bound on −log₂ P(k)/D, for a decoder that
+        is a distribution over the 8-bit levels (likelihood="logistic"); labels are not used."""
+        if self.config.likelihood != "logistic" or self.config.kind != "vae":
+            raise ValueError(f"bits/dim needs a VAE whose decoder is a distribution over 8-bit levels (likelihood="
+                             f"'logistic'), not {self.config.likelihood!r}: that is a density of grey values")
+        bound = torch.cat([self.iwae_bound(images[i:i + 1], k or self.config.iwae_samples, generator)
+                           for i in range(len(images))])
+        return bound.double() / (images[0].numel() * math.log(2))
 
     @torch.no_grad()
     def likelihood_bounds(self, data: ImageData, batch_size: int = 100, iwae: bool = True) -> dict[str, float]:
