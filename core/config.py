@@ -75,6 +75,9 @@ class TrainConfig:
     mixed_precision: str = option("no", "bf16: autocast forward passes to bfloat16 (2x faster on CPUs with AMX/AVX512-BF16 "
                                   "and on GPUs); losses and optimizer stay float32", choices=PRECISIONS)
     threads: int = option(0, THREADS_HELP, low=0)
+    perturb: float = option(0.0, "train a background model (Ren et al. 2019): each training pixel is replaced, with this "
+                            "probability, by a uniformly drawn level (0: off; the paper takes 0.1 to 0.3)", low=0.0,
+                            high=1.0)
 
     def __post_init__(self):
         check_bounds(self)

@@ -79,6 +79,15 @@ class Batch:
                      None if self.inputs is None else self.inputs.to(device))
 
 
+def perturbed(images: Tensor, rate: float, generator: torch.Generator) -> Tensor:
+    """The training data of Ren et al. 2019's background model (Sec. 3): each pixel of images in [-1, 1] is replaced,
+    with probability `rate`, by one of the 256 levels k/127.5 − 1 drawn uniformly. The perturbation destroys the
+    semantics and keeps the population-level background statistics, which the likelihood ratio then cancels."""
+    hit = torch.rand(images.shape, generator=generator) < rate
+    levels = torch.randint(0, 256, images.shape, generator=generator).to(images.dtype) / 127.5 - 1
+    return torch.where(hit.to(images.device), levels.to(images.device), images)
+
+
 @dataclass
 class ImageData:
     """A whole dataset in memory: uint8 images (N, C, H, W) and int64 labels (N,); paired data (image-to-image

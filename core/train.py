@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from core.cards import write_model_card
 from core.checkpoint import read_class_name
 from core.config import TrainConfig, add_options, from_json, pick_options, save_json, to_json
-from core.data import Batch, ImageData, load_dataset
+from core.data import Batch, ImageData, load_dataset, perturbed
 from core.families import FAMILIES
 from core.hub import metric_yardstick
 from core.images import save_grid
@@ -140,6 +140,9 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
             for batch in timed(batches, window, accelerator.device):
                 set_learning_rates(optimizers, lr_factor(cfg, step, total))
                 model.train()
+                if cfg.perturb:
+                    noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)       # the same on resume
+                    batch = Batch(perturbed(batch.images, cfg.perturb, noise), batch.labels, batch.inputs)
                 window.add(model.run_training_step(batch, step), len(batch.images) * world)
                 step += 1
                 bar.update(1)

@@ -108,3 +108,18 @@ def test_image_data_rejects_bad_arrays():
         ImageData(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), ("a",))
     with pytest.raises(ValueError, match="labels"):
         ImageData(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), ("a",))
+
+
+def test_perturbed_replaces_the_given_share_of_pixels_by_uniform_levels():
+    from core.data import perturbed
+    images = torch.zeros(64, 1, 28, 28) - 1                                # all black
+    seeded = lambda: torch.Generator().manual_seed(0)
+    assert torch.equal(perturbed(images, 0.0, seeded()), images)
+    out = perturbed(images, 0.2, seeded())
+    assert torch.equal(out, perturbed(images, 0.2, seeded()))
+    assert abs(float((out != images).float().mean()) - 0.2 * 255 / 256) < 0.01
+    levels = torch.round((perturbed(images, 1.0, seeded()) + 1) * 127.5).long().flatten()
+    counts = torch.bincount(levels, minlength=256).double()
+    assert levels.min() == 0 and levels.max() == 255
+    chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())    # 255 degrees of freedom: mean 255, sd 22.6
+    assert chi2 < 255 + 5 * 22.6

@@ -57,6 +57,29 @@ class CrashAt(Classifier):
         return super().training_step(batch, step)
 
 
+def seeing(model):
+    """The model, keeping the images of every batch it trains on in `model.seen` (its class stays a Classifier)."""
+    model.seen, step_of = [], model.training_step
+    model.training_step = lambda batch, step: model.seen.append(batch.images.clone()) or step_of(batch, step)
+    return model
+
+
+def test_a_background_run_trains_on_perturbed_pixels_the_same_way_every_time(tiny_config):
+    """--perturb r (Ren et al. 2019): about r·255/256 of the pixels differ from the clean run's batches, each on one of
+    the 256 levels, and a second run with the same seed sees the same batches (resuming does too: the noise is
+    seeded by the step)."""
+    runs = {}
+    for name, rate in (("clean", 0.0), ("background", 0.3), ("again", 0.3)):
+        runs[name] = seeing(Classifier())
+        train(runs[name], replace(tiny_config, run_name=name, perturb=rate), "classifier")
+    clean, background = torch.cat(runs["clean"].seen), torch.cat(runs["background"].seen)
+    assert all(torch.equal(a, b) for a, b in zip(runs["background"].seen, runs["again"].seen))
+    changed = float((clean != background).float().mean())
+    assert abs(changed - 0.3 * 255 / 256) < 0.02
+    levels = (background + 1) * 127.5
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
+
+
 def test_resumed_run_reaches_the_same_weights(tiny_config, tmp_path):
     straight = Classifier()
     train(straight, replace(tiny_config, run_name="straight"), "classifier")
