@@ -75,8 +75,9 @@ def codec_bits(images: torch.Tensor, codec: str) -> torch.Tensor:
     return torch.tensor(bits, dtype=torch.float64)
 
 
-def glow_bits(images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    model = load_model(ROOT / "checkpoints" / "glow").eval()
+def glow_bits(images: torch.Tensor, batch_size: int = 500, folder: Path = ROOT / "checkpoints" / "glow"
+              ) -> torch.Tensor:
+    model = load_model(folder).eval()
     generator, out = torch.Generator().manual_seed(0), []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
