@@ -171,7 +171,12 @@ def main(argv=None) -> None:
     parser.add_argument("--pixelcnn-images", type=int, default=1000,
                         help="first N test images for the PixelCNN's p(k) (ten passes each; 0: skip)")
     parser.add_argument("--codec-images", type=int, default=10000, help="first N test images for the codecs")
-    parser.add_argument("--rows", default="all", choices=("all", "ddpm"), help="all rows, or the DDPM bound alone")
+    parser.add_argument("--vae", type=Path, default=ROOT / "checkpoints" / "vae-logistic",
+                        help="a VAE with a logistic decoder (a Hub folder or a run's checkpoint; skipped if absent)")
+    parser.add_argument("--vae-k", default="1,10,100,1000", help="importance samples k of its bounds (1: the ELBO)")
+    parser.add_argument("--vae-images", type=int, default=1000, help="first N test images for the VAE's bounds")
+    parser.add_argument("--rows", default="all", choices=("all", "ddpm", "vae"),
+                        help="all rows, or the DDPM's or the VAE's alone")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -187,7 +192,9 @@ def main(argv=None) -> None:
                          "uniform dequantization, one seeded draw per image"))
     if args.rows == "all" and args.pixelcnn_images and (ROOT / "checkpoints" / "pixelcnn").is_dir():
         lines += pixelcnn_rows(test_set, glow, args.pixelcnn_images)
-    if args.ddpm_images:
+    if args.rows in ("all", "vae") and args.vae.is_dir():
+        lines += vae_rows(test, args)
+    if args.ddpm_images and args.rows in ("all", "ddpm"):
         lines += ddpm_rows(train, test, glow, args)
     print(f"python bench/likelihood_table.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip())
     print("\n".join(lines))
@@ -206,6 +213,18 @@ def baseline_rows(train: torch.Tensor, test: torch.Tensor, args) -> list[str]:
         bits, seconds = timed(lambda: codec_bits(test[:args.codec_images], codec))
         lines.append(row(f"{codec} lossless", lk.BitsPerDim.of(bits, "exact"), seconds,
                          "file size of each image alone, container header included"))
+    return lines
+
+
+def vae_rows(test: torch.Tensor, args) -> list[str]:
+    """−L_k/(D ln 2) of a VAE whose decoder is a distribution over the 8-bit levels, at each k, on the first
+    --vae-images (each image's k latents drawn from one seeded generator): the bound tightens as k grows."""
+    model = load_model(args.vae).eval()
+    x, lines = test[:args.vae_images].float() / 127.5 - 1, []
+    for k in (int(k) for k in args.vae_k.split(",")):
+        bits, seconds = timed(lambda: model.bits_per_dim(x, generator=torch.Generator().manual_seed(0), k=k))
+        lines.append(row(f"{args.vae.name}, k = {k}", lk.BitsPerDim.of(bits, "bound"), seconds,
+                         "−ELBO" if k == 1 else "−L_k, the importance-weighted bound (Burda et al. 2015)"))
     return lines
 
 

@@ -21,7 +21,7 @@ from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Numbe
                                 checked_spec, count_input, label_or_none, seed_input)
 from core.services.classifier import top_classes
 from core.services.pictures import grid_image, single_image
-from core.services.pixelcnn import rows_drawn
+from core.services.streaming import streamed
 
 MAX_STEPS = 400                # SGLD steps of one request
 MAX_WORK = 16 * 200            # images x steps: 3,200 forward-and-backward passes, 5 to 10 s on one thread with the
@@ -88,7 +88,7 @@ finds it unlike Fashion-MNIST (its $\log p(x) = -E(x) - \log Z$ is low)."""
             shown = lambda k, x: on_step(k, x) if k % every == 0 and k < steps else None
             return self.model.sample(n, seed, labels, steps, on_step=shown)
 
-        for step, x in rows_drawn(run, JEM_BUDGET_S):
+        for step, x in streamed(run, JEM_BUDGET_S):
             seconds = time.monotonic() - start
             if step is None:
                 yield 1.0, (f"{n} chain{'s' * (n > 1)} on {what}, {steps} steps in {seconds:.1f} s", grid_image(x))

@@ -4,8 +4,10 @@ image's complexity (core/likelihood.py: S of Serrà et al. 2020). On an MNIST di
 of Nalisnick et al. 2019, and the second is not.
 
 Each model's folder keeps its test images' scores as percentiles (REFERENCE, written by
-bench/likelihood_reference.py); a model without them is not listed. An answer takes one forward pass per model (ten
-for the class-conditional PixelCNN's p(x) = Σ_y p(x | y)/10), well under a second, so it has no admission.
+bench/likelihood_reference.py); a model without them is not listed (a VAE only has them if its decoder is a
+distribution over the 8-bit levels). An answer takes one forward pass per model (ten for the class-conditional
+PixelCNN's p(x) = Σ_y p(x | y)/10; k decoder passes for a VAE's importance-weighted bound), well under a second, so
+it has no admission.
 """
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ from core.services.base import Endpoint, Output, Service, Upload
 from core.services.flow import FlowService
 from core.services.pictures import single_image
 from core.services.pixelcnn import PixelCNNService
+from core.services.vae import VAEService
 
 REFERENCE = "likelihood.json"  # in a model's folder: {"bits_per_dim": 101 percentiles, "complexity": .., "kind", ..}
-FAMILIES = {"flow": FlowService, "pixelcnn": PixelCNNService}     # the likelihood families, by who loads them
-KINDS = {"flow": "bound", "pixelcnn": "exact"}                    # a flow's figure: one dequantization draw
+FAMILIES = {"flow": FlowService, "pixelcnn": PixelCNNService, "vae": VAEService}   # by the service that loads them
+KINDS = {"flow": "bound", "pixelcnn": "exact", "vae": "bound"}    # a flow: one dequantization draw; a VAE: −L_k
 OOD_SHARE = 0.95               # a score above 95% of the test images' is flagged (5% false alarms)
 SCORES = (("bits_per_dim", "bits/dim", "−log₂ p(x) / D"),
           ("complexity", "S", "bits/dim − PNG bits/dim"))

@@ -4,16 +4,14 @@ image's exact bits/dim beside what an entropy coder driven by the model makes of
 Sampling is sequential: one network step per pixel, 784 per image, so a request costs images x pixels. A sampling
 request's cost is checked before it is queued (admission; a completion, at most MAX_COMPLETIONS images, has no
 admission, since Gradio checks an upload's file reference after admission and a refusal there would keep the
-client's slot until it expires). A run happens in a worker thread that reports every finished row, so the picture
-fills in while the user watches, and stops at the next row when the client leaves or the run passes PIXELCNN_BUDGET_S.
+client's slot until it expires). A run is streamed row by row from a worker thread (core/services/streaming.py),
+and stops at the next row when the client leaves or the run passes PIXELCNN_BUDGET_S.
 """
 from __future__ import annotations
 
 import io
-import queue
-import threading
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +24,7 @@ from core.requests import RequestError, read_image, to_model_input, whole_number
 from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service, StepwiseSampling,
                                 Upload, count_input, label_or_none, seed_input)
 from core.services.pictures import grid_image, single_image
+from core.services.streaming import streamed
 
 SIDE = 28                      # Fashion-MNIST's side: what admission assumes (the method re-checks the model's own)
 MAX_WORK = MAX_IMAGES * SIDE * SIDE   # images x pixels per request: 64 images, 7.8 s of CPU on one thread with
@@ -43,43 +42,6 @@ ANY_CLASS = "any: each in turn (samples), drawn from p(y | known rows) (completi
 LABEL = Choice("label", "class (class-conditional model)", -1,
                ((ANY_CLASS, -1), *((name, k) for k, name in enumerate(FASHION_CLASSES))))
 IMAGE = Upload("image", "image (its top rows are kept)", "7-sneaker.png")
-
-
-class Stopped(Exception):
-    """Raised in the worker's row callback to end a run nobody waits for."""
-
-
-def rows_drawn(run: Callable, budget_s: float = PIXELCNN_BUDGET_S) -> Iterator[tuple[int | None, torch.Tensor]]:
-    """Run `run(on_row)` (a sampling call) in a worker thread; yield (row, levels so far) after each row, then
-    (None, its result). Closing the generator (the client left) or passing `budget_s` stops the worker at its next
-    row."""
-    events, stop, start = queue.Queue(), threading.Event(), time.monotonic()
-
-    def on_row(row: int, levels: torch.Tensor) -> None:
-        if stop.is_set():
-            raise Stopped
-        events.put((row, levels.cpu().clone()))
-
-    def work() -> None:
-        try:
-            events.put((None, run(on_row)))
-        except BaseException as exc:             # handed to the generator, which raises it in the request
-            events.put((None, exc))
-
-    threading.Thread(target=work, name="pixelcnn-run", daemon=True).start()
-    try:
-        while True:
-            try:
-                row, value = events.get(timeout=max(budget_s - (time.monotonic() - start), 0.01))
-            except queue.Empty:
-                raise RequestError(f"stopped after {budget_s:.0f} s: ask for fewer images") from None
-            if isinstance(value, BaseException):
-                raise value
-            yield row, value
-            if row is None:
-                return
-    finally:
-        stop.set()
 
 
 def as_images(levels: torch.Tensor, shown_rows: int) -> torch.Tensor:
@@ -137,7 +99,7 @@ network to read it back; PNG and WebP know nothing about garments."""
         labels = torch.full((n,), label) if label is not None else self.model.default_labels(n)
         start = time.monotonic()
         run = lambda on_row: self.model.sample(n, seed, labels, temperature, on_row=on_row)
-        for row, levels in rows_drawn(run):
+        for row, levels in streamed(run, PIXELCNN_BUDGET_S):
             seconds = time.monotonic() - start
             if row is None:
                 yield 1.0, (f"{n} image{'s' * (n > 1)}, {n * self.side ** 2:,} pixels drawn one at a time in "
@@ -192,7 +154,7 @@ network to read it back; PNG and WebP know nothing about garments."""
         start = time.monotonic()
         run = lambda on_row: self.model.complete(x[None].repeat(per_image, 1, 1, 1), known_rows, 1, seed, labels,
                                                  temperature, on_row=on_row)
-        for row, levels in rows_drawn(run):
+        for row, levels in streamed(run, PIXELCNN_BUDGET_S):
             seconds = time.monotonic() - start
             if row is None:
                 yield 1.0, (f"{note} · {seconds:.1f} s", grid_image(torch.cat([masked, levels]), per_image + 1))

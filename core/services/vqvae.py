@@ -5,8 +5,8 @@ what the prior says those codes cost in bits (core/models/vqvae.py).
 Sampling is sequential over the code grid: one network step per code, 49 per 28x28 image (a 7x7 grid), so a
 request costs images x codes, checked before it is queued (admission, counted with diffusion and PixelCNN sampling
 toward a client's slow requests). A costed endpoint streams (the app releases the client's slot when the stream
-ends); the run happens in PixelCNN's worker thread (`rows_drawn`), which stops when the client leaves or after
-PIXELCNN_BUDGET_S. A reconstruction is one pass of the encoder, the decoder and the prior: no admission (an upload's
+ends); the run is streamed from a worker thread (core/services/streaming.py), which stops when the client leaves
+or after PIXELCNN_BUDGET_S. A reconstruction is one pass of the encoder, the decoder and the prior: no admission (an upload's
 file reference is checked after admission; see core/services/pixelcnn.py).
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from core.requests import read_image, to_model_input
 from core.services.base import (MAX_IMAGES, Choice, Endpoint, ModelChoice, Number, Output, Service, StepwiseSampling,
                                 Upload, count_input, label_or_none, seed_input)
 from core.services.pictures import grid_image
-from core.services.pixelcnn import HIDDEN, rows_drawn
+from core.services.pixelcnn import HIDDEN, PIXELCNN_BUDGET_S
+from core.services.streaming import streamed
 
 DOWNSAMPLING = 4               # image side / code grid side (two stride-2 convolutions)
 GRID = 28 // DOWNSAMPLING      # Fashion-MNIST's 7x7 grid: what admission assumes (the method re-checks the model's)
@@ -108,7 +109,7 @@ against $784 \times 8$ bits of raw pixels; lossy, since the codes describe the r
         labels = torch.full((n,), label) if label is not None else self.model.default_labels(n)
         generator = torch.Generator().manual_seed(seed)
         run = lambda on_row: self.model.sample_codes(n, labels, temperature, generator, on_row=on_row)
-        for row, codes in rows_drawn(run):
+        for row, codes in streamed(run, PIXELCNN_BUDGET_S):
             if row is None:
                 yield 1.0, (f"{n} image{'s' * (n > 1)}: {n * self.grid ** 2:,} codes drawn one at a time, decoded",
                             grid_image(self.partly_drawn(codes, self.grid)))

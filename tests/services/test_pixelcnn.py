@@ -2,8 +2,6 @@
 random weights (shapes, seeds, the streamed rows and the class posterior need no training): requests checked, the
 stream's rows drawn in order with a fraction that rises to 1, the cost refused before anything loads."""
 import math
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -95,26 +93,6 @@ def test_the_cost_is_checked_before_anything_loads(monkeypatch):
     with pytest.raises(R.RequestError, match="images x pixels must be at most 50,176.*13 x 4,096") as caught:
         next(big.sample(13, 0, 1.0))
     assert caught.value.field == "n"
-
-
-def test_a_stream_nobody_reads_stops_its_worker(service):
-    """Closing the generator (the client left) stops the run at its next row; a run over the budget is refused."""
-    rows, finished = [], threading.Event()
-
-    def run(on_row):
-        def record(row, levels):
-            rows.append(row)
-            on_row(row, levels)
-        try:
-            return service.model.sample(2, 0, torch.zeros(2, dtype=torch.long), 1.0, on_row=record)
-        finally:
-            finished.set()
-    stream = P.rows_drawn(run)
-    assert next(stream)[0] == 0
-    stream.close()
-    assert finished.wait(30) and rows[-1] < 27                   # stopped long before the last row
-    with pytest.raises(R.RequestError, match="stopped after 0 s: ask for fewer images"):
-        list(P.rows_drawn(lambda on_row: time.sleep(1), budget_s=0.01))
 
 
 def test_completions_keep_the_known_rows_and_grey_the_rest_of_the_original(service):
