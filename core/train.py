@@ -140,10 +140,7 @@ def train(model: TrainableModel, cfg: TrainConfig, family: str, resume: Path | N
             for batch in timed(batches, window, accelerator.device):
                 set_learning_rates(optimizers, lr_factor(cfg, step, total))
                 model.train()
-                if cfg.perturb:
-                    noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)       # the same on resume
-                    batch = Batch(perturbed(batch.images, cfg.perturb, noise), batch.labels, batch.inputs)
-                window.add(model.run_training_step(batch, step), len(batch.images) * world)
+                window.add(model.run_training_step(perturbed_batch(batch, cfg, step), step), len(batch.images) * world)
                 step += 1
                 bar.update(1)
                 last = step == total
@@ -189,6 +186,15 @@ def place(model: TrainableModel, cfg: TrainConfig, accelerator: Accelerator) -> 
     model.accelerator = accelerator
     model.set_precision(cfg.mixed_precision)       # (not Accelerator's option: its state is process-global)
     return model.configure_optimizers(cfg)
+
+
+def perturbed_batch(batch: Batch, cfg: TrainConfig, step: int) -> Batch:
+    """The batch as trained on: with --perturb, its pixels perturbed (core.data.perturbed) by noise seeded by the
+    step, so that a resumed run sees the same batches."""
+    if not cfg.perturb:
+        return batch
+    noise = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return Batch(perturbed(batch.images, cfg.perturb, noise), batch.labels, batch.inputs)
 
 
 def timed(batches, window: LogWindow, device) -> Iterator[Batch]:
