@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.data import load_dataset  # noqa: E402
 from core.hub import load_model, read_manifest  # noqa: E402
 from core.likelihood import BitsPerDim, pixel_levels, percentiles, png_bits_per_dim  # noqa: E402
-from core.services.likelihood import FAMILIES, KINDS, REFERENCE, image_bits  # noqa: E402
+from core.services.likelihood import FAMILIES, REFERENCE, image_bits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST = 10                     # the first images' own figures are kept too: a check that file and weights agree
@@ -47,16 +47,16 @@ def main(argv=None) -> None:
         family = manifest[name]["family"]
         if family not in FAMILIES:
             raise SystemExit(f"{name} is a {family} model; likelihood models: {', '.join(FAMILIES)}")
-        start = time.perf_counter()
-        bits = scores(load_model(ROOT / "checkpoints" / name).eval(), images)
+        start, model = time.perf_counter(), load_model(ROOT / "checkpoints" / name).eval()
+        bits = scores(model, images)
         seconds = time.perf_counter() - start
-        record = {"images": len(images), "split": "fashion-mnist test, the first N", "kind": KINDS[family],
+        record = {"images": len(images), "split": "fashion-mnist test, the first N", "kind": model.likelihood_kind,
                   "bits_per_dim": percentiles(bits), "complexity": percentiles(bits - png),
                   "mean_bits_per_dim": float(bits.mean()), "mean_png_bits_per_dim": float(png.mean()),
                   "first_images": bits[:FIRST].tolist(),
                   "command": command}
         (ROOT / "checkpoints" / name / REFERENCE).write_text(json.dumps(record, indent=1) + "\n")
-        print(f"{name}: {BitsPerDim.of(bits, KINDS[family])}; S median {record['complexity'][50]:.3f}, "
+        print(f"{name}: {BitsPerDim.of(bits, model.likelihood_kind)}; S median {record['complexity'][50]:.3f}, "
               f"95th percentile {record['complexity'][95]:.3f}; {seconds:.0f} s")
 
 

@@ -3,7 +3,10 @@
 For a classifier: test accuracy and the accuracy-vs-ε table under FGSM and PGD; with --reference, the metrics'
 reference statistics of the test set (stored beside the classifier) and the real-vs-real FID floor (10k training
 images against the test set). For a generator: FID/KID, precision/recall and class coverage (conditional accuracy
-for a conditional model) of as many samples as test images (10k by default), on the classifier's features. --write saves the figures to the checkpoint's eval.json and rewrites its model card.
+for a conditional model) of as many samples as test images (10k by default), on the classifier's features. With
+--nll, only the test images' bits/dim under the model's own likelihood (core.likelihood's protocol: exact for a
+PixelCNN, an upper bound for a flow or a VAE with a logistic decoder) with its standard error over images. --write
+saves the figures to the checkpoint's eval.json and rewrites its model card.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from core.config import PRECISIONS, THREADS_HELP, bounded, save_json
 from core.data import DATASETS, load_dataset
 from core.hub import CheckpointError, load_model, metric_yardstick, resolve, write_model_card
 from core.images import save_grid
+from core.likelihood import BitsPerDim
 
 
 def markdown_table(curves: dict[str, dict[float, float]]) -> str:
@@ -40,6 +44,24 @@ def evaluate_classifier(model, data, epsilons, attacks, pgd_steps: int) -> dict:
         result.update({f"{a}_accuracy_eps{e:g}" if e > 0 else "accuracy": acc
                        for a, curve in curves.items() for e, acc in curve.items()})
     return result
+
+
+def test_bits_per_dim(model, data, batch_size: int = 100) -> dict:
+    """Each test image's bits/dim by the model's own `bits_per_dim` (a flow's dequantization noise and a VAE's
+    latents from one seeded generator), summarised with its standard error; prints "N.NNN bits/dim ..."."""
+    kind, generator = getattr(model, "likelihood_kind", None), torch.Generator().manual_seed(0)
+    try:
+        if kind is None:
+            raise ValueError("it has no likelihood of 8-bit images here")
+        with torch.no_grad():
+            bits = torch.cat([model.bits_per_dim(data.batch(slice(i, i + batch_size)).images, generator=generator)
+                              for i in range(0, len(data), batch_size)])
+    except ValueError as exc:
+        sys.exit(f"error: --nll needs a flow, a PixelCNN or a VAE with a logistic decoder ({type(model).__name__}: "
+                 f"{exc}); the DDPM's variational bound is bench/likelihood_table.py's")
+    result = BitsPerDim.of(bits, kind)
+    print(f"{result.mean:.3f} bits/dim ± {result.standard_error:.3f} ({kind}, {result.images} test images)")
+    return {"bits_per_dim": result.mean, "bits_per_dim_stderr": result.standard_error, "bits_per_dim_kind": kind}
 
 
 def reference_and_floor(model, folder: Path, dataset: str, data_dir: str | None) -> dict:
@@ -76,6 +98,8 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[float], 
     parser.add_argument("--pgd-steps", type=bounded(int, 1), default=10)
     parser.add_argument("--reference", action="store_true",
                         help="also compute the metrics' reference statistics and the real-vs-real FID floor")
+    parser.add_argument("--nll", action="store_true",
+                        help="only the test images' bits/dim under the model's own likelihood (exact or a bound)")
     parser.add_argument("--write", action="store_true", help="save to the checkpoint's eval.json and model card")
     parser.add_argument("--worst", type=bounded(int, 0), default=0, metavar="K",
                         help="generators: write worst.png and best.png, the K least and most realistic samples")
@@ -125,7 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.limit:
         data = data.select(torch.arange(min(args.limit, len(data))))
     folder = Path(args.checkpoint)
-    if model.pipeline_tag == "image-classification":
+    if args.nll:
+        result = test_bits_per_dim(model, data)
+    elif model.pipeline_tag == "image-classification":
         result = evaluate_classifier(model, data, epsilons, attacks, args.pgd_steps)
         if args.reference:
             result.update(reference_and_floor(model, folder, args.dataset, args.data_dir))

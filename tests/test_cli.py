@@ -63,3 +63,35 @@ def test_evaluate_measures_a_checkpoint_on_the_data_it_was_trained_on(tmp_path, 
     with pytest.raises(SystemExit) as refused:
         evaluate.main([str(folder), "--dataset", "fashion-mnist"])
     assert "was trained on digits" in str(refused.value.code)
+
+
+def test_evaluate_nll_prints_and_writes_the_models_own_bits_per_dim(tmp_path, capsys):
+    """--nll: the mean of the model's own bits_per_dim over the test images (noise from one seeded generator) with
+    its standard error and kind, printed as "N.NNN bits/dim" and, with --write, in eval.json and the card; a model
+    with no likelihood of 8-bit images is refused with the reason."""
+    import json
+    import shutil
+
+    import torch
+
+    from core import evaluate
+    from core.data import load_dataset
+    from core.hub import load_model
+    require_fashion()
+    folder = tmp_path / "glow"
+    shutil.copytree(ROOT / "checkpoints" / "glow", folder)
+    capsys.readouterr()
+    result = evaluate.main([str(folder), "--nll", "--limit", "40", "--write", "--threads", "1"])
+    images = load_dataset("fashion-mnist", "test").batch(slice(0, 40)).images
+    with torch.no_grad():
+        bits = load_model(folder).bits_per_dim(images, generator=torch.Generator().manual_seed(0)).double()
+    assert result["bits_per_dim"] == pytest.approx(float(bits.mean()), abs=1e-6)
+    assert result["bits_per_dim_stderr"] == pytest.approx(float(bits.std() / 40 ** 0.5), abs=1e-6)
+    assert f"{float(bits.mean()):.3f} bits/dim ± " in capsys.readouterr().out and result["bits_per_dim_kind"] == "bound"
+    written = json.loads((folder / "eval.json").read_text())
+    assert written["bits_per_dim"] == result["bits_per_dim"] and "fid" in written      # the other figures are kept
+    for name, reason in (("vae", "not 'bernoulli'"), ("ddpm", "bench/likelihood_table.py")):
+        with pytest.raises(SystemExit) as refused:
+            evaluate.main([f"checkpoints/{name}", "--nll", "--limit", "4"])
+        assert "--nll needs a flow, a PixelCNN or a VAE with a logistic decoder" in str(refused.value.code)
+        assert reason in str(refused.value.code)

@@ -89,6 +89,7 @@ class Flow(TrainableModel):
     """Glow or RealNVP: a multi-scale normalizing flow trained by exact maximum likelihood (bits per dimension)."""
     config_class = FlowConfig
     pipeline_tag = "unconditional-image-generation"
+    likelihood_kind = "bound"          # what bits_per_dim gives: one draw of dequantization noise: an upper bound on −log₂ P(k)/D
     card_description = """
 A normalizing flow trained from scratch with genlab (`core/models/flow.py`): Glow (Kingma & Dhariwal 2018; ActNorm,
 invertible 1x1 convolutions in LU form, affine couplings, a multi-scale architecture) or RealNVP (Dinh et al. 2017).

@@ -60,6 +60,7 @@ class PixelCNN(TrainableModel):
     """A (Gated) PixelCNN over 8-bit grey images: maximum likelihood, exact bits per dimension."""
     config_class = PixelCNNConfig
     pipeline_tag = "unconditional-image-generation"
+    likelihood_kind = "exact"          # what bits_per_dim gives: −log₂ P(k)/D itself
     card_description = """
 An autoregressive model trained from scratch with genlab (`core/models/pixelcnn.py`): a Gated PixelCNN (van den Oord
 et al. 2016, "Conditional Image Generation with PixelCNN Decoders": vertical and horizontal stacks without the blind

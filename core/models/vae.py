@@ -69,6 +69,7 @@ class VAE(TrainableModel):
     """VAE, β-VAE or plain autoencoder with a convolutional encoder and decoder."""
     config_class = VAEConfig
     pipeline_tag = "unconditional-image-generation"
+    likelihood_kind = "bound"          # what bits_per_dim gives: −L_k, with a logistic decoder only
     card_description = """
 An autoencoder family model trained from scratch with genlab (`core/models/vae.py`): a variational autoencoder
 (Kingma & Welling 2013; β-VAE when β ≠ 1) or a plain autoencoder trained with mean squared error. Negative ELBO and

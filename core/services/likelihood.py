@@ -30,7 +30,6 @@ from core.services.vae import VAEService
 
 REFERENCE = "likelihood.json"  # in a model's folder: {"bits_per_dim": 101 percentiles, "complexity": .., "kind", ..}
 FAMILIES = {"flow": FlowService, "pixelcnn": PixelCNNService, "vae": VAEService}   # by the service that loads them
-KINDS = {"flow": "bound", "pixelcnn": "exact", "vae": "bound"}    # a flow: one dequantization draw; a VAE: −L_k
 OOD_SHARE = 0.95               # a score above 95% of the test images' is flagged (5% false alarms)
 SCORES = (("bits_per_dim", "bits/dim", "−log₂ p(x) / D"),
           ("complexity", "S", "bits/dim − PNG bits/dim"))
