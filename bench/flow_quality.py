@@ -4,9 +4,10 @@ checkpoint, for its model card (the judge-style figures at the default T come fr
     python bench/flow_quality.py checkpoints/glow --from-run ~/genlab-runs/flow/glow-k8-h128 --write
     python -m core.evaluate checkpoints/glow --write --worst 64 --out checkpoints/glow
 
---from-run first writes the run's newest checkpoint (checkpoints/latest.json) into the folder as a Hub folder:
-weights, config.json and training.json (steps, training seconds, hardware, median images/s and the command that
-started the run, from the run's config.json and metrics.jsonl); a run that is still training can be exported.
+--from-run first writes the run's newest checkpoint (checkpoints/latest.json; --step N: its kept checkpoint of step N)
+into the folder as a Hub folder: weights, config.json and training.json (steps, training seconds, hardware, median
+images/s and the command that started the run, from the run's config.json and metrics.jsonl); a run that is still
+training can be exported.
 Bits/dim: Flow.bits_per_dim on every test image, one seeded draw of uniform dequantization noise each, with the
 standard error of the mean over images. Temperatures: FID / precision / recall / off-manifold share / classes of
 --samples samples at each T on genlab's metric classifier, and how many decoded to inf or NaN (Flow.to_images shows
@@ -87,13 +88,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--from-run", type=Path, help="first export this run's newest checkpoint into the folder")
+    parser.add_argument("--step", type=int, help="with --from-run: export its kept checkpoint of this step instead")
     parser.add_argument("--samples", type=int, default=10_000, help="samples per temperature")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.from_run:
-        export(args.from_run, args.checkpoint)
+        export(args.from_run, args.checkpoint, args.step)
     model, test = load_model(args.checkpoint).eval(), load_dataset("fashion-mnist", "test")
     bpd, error = bits_per_dim(model, test)
     seconds = sampling_seconds(model, repeats=5)

@@ -6,7 +6,7 @@ flow with one seeded draw of dequantization noise per image, the class-condition
 percentiles in checkpoints/MODEL/likelihood.json, with the command that made them. Run it again whenever a weight
 file changes; tests/test_checkpoints.py re-scores a few images against the stored percentiles.
 
-    python bench/likelihood_reference.py --models glow,pixelcnn --images 1000 --threads 1
+    python bench/likelihood_reference.py --models glow,vae-logistic,pixelcnn --images 1000 --threads 1
 """
 import argparse
 import json
@@ -35,7 +35,7 @@ def scores(model, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="glow,pixelcnn", help="comma-separated manifest names")
+    parser.add_argument("--models", default="glow,vae-logistic,pixelcnn", help="comma-separated manifest names")
     parser.add_argument("--images", type=int, default=1000, help="the first N test images")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

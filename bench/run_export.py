@@ -29,11 +29,13 @@ def started_with(config: dict) -> str:
             f"--run-name {train['run_name']}")
 
 
-def export(run: Path, folder: Path) -> None:
-    """The run's newest checkpoint (checkpoints/latest.json) as a Hub folder, with training.json: steps, training
-    seconds, hardware, median images/s and the command that started the run."""
+def export(run: Path, folder: Path, step: int | None = None) -> None:
+    """The run's newest checkpoint (checkpoints/latest.json), or its kept checkpoint of `step`, as a Hub folder, with
+    training.json: steps, training seconds, hardware, median images/s and the command that started the run."""
     root = run / "checkpoints"
-    checkpoint = root / json.loads((root / "latest.json").read_text())["folder"]
+    checkpoint = root / (f"step-{step:07d}" if step else json.loads((root / "latest.json").read_text())["folder"])
+    if not checkpoint.is_dir():
+        raise SystemExit(f"{run} keeps no checkpoint of step {step}: {', '.join(p.name for p in root.glob('step-*'))}")
     state = json.loads((checkpoint / "training_state.json").read_text())
     config = json.loads((run / "config.json").read_text())
     load_model(checkpoint).save_pretrained(folder)

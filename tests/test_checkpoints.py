@@ -197,6 +197,19 @@ def test_shipped_vae_samples_every_class_and_its_bounds_are_ordered(fashion_test
     assert measured == pytest.approx(card["neg_elbo"], abs=1.0)                 # the card tells the truth (in nats)
 
 
+def test_the_logistic_vae_bounds_the_bits_per_dim_of_8_bit_images_as_its_card_says(fashion_test):
+    """Its decoder is a distribution over the 256 levels, so −L_k/(D ln 2) bounds −log₂ P(k)/D: the card's bits/dim
+    (core.evaluate --nll, k = 100) is its −IWAE in nats converted, under the −ELBO's, and the −ELBO re-measured on
+    the whole test set matches the card."""
+    model = load_model(CHECKPOINTS / "vae-logistic").eval()
+    card = json.loads((CHECKPOINTS / "vae-logistic" / "eval.json").read_text())
+    assert card["bits_per_dim_kind"] == "bound" and card["neg_iwae"] < card["neg_elbo"]
+    assert card["bits_per_dim"] == pytest.approx(card["neg_iwae"] / (784 * math.log(2)), abs=0.005)
+    torch.manual_seed(0)
+    measured = model.likelihood_bounds(fashion_test, iwae=False)["neg_elbo"]
+    assert measured == pytest.approx(card["neg_elbo"], abs=1.0)
+
+
 def test_the_vamp_prior_vae_covers_every_class_and_bounds_log_likelihood_tighter(fashion_test):
     """With the VampPrior every class gets at least 2.5% of fresh samples (core.metrics' "covered"), where N(0, I)
     gives sandals 1.7%; its IWAE bound beats the N(0, I) VAE's on the card, and the card's −ELBO is re-measured."""
@@ -323,7 +336,7 @@ def test_jem_classifies_as_its_card_says_and_its_energy_flags_noise(fashion_test
     assert float((noise > model.test_energy[95]).float().mean()) > 0.95
 
 
-@pytest.mark.parametrize("name", ["glow", "pixelcnn"])
+@pytest.mark.parametrize("name", ["glow", "pixelcnn", "vae-logistic"])
 def test_the_likelihood_tabs_test_percentiles_belong_to_the_shipped_weights(fashion_test, name):
     """likelihood.json (bench/likelihood_reference.py) keeps the first test images' own bits/dim: re-scored with the
     shipped weights they agree, every percentile list is in order, and uniform noise lies above the 95th percentile
