@@ -128,8 +128,9 @@ def test_every_tab_renders_answers_a_click_and_stays_local(sampler_url):
         page.locator('[data-testid="toast-text"]').filter(has_text=refusal).wait_for(timeout=30_000)
         page.get_by_text(f"Not run: {refusal}").wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "sampler-diffusion-refused.png"), full_page=True)
-        # the About section's equations are typeset (KaTeX, served by the app itself)
-        page.get_by_role("tab", name="FGSM", exact=True).click()
+        # the About section's equations are typeset (KaTeX, served by the app itself); the error toasts above stay
+        # until closed and cover the right end of the tab bar, so the tab gets its click directly
+        page.get_by_role("tab", name="FGSM", exact=True).dispatch_event("click")
         page.get_by_text("About").locator("visible=true").last.click()         # the FGSM tab's (the others hide)
         page.locator(".katex").first.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "sampler-about.png"), full_page=True)
