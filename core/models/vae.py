@@ -85,6 +85,9 @@ papers). FID, KID and coverage use the features of genlab's Fashion-MNIST classi
             raise ValueError(f"kind must be one of {KINDS}, likelihood one of {LIKELIHOODS}, image_size a multiple of 4")
         if config.prior not in PRIORS or (config.prior == "vamp" and (config.kind != "vae" or config.pseudo_inputs < 1)):
             raise ValueError(f"prior must be one of {PRIORS}; the VampPrior needs kind='vae' and pseudo_inputs >= 1")
+        if config.kind == "ae" and config.likelihood == "logistic":
+            raise ValueError("the autoencoder decodes one image (its MSE loss), not a logistic distribution: "
+                             "likelihood='logistic' needs kind='vae'")
         self.config = c = config
         s, w = c.image_size // 4, c.width
         self.encoder = nn.Sequential(

@@ -193,3 +193,5 @@ def test_a_logistic_decoder_gives_bits_per_dim_and_a_grey_value_density_refuses(
     assert model.decode(torch.zeros(1, 2)).shape == (1, 1, 8, 8)
     with pytest.raises(ValueError, match="distribution over 8-bit levels"):
         VAE(VAEConfig(latent_dim=2, image_size=8, width=4, hidden=16)).bits_per_dim(x)
+    with pytest.raises(ValueError, match="likelihood='logistic' needs kind='vae'"):     # its decoder has one output
+        VAE(VAEConfig(latent_dim=2, likelihood="logistic", kind="ae", image_size=8, width=4, hidden=16))
