@@ -58,6 +58,8 @@ def sampler_settings(model) -> list[tuple[str, str, int, dict]]:
 
 
 def few_step_samplers(model) -> tuple[str, ...]:
+    if model.config.consistency:
+        return ("lcm",)
     if model.flow:
         return ("euler", "heun")
     if model.edm:

@@ -38,7 +38,7 @@ def export(run: Path, folder: Path, step: int | None = None) -> None:
         raise SystemExit(f"{run} keeps no checkpoint of step {step}: {', '.join(p.name for p in root.glob('step-*'))}")
     state = json.loads((checkpoint / "training_state.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    load_model(checkpoint).save_pretrained(folder)
+    load_model(checkpoint).exported().save_pretrained(folder)         # as the loop exports: no EMA copy, no teacher
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     speeds = sorted(r["images_per_s"] for r in records if "images_per_s" in r and r["step"] <= state["step"])
     save_json({"family": config["family"], "dataset": config["train"]["dataset"], "steps": state["step"],

@@ -223,8 +223,11 @@ BAD = [   # (api_name, arguments, a part of the message); files are filled in by
     ("/ddpm_sample", ("ddpm", 4, 1001, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
     ("/ddpm_sample", ("ddpm", 4, 0, "ddim", 0, 0, -1, 1), "steps must be a whole number from 1 to 1000"),
     ("/ddpm_sample", ("ddpm", 64, 1000, "ddim", 0, 0, -1, 1), "n x steps x passes must be at most 16,000"),
-    ("/ddpm_sample", ("ddpm", 4, 20, "lms", 0, 0, -1, 1), "scheduler must be one of ddpm, ddim, dpm_solver, dpm_solver_sde, unipc, euler"),
+    ("/ddpm_sample", ("ddpm", 4, 20, "lms", 0, 0, -1, 1), "scheduler must be one of ddpm, ddim, dpm_solver, dpm_solver_sde, unipc, lcm, euler"),
     ("/ddpm_sample", ("ddpm", 4, 20, "heun", 0, 0, -1, 1), "a diffusion model samples with a scheduler of"),
+    ("/ddpm_sample", ("ddpm", 4, 20, "lcm", 0, 0, -1, 1), "a diffusion model samples with a scheduler of"),
+    ("/ddpm_sample", ("ddpm-fast", 4, 4, "ddim", 0, 0, -1, 1), "a consistency model samples with a scheduler of"),
+    ("/ddpm_sample", ("ddpm-fast", 4, 51, "lcm", 0, 0, -1, 1), "num_inference_steps must be an integer from 1 to 50"),
     ("/ddpm_sample", ("ddpm", 4, 20, "edm_heun", 0, 0, -1, 1), "a diffusion model samples with a scheduler of"),
     ("/ddpm_sample", ("ddpm", 4, 20, "ddim", 1.5, 0, -1, 1), "eta must be a number from 0 to 1"),
     ("/ddpm_sample", ("ddpm-cond", 4, 20, "ddim", 0, 0, 3, 21), "guidance_scale must be a number from 0 to 20"),
@@ -481,7 +484,8 @@ def default_arguments(inputs: list[dict]) -> list:
     return values
 
 
-OURS = ("must", "is unconditional", "needs", "repeats timesteps", "this model", "one of", "is a ")
+OURS = ("must", "is unconditional", "needs", "repeats timesteps", "this model", "one of", "is a ",
+        "samples with a scheduler of")
 
 
 def test_every_endpoint_answers_at_its_defaults_and_at_every_widget_extreme(sampler_url):

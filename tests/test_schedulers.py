@@ -625,3 +625,35 @@ def test_diffusers_unipc_runs_in_our_sampling_loop_like_ours():
     runs = [list(denoising_loop(network, scheduler, noise, 8, lambda f, x, t: f, generator=torch.Generator()))
             for scheduler in (ours.UniPCMultistepScheduler(), diffusers.UniPCMultistepScheduler())]
     close(runs[0][-1][1], runs[1][-1][1])
+
+
+# ------------------------------------------------------------------------------------------------------------ LCM
+@pytest.mark.parametrize("beta_schedule,prediction_type,limit", list(itertools.product(
+    BETA_SCHEDULES, PREDICTION_TYPES, ({}, {"clip_sample": True}, {"thresholding": True, "sample_max_value": 1.5}))))
+@pytest.mark.parametrize("steps,original", [(1, 50), (2, 50), (4, 50), (7, 50), (50, 50), (3, 10)])
+def test_lcm_step_matches_diffusers(beta_schedule, prediction_type, limit, steps, original):
+    """Consistency sampling: the skipping grid's timesteps, f = c_skip x_t + c_out x̂_0 and the re-noising, every
+    step bit for bit with the same step noise, for every β schedule, prediction type and x̂_0 limit."""
+    options = dict(beta_schedule=beta_schedule, prediction_type=prediction_type, original_inference_steps=original,
+                   **limit)
+    assert compare_trajectory("LCMScheduler", options, steps, {}) == steps
+
+
+def test_lcm_last_step_returns_the_consistency_function_and_t0_is_the_identity():
+    """f(x, 0) = x (c_skip = 1, c_out = 0): the boundary condition of Song et al.; the last step adds no noise."""
+    scheduler = ours.LCMScheduler(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
+    x, output = torch.randn(2, 1, 6, 6), torch.randn(2, 1, 6, 6)
+    assert torch.equal(scheduler.consistency(output, 0, x), x)
+    scheduler.set_timesteps(1)
+    assert scheduler.timesteps.tolist() == [999]
+    out = scheduler.step(output, 999, x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.prev_sample, out.pred_original_sample)
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [999, 759, 499, 259]
+
+
+def test_lcm_refuses_more_steps_than_its_grid():
+    scheduler = ours.LCMScheduler()
+    for bad in (0, 51, 2.5):
+        with pytest.raises(ValueError, match="num_inference_steps must be an integer from 1 to 50"):
+            scheduler.set_timesteps(bad)

@@ -21,7 +21,7 @@ Sampling (Algorithm 2):   x_T ~ N(0, I), then x_{t−1} from x_t by a scheduler'
 This is not the often-copied "diffusion" blog snippet (an autoencoder without a timestep input whose reverse step
 returns its x_0 guess): here every step samples from q(x_{t−1} | x_t, x̂_0), and the network knows t.
 Every diffusion-family checkpoint, whatever its objective, names the class `DDPM` in its config.json (the family
-began as this paper), and `DDPMConfig` holds the options of all three objectives.
+began as this paper), and `DDPMConfig` holds the options of every objective.
 """
 from dataclasses import dataclass
 
@@ -29,14 +29,15 @@ import torch
 from torch import Tensor
 
 from core.config import option
+from core.models.consistency import TARGETS, ConsistencyObjective
 from core.models.diffusion import ETA_RANGE, GUIDANCE_RANGE, MAX_STEPS, DiffusionModel, Objective, own_first
 from core.models.edm import EDM, EDMObjective
 from core.models.flow_matching import FLOW, TIME_SAMPLINGS, FlowMatchingObjective
 from core.schedulers import DIFFUSION_SCHEDULERS, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from core.schedulers.base import BETA_SCHEDULES, PREDICTION_TYPES, predicted_x0
 
-__all__ = ["DDPM", "DDPMConfig", "DDPMObjective", "OBJECTIVES", "MAX_STEPS", "GUIDANCE_RANGE", "ETA_RANGE",
-           "samplers_for", "own_samplers", "own_guidance"]
+__all__ = ["DDPM", "DDPMConfig", "DDPMObjective", "OBJECTIVES", "objective_for", "MAX_STEPS", "GUIDANCE_RANGE",
+           "ETA_RANGE", "samplers_for", "own_samplers", "own_guidance"]
 
 
 class DDPMObjective(Objective):
@@ -131,12 +132,26 @@ class DDPMConfig:
                                    "set by DDPM.with_guide, not trained here")
     eval_sampler: str = option("", "the scheduler of the model's own samples (training logs, the card's metrics, the "
                                    "sampler's default), a name from samplers_for (empty: its prediction type's first)")
+    consistency: str = option("", "a consistency student of its --init-from teacher (core/models/consistency.py), "
+                                  "trained toward 'cd' or 'trajectory'; empty: not one", choices=("",) + TARGETS)
+    teacher_widths: str = option("", "consistency distillation: widths of the frozen teacher U-Net carried while the "
+                                     "student trains (the teacher's widths; empty in an exported student)")
 
 
-def samplers_for(prediction_type: str) -> dict:
+def objective_for(prediction_type: str, consistency: str = "") -> type[Objective]:
+    """The objective of a model: a consistency student's, else its prediction type's."""
+    if consistency:
+        return ConsistencyObjective
+    return OBJECTIVES[prediction_type]
+
+
+def samplers_for(prediction_type: str, consistency: str = "") -> dict:
     """The schedulers that can sample a model of this prediction type, by name, the type's default first: Euler and
     Heun for flow matching; DPM-Solver++, Heun and Euler for EDM; DPM-Solver++ (ODE, then SDE), UniPC, DDIM and DDPM
-    for diffusion (also the answer for a type that is not one)."""
+    for diffusion (also the answer for a type that is not one); consistency sampling (LCM) for a consistency
+    student."""
+    if consistency:
+        return ConsistencyObjective.samplers
     objective = OBJECTIVES.get(prediction_type, DDPMObjective) if isinstance(prediction_type, str) else DDPMObjective
     return objective.samplers
 
@@ -144,7 +159,8 @@ def samplers_for(prediction_type: str) -> dict:
 def own_samplers(config: dict) -> tuple[str, ...]:
     """The names of the schedulers that can sample a model with this config (as a dict), its own first: its
     eval_sampler when that names one of them, else its prediction type's default."""
-    return own_first(tuple(samplers_for(config.get("prediction_type"))), config.get("eval_sampler"))
+    samplers = samplers_for(config.get("prediction_type"), bool(config.get("consistency")))
+    return own_first(tuple(samplers), config.get("eval_sampler"))
 
 
 def own_guidance(config: dict) -> float:
@@ -167,7 +183,15 @@ def check_config(config: DDPMConfig) -> None:
         raise ValueError("zero terminal SNR needs v or x_0 prediction: at t = T, x̂_0 = (x_T − σ ε̂)/0 (Lin et al.)")
     if config.time_sampling not in TIME_SAMPLINGS:
         raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {config.time_sampling!r}")
-    fitting = sorted(samplers_for(config.prediction_type))
+    if config.consistency not in ("",) + TARGETS:
+        raise ValueError(f"consistency must be empty or one of {TARGETS}, got {config.consistency!r}")
+    if config.consistency and OBJECTIVES[config.prediction_type] is not DDPMObjective:
+        raise ValueError("consistency distillation takes a diffusion teacher (ε, x_0 or v prediction)")
+    if config.consistency and config.num_train_timesteps // 50 < 2:
+        raise ValueError("consistency distillation's grid t = 20k − 1 (T/50 apart) needs num_train_timesteps ≥ 100")
+    if config.teacher_widths and not config.consistency:
+        raise ValueError("teacher_widths is for a consistency student (--consistency cd or trajectory)")
+    fitting = sorted(samplers_for(config.prediction_type, config.consistency))
     if config.eval_sampler and config.eval_sampler not in fitting:      # a list (bad JSON): unequal, not unhashable
         raise ValueError(f"eval_sampler must be one of {fitting} for {config.prediction_type}, "
                          f"got {config.eval_sampler!r}")
@@ -184,7 +208,8 @@ U-Net in `core/models/unet.py`). The weights are the exponential moving average 
 genlab's schedulers, or diffusers' `DDPMScheduler`, `DDIMScheduler` and `DPMSolverMultistepScheduler`, samples it
 (a flow-matching model, prediction type `flow_prediction`: `FlowMatchEulerDiscreteScheduler` and
 `FlowMatchHeunDiscreteScheduler`; an EDM model, prediction type `edm`: `EDMEulerScheduler` and genlab's
-`EDMHeunScheduler`); `scheduler_config.json` holds the training noise schedule. FID, KID, precision
+`EDMHeunScheduler`; a consistency student, config `consistency`: genlab's or diffusers' `LCMScheduler`, at 1-8
+steps); `scheduler_config.json` holds the training noise schedule. FID, KID, precision
 and recall use the features of genlab's Fashion-MNIST classifier (`checkpoints/classifier`): they compare genlab
 models with each other and are not comparable with Inception-FIDs from papers.
 """
@@ -192,7 +217,7 @@ models with each other and are not comparable with Inception-FIDs from papers.
 
     def __init__(self, config: DDPMConfig = DDPMConfig()):
         check_config(config)
-        super().__init__(config, OBJECTIVES[config.prediction_type](config))
+        super().__init__(config, objective_for(config.prediction_type, config.consistency)(config))
 
     @property
     def flow(self) -> bool:

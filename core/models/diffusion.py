@@ -1,7 +1,8 @@
 """What genlab's diffusion family shares, whatever its objective: the denoising network, its moving average,
 guidance, labels, the sampling loop, checkpoints and evaluation. The objectives are one file each:
 ddpm.py (ε, x_0 or v prediction, Ho et al. 2020), flow_matching.py (Lipman et al. 2023) and edm.py (Karras et al.
-2022); the checkpoint class `DDPM` (ddpm.py) picks one by the config's prediction_type.
+2022), and consistency.py, a few-step student of a diffusion teacher (Song et al. 2023); the checkpoint class `DDPM`
+(ddpm.py) picks one by the config's prediction_type (or its `consistency`).
 
 Every objective trains one network f_θ(x_t, τ, y) (core/models/unet.py) on noisy images x_t of a path from the data
 x_0 (t = 0) to noise (t = T), and sampling runs that path backwards. What an objective adds (an `Objective`):
@@ -124,6 +125,11 @@ class DiffusionModel(TrainableModel):
                                  "classifier-free guidance")
             guide_widths = tuple(int(w) for w in str(config.guide_widths).split(","))
             self.guide = UNet(config.channels, guide_widths, config.layers_per_block, 0).requires_grad_(False)
+        self.teacher = None                      # a consistency student's frozen teacher (core/models/consistency.py)
+        if config.teacher_widths:
+            teacher_widths = tuple(int(w) for w in str(config.teacher_widths).split(","))
+            self.teacher = UNet(config.channels, teacher_widths, config.layers_per_block, 0).requires_grad_(False)
+            objective.teach(self.unet, self.teacher)
         side = 10 if config.num_classes else 8
         self.register_buffer("fixed_noise", self.noise(side * side, seed=1234))
 
@@ -200,11 +206,12 @@ class DiffusionModel(TrainableModel):
         return {"loss/denoise": loss}
 
     def exported(self) -> "DiffusionModel":
-        """The shipped folder: the EMA weights as the model's only weights (half the file, the same samples)."""
-        if self.ema is None:
+        """The shipped folder: the EMA weights as the model's only weights (half the file, the same samples), without
+        the teacher a consistency student carries while it trains."""
+        if self.ema is None and self.teacher is None:
             return self
-        export = type(self)(dataclasses.replace(self.config, ema_decay=0.0))
-        export.unet.load_state_dict(self.ema.average.state_dict())
+        export = type(self)(dataclasses.replace(self.config, ema_decay=0.0, teacher_widths=""))
+        export.unet.load_state_dict(self.denoiser.state_dict())
         return export.to(self.fixed_noise.device)
 
     def fine_tuning_config(self):
@@ -215,8 +222,11 @@ class DiffusionModel(TrainableModel):
 
     def init_from(self, saved: "DiffusionModel") -> None:
         """Fine-tune from a shipped folder: its sampling weights (the EMA it exported) become both the weights
-        trained and the start of the moving average; a guide it carries is not trained and is dropped."""
+        trained and the start of the moving average (and a consistency student's frozen teacher); a guide it
+        carries is not trained and is dropped."""
         self.unet.load_state_dict(saved.denoiser.state_dict())
+        if self.teacher is not None:
+            self.teacher.load_state_dict(saved.denoiser.state_dict())
         if self.ema is not None:
             self.ema.average.load_state_dict(self.unet.state_dict())
 

@@ -27,6 +27,9 @@ LARGE_WORK = 2_000             # above this a request is large: one large reques
 DIFFUSION_BUDGET_S = 90.0      # wall time one denoising request may take
 STREAM_FRAMES = 20             # pictures streamed during one denoising run
 _large_request = threading.Lock()
+# a diffusion model's samplers and a consistency student's: the dropdown of either offers both (its own first), so
+# that an API call for any shipped model passes the dropdown's check; one that does not fit the model is refused
+SAMPLERS = (*diffusion.samplers_for("epsilon"), *diffusion.samplers_for("epsilon", "cd"))
 
 
 def scheduler_choices(names) -> tuple:
@@ -72,13 +75,17 @@ $x_\sigma = (1-\sigma)x_0 + \sigma\varepsilon$ and its velocity $\varepsilon - x
 velocity from $\sigma = 1$ to $0$, and $\hat x_0 = x_\sigma - \sigma v_\theta$. An **EDM** model (Karras et al.
 2022) learns the network inside the denoiser $D(x;\sigma) = c_\text{skip}x + c_\text{out}F_\theta(c_\text{in}x;
 \tfrac14\ln\sigma)$ on $x_\sigma = x_0 + \sigma\varepsilon$; Heun (its Algorithm 1), Euler or DPM-Solver++ (one
-network pass a step) solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $0$, and $\hat x_0 = D$."""
+network pass a step) solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $0$, and $\hat x_0 = D$.
+`ddpm-fast`, where the tab opens, is a **consistency** student of `ddpm` (Song et al. 2023): the same U-Net,
+fine-tuned so that one pass at $x_t$ gives the end $x_0$ of the teacher's ODE trajectory through $x_t$; consistency
+sampling (LCM, Luo et al. 2023) alternates $x_0 = f_\theta(x_t, t)$ and re-noising to the next, smaller $t$: at 4
+steps FID 5.7 where the teacher's own 4 steps give 62 (its 40: 1.8), in a tenth of the teacher's time."""
     endpoints = (
         Endpoint("ddpm_sample", "denoise",
-                 (ModelChoice("model", "model", "ddpm", "ddpm"),
+                 (ModelChoice("model", "model", "ddpm-fast", "ddpm"),
                   count_input(16),
                   Number("steps", "steps", diffusion.DDPMConfig.eval_steps, 1, diffusion.MAX_STEPS),
-                  Choice("scheduler", "scheduler", "dpm_solver", scheduler_choices(diffusion.samplers_for("epsilon"))),
+                  Choice("scheduler", "scheduler", "dpm_solver", scheduler_choices(SAMPLERS)),
                   Number("eta", "η (DDIM only: 0 deterministic, 1 DDPM-like)", 0, *diffusion.ETA_RANGE, step=0.05),
                   seed_input(),
                   Choice("label", "class (ddpm-cond only)", -1, CLASS_CHOICES),
@@ -99,7 +106,8 @@ network pass a step) solve $dx/d\sigma = (x - D)/\sigma$ from $\sigma = 80$ to $
         class picker, live for a class-conditional model. Read from its config, so nothing is loaded."""
         try:
             config = model_config(spec, cls.family)
-            names = diffusion.own_samplers(config)
+            own = diffusion.own_samplers(config)
+            names = own + tuple(name for name in SAMPLERS if name not in own) if set(own) <= set(SAMPLERS) else own
             guidance = real_number(diffusion.own_guidance(config), "the config's eval_guidance",
                                    *diffusion.GUIDANCE_RANGE)
             steps = whole_number(config.get("eval_steps", diffusion.DDPMConfig.eval_steps), "the config's eval_steps",

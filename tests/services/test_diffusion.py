@@ -17,16 +17,19 @@ def schedulers(spec) -> list[str]:
 
 
 def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path):
-    assert set(schedulers("ddpm")) == set(DIFFUSION)
+    assert schedulers("ddpm") == ["dpm_solver_sde", "dpm_solver", "unipc", "ddim", "ddpm", "lcm"]
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "flow_prediction"}')
     monkeypatch.setattr(base, "resolve", lambda spec, allow_local: tmp_path)          # as if pulled from the Hub
     assert schedulers("someone/flow") == ["euler", "heun"]
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "v_prediction", '
                                           '"eval_sampler": "ddpm"}')
-    assert schedulers("someone/own") == ["ddpm", "dpm_solver", "dpm_solver_sde", "unipc", "ddim"]
+    assert schedulers("someone/own") == ["ddpm", "dpm_solver", "dpm_solver_sde", "unipc", "ddim", "lcm"]
     assert DiffusionService.follow("someone/own")["scheduler"]["value"] == "ddpm"
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "eval_sampler": "/etc/passwd"}')
-    assert schedulers("someone/odd") == DIFFUSION
+    assert schedulers("someone/odd") == DIFFUSION + ["lcm"]
+    (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "v_prediction", '
+                                          '"consistency": "cd", "eval_sampler": "lcm"}')
+    assert schedulers("someone/student") == ["lcm", *DIFFUSION]          # its own first; the others are refused
     (tmp_path / "config.json").write_text('{"_class_name": "DDPM", "prediction_type": "edm"}')
     assert schedulers("someone/edm") == ["edm_dpm_solver", "edm_heun", "edm_euler"]
     assert DiffusionService.follow("someone/edm")["guidance_scale"] == {"value": 1.0}
@@ -38,7 +41,7 @@ def test_the_scheduler_choices_follow_the_models_objective(monkeypatch, tmp_path
     for fields in bad:                  # a config the sliders cannot show: they keep what they show
         (tmp_path / "config.json").write_text('{"_class_name": "DDPM", %s}' % fields)
         assert DiffusionService.follow("someone/odd") == {}
-    assert set(SCHEDULERS) == {"euler", "heun", "edm_heun", "edm_euler", "edm_dpm_solver", *DIFFUSION}
+    assert set(SCHEDULERS) == {"euler", "heun", "edm_heun", "edm_euler", "edm_dpm_solver", "lcm", *DIFFUSION}
 
 
 def test_the_sliders_start_at_the_cards_settings():
