@@ -47,7 +47,7 @@ class ConsistencyObjective(Objective):
     def __init__(self, config):
         super().__init__(config)
         self.student = self.teacher = None      # the U-Nets (`teach`); set only while a teacher is carried
-        self.pool: list[tuple[Tensor, Tensor]] = []
+        self.states = self.ends = None          # the pool: (N, trajectories, C, H, W), t_N first, and the ends
         self.steps = 0
         self.grid = torch.from_numpy(self.noise_scheduler.skipping_grid())            # t_1 < … < t_N
 
@@ -107,13 +107,18 @@ class ConsistencyObjective(Objective):
     @torch.no_grad()
     def trajectory_target(self, batch: int) -> tuple[Tensor, Tensor, Tensor]:
         """Random (trajectory, grid point) pairs of the pool, grown by one chunk every REFRESH steps."""
-        if not self.pool or self.steps % REFRESH == 0:
-            self.pool = [*self.pool, self.trajectories()][-POOL_CHUNKS:]
-        states = torch.cat([chunk for chunk, _ in self.pool], dim=1)     # (N, trajectories, C, H, W), t_N first
-        ends = torch.cat([end for _, end in self.pool])
-        which = torch.randint(0, states.shape[1], (batch,))
+        if self.states is None or self.steps % REFRESH == 0:
+            self.grow_pool()
+        which = torch.randint(0, self.states.shape[1], (batch,))
         n = torch.randint(0, len(self.grid), (batch,))                     # index into the grid, ascending
-        return states[len(self.grid) - 1 - n, which], self.grid[n], ends[which]
+        return self.states[len(self.grid) - 1 - n, which], self.grid[n], self.ends[which]
+
+    def grow_pool(self) -> None:
+        """One chunk of new trajectories into the pool, the oldest beyond POOL_CHUNKS chunks dropped."""
+        states, ends = self.trajectories()
+        keep = POOL_CHUNKS * TRAJECTORY_CHUNK
+        self.states = states if self.states is None else torch.cat([self.states, states], dim=1)[:, -keep:]
+        self.ends = ends if self.ends is None else torch.cat([self.ends, ends])[-keep:]
 
     def trajectories(self) -> tuple[Tensor, Tensor]:
         """TRAJECTORY_CHUNK teacher ODE solutions from pure noise: the state at every grid point and the end."""

@@ -89,7 +89,8 @@ def test_the_output_target_and_weights_give_the_consistency_loss(target):
     objective = model.objective
     torch.manual_seed(2)
     x0 = SCALE * torch.randn(16, 1, 8, 8)
-    objective.pool = [objective.trajectories()] if target == "trajectory" else []     # drawn from, not grown
+    if target == "trajectory":
+        objective.grow_pool()                    # drawn from below, not grown
     eps = torch.randn_like(x0)
     torch.manual_seed(3)
     x_t, t, output_target, weights = objective.training_inputs(x0, eps)
