@@ -159,7 +159,7 @@ def samplers_for(prediction_type: str, consistency: str = "") -> dict:
 def own_samplers(config: dict) -> tuple[str, ...]:
     """The names of the schedulers that can sample a model with this config (as a dict), its own first: its
     eval_sampler when that names one of them, else its prediction type's default."""
-    samplers = samplers_for(config.get("prediction_type"), bool(config.get("consistency")))
+    samplers = samplers_for(config.get("prediction_type"), config.get("consistency") or "")
     return own_first(tuple(samplers), config.get("eval_sampler"))
 
 
@@ -208,7 +208,7 @@ U-Net in `core/models/unet.py`). The weights are the exponential moving average 
 genlab's schedulers, or diffusers' `DDPMScheduler`, `DDIMScheduler` and `DPMSolverMultistepScheduler`, samples it
 (a flow-matching model, prediction type `flow_prediction`: `FlowMatchEulerDiscreteScheduler` and
 `FlowMatchHeunDiscreteScheduler`; an EDM model, prediction type `edm`: `EDMEulerScheduler` and genlab's
-`EDMHeunScheduler`; a consistency student, config `consistency`: genlab's or diffusers' `LCMScheduler`, at 1-8
+`EDMHeunScheduler`; a consistency student, config `consistency`: genlab's or diffusers' `LCMScheduler`, in a few
 steps); `scheduler_config.json` holds the training noise schedule. FID, KID, precision
 and recall use the features of genlab's Fashion-MNIST classifier (`checkpoints/classifier`): they compare genlab
 models with each other and are not comparable with Inception-FIDs from papers.
