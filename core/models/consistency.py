@@ -28,7 +28,7 @@ f = a + b·o with b = c_out ∂x̂_0/∂o (−c_out σ for v), so ‖f − y‖�
 import torch
 from torch import Tensor
 
-from core.models.diffusion import Objective, denoising_loop
+from core.models.diffusion import Objective, denoising_loop, variance_preserving_schedule
 from core.schedulers import CONSISTENCY_SCHEDULERS, DPMSolverMultistepScheduler, LCMScheduler
 from core.schedulers.base import expand, predicted_eps, predicted_x0
 
@@ -55,10 +55,7 @@ class ConsistencyObjective(Objective):
         self.student, self.teacher = student, teacher
 
     def scheduler_config(self) -> dict:
-        c = self.config
-        return dict(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
-                    beta_schedule=c.beta_schedule, prediction_type=c.prediction_type,
-                    rescale_betas_zero_snr=c.zero_terminal_snr)
+        return variance_preserving_schedule(self.config)
 
     # ------------------------------------------------------------------------------------- the function f
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,10 +125,10 @@ class ConsistencyObjective(Objective):
                             device=device)
         states = [noise]
         for _, x, _ in denoising_loop(lambda x, t: self.net(self.teacher, x, t.expand(len(x))), solver, noise,
-                                      len(self.grid), self.predicted_teacher_x0):
+                                      len(self.grid), self.teacher_x0):
             states.append(x)
         return torch.stack(states[:-1]), states[-1]
 
-    def predicted_teacher_x0(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        abar = self.noise_scheduler.alphas_cumprod[int(t)]
-        return predicted_x0(self.config.prediction_type, output, x_t, abar ** 0.5, (1 - abar) ** 0.5)
+    def teacher_x0(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The teacher's x̂_0 (its own objective's, for the loop's previews, which the pool does not keep)."""
+        return predicted_x0(self.config.prediction_type, output, x_t, *self.alpha_sigma(t.expand(len(x_t)), x_t))

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from core.config import option
 from core.models.consistency import TARGETS, ConsistencyObjective
-from core.models.diffusion import ETA_RANGE, GUIDANCE_RANGE, MAX_STEPS, DiffusionModel, Objective, own_first
+from core.models.diffusion import (ETA_RANGE, GUIDANCE_RANGE, MAX_STEPS, DiffusionModel, Objective, own_first,
+                                   variance_preserving_schedule)
 from core.models.edm import EDM, EDMObjective
 from core.models.flow_matching import FLOW, TIME_SAMPLINGS, FlowMatchingObjective
 from core.schedulers import DIFFUSION_SCHEDULERS, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
@@ -47,10 +48,7 @@ class DDPMObjective(Objective):
     training_scheduler = DDPMScheduler
 
     def scheduler_config(self) -> dict:
-        c = self.config
-        return dict(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
-                    beta_schedule=c.beta_schedule, prediction_type=c.prediction_type,
-                    rescale_betas_zero_snr=c.zero_terminal_snr)
+        return variance_preserving_schedule(self.config)
 
     def training_inputs(self, x0: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Algorithm 1: t ~ U{0, …, T−1}, x_t by Eq. 4, the target of the prediction type, min-SNR-γ weights."""

@@ -79,6 +79,15 @@ class Objective:
         return {}
 
 
+def variance_preserving_schedule(config) -> dict:
+    """The noise schedule of Ho et al.'s variance-preserving path as scheduler options (the ε/x_0/v objectives and a
+    consistency student of them share it)."""
+    c = config
+    return dict(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
+                beta_schedule=c.beta_schedule, prediction_type=c.prediction_type,
+                rescale_betas_zero_snr=c.zero_terminal_snr)
+
+
 def own_first(names: tuple[str, ...], own) -> tuple[str, ...]:
     """The scheduler names with `own` first when it is one of them (else as they are)."""
     return (own, *(n for n in names if n != own)) if own in names else names
